@@ -1,0 +1,300 @@
+"""The on-disk feature cache between the two stages: sharded HDF5 files, per-shard records, a manifest.
+
+Layout (see docs/cache-format.md):
+    <out>/<dataset>/<fingerprint>/config.json        settings, identities, fingerprint (written first)
+                                  labels.csv         key, mos, split, path of every listed video
+                                  shards/shard-00000.h5     features, rows = (video, frame)
+                                  shards/shard-00000.json   the shard's record: videos, failures, sha256 (written last)
+                                  manifest.json      every complete shard, failed and missing videos (assembled last)
+A shard counts as complete only when its record exists and the HDF5 file matches it; files are written
+under a temporary name and renamed, so a killed run never leaves a shard that looks complete.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from . import __version__
+from .errors import CacheError
+
+FORMAT_VERSION = 1
+BRANCHES = ("S", "D")
+N_LEVELS = 4
+SHARD_DIR = "shards"
+
+
+# ---------------------------------------------------------------- small atomic-file helpers
+def write_json_atomic(path: Path, obj) -> None:
+    """Write JSON to `path` through a temporary file and a rename (never half-written)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:05d}"
+
+
+# ---------------------------------------------------------------- writing
+@dataclass
+class VideoFeatures:
+    """All arrays of one video, rows = sampled frames (T). Branch S has 1 view per frame, D has K."""
+
+    key: str
+    frame_index: np.ndarray  # (T,) int32, indices into the decoded video
+    arrays: dict  # "S/latent" (T,1,4,h,w) f16, "S/ms0".."S/ms3" (T,1,C,g,g) f16, "S/pixels" (T,1,3,P,P) u8,
+    #               same under "D/" with K views, "D/crop_origin" (T,K,2) int32
+
+
+def write_shard(path: Path, index: int, fingerprint: str, videos: list[VideoFeatures], failed: list[dict],
+                keys_planned: list[str]) -> dict:
+    """Write one shard HDF5 atomically, then its record JSON (the completion mark). Returns the record."""
+    import h5py
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
+    n_frames = np.array([len(v.frame_index) for v in videos], dtype=np.int64)
+    try:
+        with h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs.update(format_version=FORMAT_VERSION, fingerprint=fingerprint, shard=index)
+            f.create_dataset("keys", data=np.array([v.key for v in videos], dtype=object),
+                             dtype=h5py.string_dtype())
+            f.create_dataset("n_frames", data=n_frames)
+            f.create_dataset("row_start", data=np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64))
+            f.create_dataset("frame_index", data=_concat([v.frame_index for v in videos], np.int32))
+            if videos:
+                for name in videos[0].arrays:
+                    # Uncompressed and contiguous: fp16 features barely compress and this reads fastest.
+                    f.create_dataset(name, data=_concat([v.arrays[name] for v in videos]))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    record = {
+        "shard": index, "file": path.name, "fingerprint": fingerprint, "videos": [v.key for v in videos],
+        "n_frames": n_frames.tolist(), "failed": failed, "planned": keys_planned,
+        "bytes": path.stat().st_size, "sha256": file_sha256(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    write_json_atomic(path.with_suffix(".json"), record)
+    return record
+
+
+def _concat(parts: list[np.ndarray], dtype=None) -> np.ndarray:
+    if not parts:
+        return np.zeros((0,), dtype=dtype or np.float16)
+    out = np.concatenate(parts)
+    return out.astype(dtype) if dtype is not None else out
+
+
+# ---------------------------------------------------------------- layout and completion
+class CacheDir:
+    """Paths and bookkeeping of one cache directory (no HDF5 reading)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.shards = self.path / SHARD_DIR
+
+    def shard_path(self, index: int) -> Path:
+        return self.shards / f"{shard_name(index)}.h5"
+
+    def record(self, index: int) -> dict | None:
+        try:
+            return json.loads(self.shard_path(index).with_suffix(".json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def is_complete(self, index: int, planned: list[str], fingerprint: str) -> bool:
+        """Quick check (no hashing): record present, planned for the same videos, file of the recorded size."""
+        rec, h5 = self.record(index), self.shard_path(index)
+        return (rec is not None and rec.get("planned") == planned and rec.get("fingerprint") == fingerprint
+                and h5.is_file() and h5.stat().st_size == rec.get("bytes"))
+
+    def records(self) -> list[dict]:
+        out = []
+        for p in sorted(self.shards.glob("shard-*.json")):
+            try:
+                out.append(json.loads(p.read_text()))
+            except (OSError, ValueError):
+                continue
+        return out
+
+    def write_manifest(self, config: dict, plan: list[list[str]], listed_missing: list[str]) -> dict:
+        """Assemble the manifest from the complete shards on disk (written last, atomically)."""
+        fp = config["fingerprint"]
+        shards, done, failed = [], [], []
+        for i, keys in enumerate(plan):
+            if self.is_complete(i, keys, fp):
+                rec = self.record(i)
+                shards.append({k: rec[k] for k in ("shard", "file", "videos", "n_frames", "failed", "bytes", "sha256")})
+                done += rec["videos"]
+                failed += rec["failed"]
+        finished = set(done) | {f["video"] for f in failed}
+        not_extracted = [k for keys in plan for k in keys if k not in finished]
+        manifest = {
+            "format_version": FORMAT_VERSION, "package_version": __version__, "fingerprint": fp,
+            "config": config, "shards": shards, "n_shards_planned": len(plan), "videos": len(done),
+            "failed": failed, "missing_on_disk": listed_missing, "not_extracted": not_extracted,
+            "complete": not not_extracted, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
+        write_json_atomic(self.path / "manifest.json", manifest)
+        return manifest
+
+
+def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
+    """labels.csv: key, mos, split, path for every listed video (labels are joined by key, never position)."""
+    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
+    with open(tmp, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "mos", "split", "path"])
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- reading
+def find_cache_dir(path: Path | str) -> Path:
+    """PATH itself if it holds a config.json, else the single cache directory below it (<out>/<dataset>/<fp>)."""
+    path = Path(path).expanduser()
+    if (path / "config.json").is_file():
+        return path
+    if not path.exists():
+        raise CacheError(f"{path}: no such cache directory; pass the folder `extract` printed")
+    found = sorted({p.parent for p in path.glob("*/config.json")} | {p.parent for p in path.glob("*/*/config.json")})
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise CacheError(f"{path}: no cache here (no config.json at depth 0-2); pass the folder `extract` printed")
+    raise CacheError(f"{path} holds {len(found)} caches ({', '.join(str(p.relative_to(path)) for p in found[:4])}"
+                     f"{', ...' if len(found) > 4 else ''}); pass one of them")
+
+
+class FeatureCache:
+    """Read access to a cache: by video id, shard by shard, without importing diffusers."""
+
+    def __init__(self, path: Path | str):
+        self.path = find_cache_dir(path)
+        self.dir = CacheDir(self.path)
+        self.config = json.loads((self.path / "config.json").read_text())
+        self.fingerprint = self.config["fingerprint"]
+        mpath = self.path / "manifest.json"
+        if not mpath.is_file():
+            raise CacheError(f"{self.path}: no manifest.json, extraction has not finished a single pass; "
+                             "rerun the same `diffvqa-cache extract` command")
+        self.manifest = json.loads(mpath.read_text())
+        if self.manifest.get("format_version") != FORMAT_VERSION:
+            raise CacheError(f"{self.path}: cache format {self.manifest.get('format_version')}, this version reads "
+                             f"{FORMAT_VERSION}; re-extract with this version")
+        self._where = {k: (s["file"], i) for s in self.manifest["shards"] for i, k in enumerate(s["videos"])}
+        self.keys = [k for s in self.manifest["shards"] for k in s["videos"]]
+        self.labels = self._read_labels()
+
+    def _read_labels(self) -> dict[str, dict]:
+        out = {}
+        with open(self.path / "labels.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                out[row["key"]] = {"mos": float(row["mos"]), "split": row["split"], "path": row["path"]}
+        return out
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def shard_files(self) -> list[Path]:
+        return [self.dir.shards / s["file"] for s in self.manifest["shards"]]
+
+    def read(self, key: str) -> dict[str, np.ndarray]:
+        """All arrays of one video ("frame_index", "S/latent", "S/ms0", ..., "D/crop_origin"), by id."""
+        import h5py
+
+        if key not in self._where:
+            raise KeyError(f"video {key!r} is not in cache {self.path}")
+        file, i = self._where[key]
+        with h5py.File(self.dir.shards / file, "r") as f:
+            start, n = int(f["row_start"][i]), int(f["n_frames"][i])
+            return {name: f[name][start:start + n] for name in _row_datasets(f)}
+
+    def read_shard(self, file: Path, names: list[str] | None = None) -> tuple[list[str], np.ndarray, dict]:
+        """One shard in big contiguous reads: (keys, row_start, {name: array over all rows})."""
+        import h5py
+
+        try:
+            with h5py.File(file, "r") as f:
+                keys = [k.decode() if isinstance(k, bytes) else k for k in f["keys"][:]]
+                wanted = names or _row_datasets(f)
+                return keys, f["row_start"][:], {n: f[n][:] for n in wanted}
+        except OSError as exc:
+            raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
+                             "rerun extract to recompute it") from None
+
+    def iter_videos(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+        """Every video's arrays, shard by shard (one read per shard)."""
+        for file in self.shard_files():
+            keys, starts, arrays = self.read_shard(file)
+            n = np.diff(np.append(starts, len(arrays["frame_index"])))
+            for k, s, m in zip(keys, starts, n):
+                yield k, {name: a[s:s + m] for name, a in arrays.items()}
+
+    def feature_shapes(self) -> dict[str, dict]:
+        """name -> per-frame shape and dtype, read from the first shard."""
+        import h5py
+
+        files = self.shard_files()
+        if not files:
+            return {}
+        with h5py.File(files[0], "r") as f:
+            return {n: {"shape": list(f[n].shape[1:]), "dtype": str(f[n].dtype)} for n in _row_datasets(f)}
+
+    def info(self) -> dict:
+        m = self.manifest
+        return {
+            "path": str(self.path), "fingerprint": self.fingerprint, "config": self.config, "videos": m["videos"],
+            "failed": m["failed"], "missing": m["missing_on_disk"] + m["not_extracted"], "complete": m["complete"],
+            "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self.feature_shapes(),
+            "bytes": sum(s["bytes"] for s in m["shards"]),
+        }
+
+
+def _row_datasets(f) -> list[str]:
+    names = ["frame_index"]
+    for b in BRANCHES:
+        if b in f:
+            names += [f"{b}/{n}" for n in f[b]]
+    return names
+
+
+def verify_cache(path: Path | str) -> tuple[list[str], int]:
+    """Re-hash every shard against its record and the manifest. Returns (problems, shards checked)."""
+    cache_dir = find_cache_dir(path)
+    d = CacheDir(cache_dir)
+    problems: list[str] = []
+    try:
+        manifest = json.loads((cache_dir / "manifest.json").read_text())
+    except (OSError, ValueError) as exc:
+        return [f"manifest.json: unreadable ({exc})"], 0
+    for s in manifest["shards"]:
+        h5 = d.shards / s["file"]
+        rec = d.record(s["shard"])
+        if not h5.is_file():
+            problems.append(f"{s['file']}: missing")
+        elif rec is None:
+            problems.append(f"{s['file']}: its record {h5.with_suffix('.json').name} is missing or unreadable")
+        elif rec.get("sha256") != s["sha256"] or rec.get("videos") != s["videos"]:
+            problems.append(f"{s['file']}: manifest and shard record disagree")
+        elif h5.stat().st_size != s["bytes"] or file_sha256(h5) != s["sha256"]:
+            problems.append(f"{s['file']}: content does not match its checksum (damaged)")
+    return problems, len(manifest["shards"])

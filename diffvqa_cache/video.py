@@ -1,0 +1,255 @@
+"""Video probing, frame-index sampling, decoding (decord or PyAV) and a small PyAV clip writer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+
+from .errors import DecodeError, UserInputError
+
+# Codecs decord 0.6.0 handles well; it cannot read AV1 and needs num_threads=1 for VP9.
+DECORD_CODECS = ("h264", "hevc", "mpeg4")
+REENCODE_HINT = "re-encode it, e.g. ffmpeg -i in -c:v libx264 out.mp4"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about a video's first video stream."""
+
+    path: Path
+    n_frames: int
+    fps: float
+    width: int
+    height: int
+    codec: str
+    rotation: int  # counter-clockwise degrees to turn frames upright (0, 90, 180 or 270)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _open(path: Path):
+    """Open a container, turning every failure into a one-line DecodeError."""
+    if not path.exists():
+        raise DecodeError(f"{path}: file does not exist; check the path")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DecodeError(f"{path} is empty (0 bytes); re-download or remove it")
+    try:
+        return av.open(str(path))
+    except Exception as exc:  # av.error.* and OSError
+        raise DecodeError(f"{path} is not a readable video ({_one_line(exc)}); {REENCODE_HINT}") from exc
+
+
+def _video_stream(container, path: Path):
+    if not container.streams.video:
+        raise DecodeError(f"{path} has no video stream (audio-only or not a video); use a video file")
+    return container.streams.video[0]
+
+
+def _rotation(degrees: float | int | None) -> int:
+    """Normalise a display-matrix angle to 0/90/180/270 counter-clockwise."""
+    if not degrees:
+        return 0
+    return int(round(float(degrees) / 90.0)) * 90 % 360
+
+
+def probe(path) -> VideoInfo:
+    """Read frame count, rate, size, codec and rotation of a video with PyAV (decodes one frame)."""
+    path = Path(path)
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        codec = getattr(stream.codec_context.codec, "canonical_name", None) or stream.codec_context.name
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        n_frames = int(stream.frames or 0)
+        try:
+            first = next(container.decode(stream), None)
+        except Exception as exc:
+            raise DecodeError(f"{path}: cannot decode its {codec} stream ({_one_line(exc)}); {REENCODE_HINT}") from exc
+        if first is None:
+            raise DecodeError(f"{path} has a video stream with no decodable frames; {REENCODE_HINT}")
+        rotation = _rotation(getattr(first, "rotation", 0))
+        if rotation == 0 and "rotate" in stream.metadata:  # legacy tag: clockwise degrees
+            rotation = _rotation(-float(stream.metadata["rotate"]))
+        width, height = first.width, first.height
+        if n_frames <= 0:  # e.g. WebM/MKV: count packets instead of trusting the duration
+            container.seek(0)
+            n_frames = sum(1 for p in container.demux(stream) if p.size)
+    finally:
+        container.close()
+    if fps <= 0:
+        fps = 30.0
+    return VideoInfo(path, n_frames, fps, width, height, codec, rotation)
+
+
+def sample_indices(
+    n_total: int,
+    n_frames: int | None = 8,
+    fps: float | None = None,
+    video_fps: float = 30.0,
+    *,
+    path=None,
+) -> np.ndarray:
+    """Frame indices to decode: ``n_frames`` segment centres, or one every ``video_fps / fps`` frames.
+
+    Exactly one of ``n_frames``/``fps`` is used; ``path`` only names the video in errors.
+    """
+    name = str(path) if path is not None else "video"
+    if (n_frames is None) == (fps is None):
+        raise UserInputError("give exactly one of --frames or --fps")
+    if n_total <= 0:
+        raise DecodeError(f"{name} has no frames; {REENCODE_HINT}")
+    if fps is not None:
+        if fps <= 0 or video_fps <= 0:
+            raise UserInputError(f"--fps must be positive (got {fps}, video {video_fps})")
+        step = video_fps / fps
+        count = max(1, math.ceil(n_total / step - 1e-9))
+        idx = np.floor(np.arange(count) * step + 1e-9).astype(np.int64)
+        return idx[idx < n_total]
+    if n_frames <= 0:
+        raise UserInputError(f"--frames must be positive (got {n_frames})")
+    if n_total < n_frames:
+        raise DecodeError(
+            f"{name} has {n_total} frames, fewer than --frames {n_frames}; lower --frames or use --fps"
+        )
+    return np.floor((np.arange(n_frames) + 0.5) * n_total / n_frames).astype(np.int64)
+
+
+def _read_decord(path: Path, indices: np.ndarray, codec: str) -> np.ndarray:
+    import decord
+
+    threads = 1 if codec == "vp9" else 0
+    vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+    if len(indices) and int(indices.max()) >= len(vr):
+        raise IndexError(f"index {int(indices.max())} beyond decord's {len(vr)} frames")
+    return vr.get_batch([int(i) for i in indices]).asnumpy()
+
+
+def _read_pyav(path: Path, indices: np.ndarray, n_claimed: int) -> np.ndarray:
+    """Decode sequentially, keeping the wanted frames and stopping after the last one."""
+    if len(indices) == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    wanted: dict[int, np.ndarray] = {}
+    needed = set(int(i) for i in indices)
+    last = max(needed)
+    count = 0
+    container = _open(path)
+    try:
+        stream = _video_stream(container, path)
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if count in needed:
+                wanted[count] = frame.to_ndarray(format="rgb24")
+            count += 1
+            if count > last:
+                break
+    finally:
+        container.close()
+    if count <= last:
+        raise DecodeError(
+            f"{path}: stream ends after {count} frames but frame {last} was needed "
+            f"(header says {n_claimed}; truncated file?); re-download or re-encode it"
+        )
+    return np.stack([wanted[int(i)] for i in indices])
+
+
+def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
+    k = (rotation // 90) % 4
+    return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
+
+
+def _has_decord() -> bool:
+    try:
+        import decord  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def _read(info: VideoInfo, indices: np.ndarray, backend: str) -> tuple[np.ndarray, str]:
+    path = info.path
+    if backend not in ("auto", "decord", "pyav"):
+        raise UserInputError(f"unknown backend {backend!r}; use auto, decord or pyav")
+    use_decord = backend == "decord" or (
+        backend == "auto" and info.codec in DECORD_CODECS and _has_decord()
+    )
+    reasons = []
+    if use_decord:
+        try:
+            return _upright(_read_decord(path, indices, info.codec), info.rotation), "decord"
+        except Exception as exc:
+            reasons.append(f"decord: {_one_line(exc)}")
+    try:
+        return _upright(_read_pyav(path, indices, info.n_frames), info.rotation), "pyav"
+    except DecodeError:
+        raise
+    except Exception as exc:
+        reasons.append(f"PyAV: {_one_line(exc)}")
+    raise DecodeError(f"{path}: cannot decode with decord or PyAV ({'; '.join(reasons)}); {REENCODE_HINT}")
+
+
+def read_frames(path, indices, backend: str = "auto") -> tuple[np.ndarray, str]:
+    """Decode the given frame indices as uint8 RGB (N, H, W, 3), upright; returns (frames, backend used)."""
+    info = probe(path)
+    return _read(info, np.asarray(indices, dtype=np.int64).reshape(-1), backend)
+
+
+def load_video_frames(
+    path, n_frames: int | None = 8, fps: float | None = None, backend: str = "auto"
+) -> tuple[np.ndarray, np.ndarray, VideoInfo, str]:
+    """Probe, sample indices and decode: returns (frames, indices, info, backend)."""
+    info = probe(path)
+    indices = sample_indices(info.n_frames, n_frames, fps, info.fps, path=info.path)
+    frames, used = _read(info, indices, backend)
+    return frames, indices, info, used
+
+
+def write_clip(
+    path,
+    frames: np.ndarray,
+    fps: int = 24,
+    codec: str = "libx264",
+    crf: int | None = None,
+    pix_fmt: str = "yuv420p",
+    rotation: int = 0,
+    codec_options: dict | None = None,
+    container_options: dict | None = None,
+) -> Path:
+    """Encode uint8 RGB frames (N, H, W, 3) to ``path`` with PyAV.
+
+    ``rotation`` (counter-clockwise degrees) sets the display matrix; ``codec_options`` go to the encoder
+    (e.g. ``{"preset": "veryfast"}``), ``container_options`` to the muxer (e.g. ``{"movflags": "faststart"}``).
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 (N, H, W, 3), got {frames.dtype} {frames.shape}")
+    _, height, width, _ = frames.shape
+    options = {}
+    if crf is not None:
+        options["crf"] = str(crf)
+        if codec == "libvpx-vp9":
+            options["b"] = "0"
+    if codec in ("libvpx-vp9", "libvpx"):
+        options.update({"deadline": "realtime", "cpu-used": "8"})
+    options.update(codec_options or {})
+    container = av.open(str(path), mode="w", options=container_options or {})
+    try:
+        stream = container.add_stream(codec, rate=fps, options=options)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if rotation:
+            stream.set_display_rotation(rotation)
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    finally:
+        container.close()
+    return path

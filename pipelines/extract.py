@@ -1,0 +1,241 @@
+"""Stage one: run the adapted SD once per video and write the sharded, fingerprinted HDF5 cache.
+
+Work is planned as shards of `shard_size` videos in label-file order; a shard is the unit of resume,
+of job-array parts (`shard % num_shards == shard_index`) and of dask tasks. Within a shard, views of
+several videos are batched together in a fixed order, so recomputing a shard gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffvqa_cache import __version__
+from diffvqa_cache.cache import CacheDir, VideoFeatures, write_json_atomic, write_labels, write_shard
+from diffvqa_cache.config import ExtractConfig, fingerprint, stable_seed
+from diffvqa_cache.datasets import DatasetIndex
+from diffvqa_cache.errors import DiffVQAError, UserInputError
+from diffvqa_cache.progress import bar, err
+from diffvqa_cache.video import load_video_frames
+from diffvqa_cache.views import make_views, resize_frames
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExtractResult:
+    cache_dir: Path
+    fingerprint: str
+    shards_done: int  # computed in this run
+    shards_skipped: int  # already complete
+    videos: int  # extracted in this run
+    frames: int
+    failed: list[dict] = field(default_factory=list)  # failures in this run: {video, reason}
+    manifest: dict = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        m = self.manifest
+        rate = self.videos / self.seconds if self.seconds else 0.0
+        return (f"{self.cache_dir}: {m.get('videos', 0)} videos cached, {len(m.get('failed', []))} failed, "
+                f"{len(m.get('not_extracted', []))} not yet extracted; this run: {self.shards_done} shards computed, "
+                f"{self.shards_skipped} already complete, {self.videos} videos in {self.seconds:.1f} s ({rate:.2f} videos/s)")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def plan_shards(index: DatasetIndex, shard_size: int) -> list[list[str]]:
+    keys = [r.key for r in index.records]
+    return [keys[i:i + shard_size] for i in range(0, len(keys), shard_size)]
+
+
+def prepare_cache(index: DatasetIndex, cfg: ExtractConfig, out: Path) -> tuple[Path, dict]:
+    """Fingerprint the settings, create the cache directory, write config.json and labels.csv."""
+    from diffvqa_cache.backbone import identify
+
+    model_id, controller_id, native = identify(cfg.model, cfg.controller, cfg.revision)
+    view_size = cfg.view_size or native
+    fp = fingerprint(cfg, model_id, controller_id, view_size)
+    cache_dir = Path(out) / index.name / fp
+    (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
+    config = {
+        "fingerprint": fp, "extract": cfg.to_dict(), "model_id": model_id, "controller_id": controller_id,
+        "view_size": view_size, "pixel_size": min(cfg.pixel_size, view_size), "dataset": index.name,
+        "mos_range": list(index.mos_range), "package_version": __version__, "tiny_model": cfg.model == "tiny",
+    }
+    if not (cache_dir / "config.json").is_file():
+        write_json_atomic(cache_dir / "config.json", config)
+    write_labels(cache_dir / "labels.csv",
+                 [(r.key, r.mos, r.split, str(r.path)) for r in index.records + index.missing])
+    return cache_dir, config
+
+
+class ViewEncoder:
+    """Model side of a shard: batches views across videos and returns each video's feature arrays."""
+
+    def __init__(self, cfg: ExtractConfig, config: dict, device: torch.device):
+        from diffvqa_cache.backbone import load_backbone
+        from diffvqa_cache.features import FeatureExtractor
+
+        bb = load_backbone(cfg.model, cfg.controller, cfg.revision)
+        if (bb.model_id, bb.controller_id) != (config["model_id"], config["controller_id"]):
+            raise DiffVQAError("the model files changed while extracting; rerun extract")
+        if bb.is_tiny:
+            err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only; "
+                      "its features say nothing about quality[/]")
+        self.fx = FeatureExtractor(bb, steps=cfg.steps, scheduler=cfg.scheduler, grid=cfg.grid,
+                                   dtype=cfg.dtype, device=device)
+        self.cfg, self.pixel_size, self.size = cfg, config["pixel_size"], config["view_size"]
+
+    def encode_stream(self, videos, on_video=None) -> list[VideoFeatures]:
+        """Consume (key, frame_index, views) items in shard order; views of consecutive videos share batches.
+
+        Batches never cross the iterable's end (one shard), so a shard recomputed alone gives the same bytes.
+        `on_video(n_frames)` is called as each video's features are complete.
+        """
+        pending: list[tuple] = []  # (video position, branch, frame row, crop, image)
+        meta: list[tuple[str, np.ndarray, np.ndarray]] = []
+        outs: dict[tuple, dict] = {}
+        last_job: list[int] = []  # running job count at which each video is complete
+        done = 0
+
+        def run(batch: list[tuple]) -> None:
+            imgs = torch.from_numpy(np.stack([j[4] for j in batch]))
+            seeds = [stable_seed("noise", self.cfg.seed, meta[v][0], int(meta[v][1][t]), b, k) for v, b, t, k, _ in batch]
+            feats = self.fx(imgs, seeds)
+            pix = resize_frames(imgs.numpy(), self.pixel_size) if self.pixel_size != self.size else imgs.numpy()
+            for n, (v, b, t, k, _) in enumerate(batch):
+                outs[(v, b, t, k)] = {"latent": feats["latent"][n].numpy(), "pixels": pix[n].transpose(2, 0, 1),
+                                      **{f"ms{lv}": m[n].numpy() for lv, m in enumerate(feats["ms"])}}
+
+        n_jobs = 0
+        for key, fidx, views in videos:
+            # 1. queue every view of this video (S, then its K crops, frame by frame)
+            v = len(meta)
+            meta.append((key, np.asarray(fidx, dtype=np.int32), views["crop_origin"]))
+            for t in range(len(fidx)):
+                pending.append((v, "S", t, 0, views["S"][t]))
+                pending += [(v, "D", t, k, views["D"][t, k]) for k in range(self.cfg.crops)]
+            n_jobs += len(fidx) * (1 + self.cfg.crops)
+            last_job.append(n_jobs)
+            # 2. run full batches as soon as there are enough views
+            while len(pending) >= self.cfg.batch_size:
+                run(pending[:self.cfg.batch_size])
+                del pending[:self.cfg.batch_size]
+                done = self._report(done, last_job, n_jobs - len(pending), meta, on_video)
+        if pending:
+            run(pending)
+            done = self._report(done, last_job, n_jobs, meta, on_video)
+        # 3. assemble (T, K, ...) arrays per video
+        result = []
+        for v, (key, fidx, origins) in enumerate(meta):
+            arrays = {}
+            for b, n_views in (("S", 1), ("D", self.cfg.crops)):
+                for name in outs[(v, b, 0, 0)]:
+                    arrays[f"{b}/{name}"] = np.stack([np.stack([outs[(v, b, t, k)][name] for k in range(n_views)])
+                                                      for t in range(len(fidx))])
+            arrays["D/crop_origin"] = origins
+            result.append(VideoFeatures(key=key, frame_index=fidx, arrays=arrays))
+        return result
+
+    @staticmethod
+    def _report(done: int, last_job: list[int], finished_jobs: int, meta, on_video) -> int:
+        while done < len(last_job) and last_job[done] <= finished_jobs:
+            if on_video is not None:
+                on_video(len(meta[done][1]))
+            done += 1
+        return done
+
+
+def _decode(record, cfg: ExtractConfig, size: int):
+    """Decode the sampled frames of one video and cut its views; a failure is returned, not raised."""
+    try:
+        frames, indices, _info, _backend = load_video_frames(record.path, n_frames=cfg.frames, fps=cfg.fps,
+                                                             backend=cfg.backend)
+        return record.key, indices, make_views(frames, indices, record.key, size, cfg.crops, cfg.seed), None
+    except DiffVQAError as exc:
+        return record.key, None, None, str(exc)
+    except Exception as exc:  # one bad video never stops the others
+        return record.key, None, None, f"{record.path}: {type(exc).__name__}: {exc}"
+
+
+def _prefetch(pool: ThreadPoolExecutor, records: list, cfg: ExtractConfig, size: int):
+    """Decode results in order, keeping `decode_workers + 2` videos in flight ahead of the consumer."""
+    ahead = deque(pool.submit(_decode, r, cfg, size) for r in records[:cfg.decode_workers + 2])
+    nxt = len(ahead)
+    while ahead:
+        item = ahead.popleft().result()
+        if nxt < len(records):
+            ahead.append(pool.submit(_decode, records[nxt], cfg, size))
+            nxt += 1
+        yield item
+
+
+def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: int = 1, shard_index: int = 0,
+                retry_failed: bool = False, progress: bool = True) -> ExtractResult:
+    """Extract every shard of this part that is not complete yet, then assemble the manifest."""
+    if not 0 <= shard_index < num_shards:
+        raise UserInputError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    t0 = time.perf_counter()
+    cache_dir, config = prepare_cache(index, cfg, out)
+    cdir = CacheDir(cache_dir)
+    plan = plan_shards(index, cfg.shard_size)
+    by_key = {r.key: r for r in index.records}
+    mine = [i for i in range(len(plan)) if i % num_shards == shard_index]
+    todo = [i for i in mine if not cdir.is_complete(i, plan[i], config["fingerprint"])
+            or (retry_failed and cdir.record(i)["failed"])]
+    result = ExtractResult(cache_dir, config["fingerprint"], 0, len(mine) - len(todo), 0, 0)
+    if todo:
+        if len(todo) < len(mine) or len(mine) < len(plan):
+            err.print(f"Processing {len(todo)}/{len(plan)} shards ({len(mine) - len(todo)} of this part already complete)")
+        encoder = ViewEncoder(cfg, config, resolve_device(cfg.device))
+        n_videos = sum(len(plan[i]) for i in todo)
+        with bar("extract", n_videos, progress) as pbar, ThreadPoolExecutor(cfg.decode_workers) as pool, \
+                ThreadPoolExecutor(1) as writer:
+            # one prefetching stream of decoded videos over all shards to do, consumed shard by shard
+            stream = _prefetch(pool, [by_key[k] for i in todo for k in plan[i]], cfg, config["view_size"])
+            pending_write = None
+
+            def on_video(n_frames: int) -> None:
+                result.videos += 1
+                result.frames += n_frames
+                el = time.perf_counter() - t0
+                pbar.update(advance=1, info=f"{result.videos / el:.2f} videos/s {result.frames / el:.1f} frames/s")
+
+            for i in todo:
+                failed: list[dict] = []
+
+                def decoded_videos(n=len(plan[i]), failed=failed):
+                    for _ in range(n):
+                        key, fidx, views, reason = next(stream)
+                        if reason is None:
+                            yield key, fidx, views
+                        else:
+                            failed.append({"video": key, "reason": reason})
+                            err.print(f"[red]failed[/] {key}: {reason}")
+                            pbar.update(advance=1)
+
+                feats = encoder.encode_stream(decoded_videos(), on_video)
+                if pending_write is not None:
+                    pending_write.result()
+                # the HDF5 write and its checksum overlap with the next shard's work
+                pending_write = writer.submit(write_shard, cdir.shard_path(i), i, config["fingerprint"], feats,
+                                              failed, plan[i])
+                result.shards_done += 1
+                result.failed += failed
+            if pending_write is not None:
+                pending_write.result()
+    result.manifest = cdir.write_manifest(config, plan, [r.key for r in index.missing])
+    result.seconds = time.perf_counter() - t0
+    return result

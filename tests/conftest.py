@@ -1,0 +1,94 @@
+"""Shared fixtures: small deterministic test clips written with PyAV."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from diffvqa_cache.video import write_clip
+
+MARKER_W = 16  # the left MARKER_W columns of frame i are uniform gray at marker_level(i)
+
+
+def marker_level(i: int) -> int:
+    """Brightness of the frame-number marker in frame ``i`` (distinct for i < 23)."""
+    return 20 + 10 * i
+
+
+def clip_frames(n: int = 16, w: int = 64, h: int = 48) -> np.ndarray:
+    """Moving colour gradient with the frame number encoded as the marker's brightness."""
+    y, x = np.mgrid[0:h, 0:w]
+    frames = np.empty((n, h, w, 3), np.uint8)
+    for i in range(n):
+        frames[i, ..., 0] = (x * 4 + i * 8) % 256
+        frames[i, ..., 1] = (y * 5 + i * 4) % 256
+        frames[i, ..., 2] = 128
+        frames[i, :, :MARKER_W] = marker_level(i) % 256
+    return frames
+
+
+def clip_markers(frames: np.ndarray) -> np.ndarray:
+    """Recover the frame number of each decoded (N, H, W, 3) test frame from its marker."""
+    level = frames[:, 8:-8, 2 : MARKER_W - 2].mean(axis=(1, 2, 3))
+    return np.round((level - marker_level(0)) / (marker_level(1) - marker_level(0))).astype(int)
+
+
+@pytest.fixture(scope="session")
+def clip_tools():
+    """Helpers for test clips: ``frames(n, w, h)`` (the source frames) and ``markers(frames)``."""
+    return SimpleNamespace(frames=clip_frames, markers=clip_markers)
+
+
+@pytest.fixture(scope="session")
+def clip_factory(tmp_path_factory):
+    """Return ``make(name, codec='libx264', n=16, w=64, h=48, fps=24, container='mp4', **kw) -> Path``.
+
+    Clips are cached per session by their arguments; extra keywords go to ``write_clip``.
+    """
+    root = tmp_path_factory.mktemp("clips")
+    made: dict[tuple, Path] = {}
+
+    def make(name, codec="libx264", n=16, w=64, h=48, fps=24, container="mp4", **kw) -> Path:
+        key = (name, codec, n, w, h, fps, container, tuple(sorted(kw.items())))
+        if key not in made:
+            path = root / f"{name}.{container}"
+            write_clip(path, clip_frames(n, w, h), fps=fps, codec=codec, **kw)
+            made[key] = path
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_home(tmp_path_factory):
+    """Keep the sample dataset and weight-hash memos of the suite out of the user's ~/.cache."""
+    import os
+
+    home = tmp_path_factory.mktemp("cache_home")
+    old = os.environ.get("DIFFVQA_CACHE_HOME")
+    os.environ["DIFFVQA_CACHE_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("DIFFVQA_CACHE_HOME", None)
+    else:
+        os.environ["DIFFVQA_CACHE_HOME"] = old
+
+
+@pytest.fixture(scope="session")
+def sample_root(cache_home):
+    """The embedded sample dataset, generated once per session."""
+    from diffvqa_cache.datasets.sample import ensure_sample
+
+    return ensure_sample()
+
+
+@pytest.fixture(scope="session")
+def tiny_extract_config():
+    """The fastest stage-one settings that still exercise every part: 2 frames, 1 step, 2 crops."""
+    from diffvqa_cache.config import ExtractConfig
+
+    return ExtractConfig(model="tiny", steps=1, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
+                         batch_size=6, decode_workers=1)

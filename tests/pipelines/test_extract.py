@@ -1,0 +1,147 @@
+"""Stage one end to end with the tiny model: cache layout, fingerprint, resume, shards, failures."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from diffvqa_cache.cache import FeatureCache, file_sha256, verify_cache
+from diffvqa_cache.config import fingerprint
+from diffvqa_cache.datasets import load_dataset
+from pipelines.extract import run_extract
+
+
+@pytest.fixture(scope="module")
+def sample4(sample_root):
+    return load_dataset("sample", None, limit=4)
+
+
+@pytest.fixture(scope="module")
+def extracted(tmp_path_factory, sample4, tiny_extract_config):
+    out = tmp_path_factory.mktemp("cache")
+    return run_extract(sample4, tiny_extract_config, out, progress=False), out
+
+
+def shard_hashes(cache_dir):
+    return {p.name: file_sha256(p) for p in sorted((cache_dir / "shards").glob("*.h5"))}
+
+
+def test_cache_holds_every_video_frame_and_branch(extracted, tiny_extract_config):
+    result, _ = extracted
+    cache = FeatureCache(result.cache_dir)
+    assert len(cache) == 4 and result.manifest["complete"] and not result.failed
+    shapes = cache.feature_shapes()
+    # tiny model: latent 16x16, up-block maps 4,8,16,16 pooled to grid 4; D has 2 crops
+    assert shapes["S/latent"]["shape"] == [1, 4, 16, 16] and shapes["S/latent"]["dtype"] == "float16"
+    assert shapes["D/latent"]["shape"] == [2, 4, 16, 16]
+    assert [shapes[f"S/ms{i}"]["shape"][-1] for i in range(4)] == [4, 4, 4, 4]
+    assert shapes["D/pixels"] == {"shape": [2, 3, 32, 32], "dtype": "uint8"}
+    assert shapes["D/crop_origin"]["shape"] == [2, 2]
+    arrays = cache.read(cache.keys[1])
+    assert arrays["frame_index"].tolist() == [4, 12]  # 16-frame clips, 2 frames at segment centres
+    assert np.isfinite(arrays["D/ms0"].astype(np.float32)).all()
+    assert cache.labels[cache.keys[1]]["mos"] > 1.0
+    # iterating shard by shard gives the same arrays as reading by id
+    for key, arr in cache.iter_videos():
+        np.testing.assert_array_equal(arr["S/ms2"], cache.read(key)["S/ms2"])
+
+
+def test_rerun_does_no_work(extracted, sample4, tiny_extract_config, monkeypatch):
+    result, out = extracted
+    import pipelines.extract as ex
+
+    def no_model(*a, **k):
+        raise AssertionError("a rerun must not load the model")
+
+    monkeypatch.setattr(ex, "ViewEncoder", no_model)
+    again = run_extract(sample4, tiny_extract_config, out, progress=False)
+    assert again.shards_done == 0 and again.shards_skipped == 2 and again.cache_dir == result.cache_dir
+
+
+def test_deleted_shard_recomputed_alone_bit_identical(extracted, sample4, tiny_extract_config, tmp_path):
+    result, out = extracted
+    before = shard_hashes(result.cache_dir)
+    work = tmp_path / "copy"
+    shutil.copytree(out, work)
+    cache_dir = work / result.cache_dir.relative_to(out)
+    (cache_dir / "shards" / "shard-00001.h5").unlink()
+    assert verify_cache(cache_dir)[0] == ["shard-00001.h5: missing"]
+    again = run_extract(sample4, tiny_extract_config, work, progress=False)
+    assert again.shards_done == 1 and again.shards_skipped == 1
+    assert shard_hashes(cache_dir) == before
+    assert verify_cache(cache_dir)[0] == []
+
+
+def test_verify_names_a_corrupted_shard(extracted, tmp_path):
+    result, out = extracted
+    work = tmp_path / "copy"
+    shutil.copytree(result.cache_dir, work)
+    shard = work / "shards" / "shard-00000.h5"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    problems, n = verify_cache(work)
+    assert n == 2 and problems == ["shard-00000.h5: content does not match its checksum (damaged)"]
+
+
+def test_fingerprint_tracks_numbers_not_placement(tiny_extract_config):
+    base = fingerprint(tiny_extract_config, "m", "c", 128)
+    same = [dataclasses.replace(tiny_extract_config, batch_size=1, shard_size=7, device="cpu", decode_workers=4)]
+    differ = [dataclasses.replace(tiny_extract_config, **kw) for kw in
+              ({"steps": 2}, {"grid": 8}, {"seed": 1}, {"crops": 1}, {"frames": 3}, {"scheduler": "euler"})]
+    assert all(fingerprint(c, "m", "c", 128) == base for c in same)
+    assert len({fingerprint(c, "m", "c", 128) for c in differ} | {base}) == len(differ) + 1
+    assert fingerprint(tiny_extract_config, "m2", "c", 128) != base
+    assert fingerprint(tiny_extract_config, "m", "c2", 128) != base
+    assert fingerprint(tiny_extract_config, "m", "c", 256) != base
+
+
+def test_features_do_not_depend_on_batch_size(extracted, sample4, tiny_extract_config, tmp_path):
+    result, _ = extracted
+    other = run_extract(sample4, dataclasses.replace(tiny_extract_config, batch_size=1), tmp_path, progress=False)
+    assert other.cache_dir.name == result.cache_dir.name
+    a, b = FeatureCache(result.cache_dir), FeatureCache(other.cache_dir)
+    for key in a.keys:
+        for name, arr in a.read(key).items():
+            np.testing.assert_allclose(arr.astype(np.float32), b.read(key)[name].astype(np.float32), atol=2e-3)
+
+
+def test_job_array_parts_equal_one_run(extracted, sample4, tiny_extract_config, tmp_path):
+    result, _ = extracted
+    parts = [run_extract(sample4, tiny_extract_config, tmp_path, num_shards=2, shard_index=i, progress=False)
+             for i in (1, 0)]
+    assert [p.shards_done for p in parts] == [1, 1]
+    assert parts[0].manifest["complete"] is False and parts[1].manifest["complete"] is True
+    assert shard_hashes(parts[1].cache_dir) == shard_hashes(result.cache_dir)
+
+
+def test_zero_byte_video_reported_and_skipped(sample_root, tiny_extract_config, tmp_path):
+    root = tmp_path / "ds"
+    (root / "videos").mkdir(parents=True)
+    for name in ("sample_000.mp4", "sample_001.mp4"):
+        shutil.copy(sample_root / "videos" / name, root / "videos" / name)
+    (root / "videos" / "broken.mp4").write_bytes(b"")
+    (root / "labels.csv").write_text("video,mos\nvideos/sample_000.mp4,4.1\nvideos/broken.mp4,2.0\n"
+                                     "videos/sample_001.mp4,3.0\n")
+    index = load_dataset("csv", root)
+    result = run_extract(index, dataclasses.replace(tiny_extract_config, shard_size=8), tmp_path / "out",
+                         progress=False)
+    assert result.videos == 2 and [f["video"] for f in result.failed] == ["videos__broken"]
+    assert "broken.mp4" in result.failed[0]["reason"]
+    info = FeatureCache(result.cache_dir).info()
+    assert info["videos"] == 2 and info["failed"][0]["video"] == "videos__broken"
+    with h5py.File(result.cache_dir / "shards" / "shard-00000.h5") as f:
+        assert [k.decode() for k in f["keys"][:]] == ["videos__sample_000", "videos__sample_001"]
+
+
+def test_config_saved_beside_the_cache(extracted, tiny_extract_config):
+    result, _ = extracted
+    cfg = json.loads((result.cache_dir / "config.json").read_text())
+    assert cfg["fingerprint"] == result.cache_dir.name == result.fingerprint
+    assert cfg["extract"]["steps"] == 1 and cfg["model_id"].startswith("tiny-") and cfg["controller_id"] == "zero-init"
+    assert cfg["mos_range"] == [1.0, 5.0]

@@ -1,0 +1,131 @@
+"""The embedded sample dataset (diffvqa_cache.datasets.sample)."""
+
+from __future__ import annotations
+
+import csv
+import os
+import time
+
+import numpy as np
+import pytest
+
+from diffvqa_cache.datasets import sample
+from diffvqa_cache.datasets.sample import DISTORTIONS, ensure_sample, plan
+from diffvqa_cache.errors import DatasetError
+from diffvqa_cache.video import load_video_frames, probe
+
+
+@pytest.fixture(scope="module")
+def two_roots(tmp_path_factory):
+    """The sample generated twice, into two separate folders."""
+    return [ensure_sample(tmp_path_factory.mktemp(f"gen{i}") / "sample-v1") for i in range(2)]
+
+
+def read_labels(root):
+    with open(root / "labels.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_layout_and_labels(two_roots):
+    root = two_roots[0]
+    rows = read_labels(root)
+    assert len(rows) == 36 and list(rows[0]) == ["video", "mos"]
+    assert rows[0]["video"] == "videos/sample_000.mp4"
+    for row in rows:
+        assert (root / row["video"]).is_file()
+        assert 1.0 <= float(row["mos"]) <= 5.0
+    assert "synthetic" in (root / "README.txt").read_text()
+    info = probe(root / rows[0]["video"])
+    assert (info.codec, info.n_frames, info.fps) == ("h264", 16, 24.0)
+    assert not list(root.parent.glob("*.incomplete"))
+
+
+def test_deterministic(two_roots):
+    a, b = two_roots
+    assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
+    for name in ("videos/sample_000.mp4", "videos/sample_016.mp4", "videos/sample_035.mp4"):
+        fa, ia, _, _ = load_video_frames(a / name, n_frames=4)
+        fb, ib, _, _ = load_video_frames(b / name, n_frames=4)
+        assert ia.tolist() == ib.tolist() and np.array_equal(fa, fb)
+        assert (a / name).read_bytes() == (b / name).read_bytes()  # one x264 thread: same bytes
+
+
+def test_content_varies_and_moves(two_roots):
+    root = two_roots[0]
+    firsts = []
+    for i in (0, 1, 2, 3, 4, 5):  # one clip of each content
+        frames, _, _, _ = load_video_frames(root / f"videos/sample_{i:03d}.mp4", n_frames=2)
+        assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 1  # motion
+        firsts.append(frames[0].astype(int))
+    for i in range(len(firsts) - 1):
+        assert np.abs(firsts[i] - firsts[i + 1]).mean() > 10
+
+
+def test_mos_falls_with_strength(two_roots):
+    mos = {row["video"]: float(row["mos"]) for row in read_labels(two_roots[0])}
+    specs = plan()
+    assert {s.distortion for s in specs} == set(DISTORTIONS)
+    for distortion in DISTORTIONS:
+        graded = sorted((s.strength, mos[s.video]) for s in specs if s.distortion == distortion)
+        assert len(graded) == 6 and graded[0][0] == 0.0
+        values = [m for _, m in graded]
+        assert all(x > y for x, y in zip(values, values[1:])), (distortion, values)
+        assert values[0] > 4.4 and values[-1] < 2.0
+
+
+def test_second_call_returns_immediately(two_roots):
+    root = two_roots[0]
+    before = (root / "labels.csv").stat().st_mtime_ns
+    start = time.perf_counter()
+    assert ensure_sample(root) == root
+    assert time.perf_counter() - start < 0.5
+    assert (root / "labels.csv").stat().st_mtime_ns == before
+
+
+def test_killed_generation_not_taken_as_complete(tmp_path, monkeypatch):
+    root = tmp_path / "sample-v1"
+    calls = []
+
+    def dying_write_clip(path, frames, **kw):
+        calls.append(path)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # as if the user pressed Ctrl-C mid-generation
+        path.write_bytes(b"partial")
+
+    monkeypatch.setattr(sample, "write_clip", dying_write_clip)
+    with pytest.raises(KeyboardInterrupt):
+        ensure_sample(root, n_clips=6)
+    assert not root.exists() and not list(tmp_path.glob("*.incomplete"))
+
+    # a leftover from a hard kill (SIGKILL) sits beside the root but is never used as the dataset
+    leftover = tmp_path / "sample-v1.abc123.incomplete"
+    (leftover / "videos").mkdir(parents=True)
+    (leftover / "videos" / "sample_000.mp4").write_bytes(b"partial")
+    monkeypatch.undo()
+    out = ensure_sample(root, n_clips=6)
+    assert out == root and len(read_labels(root)) == 6
+    assert (root / "videos" / "sample_005.mp4").stat().st_size > 1000
+
+
+def test_stale_leftovers_removed(tmp_path):
+    leftover = tmp_path / "sample-v1.old.incomplete"
+    leftover.mkdir()
+    old = time.time() - 2 * sample.STALE_SECONDS
+    os.utime(leftover, (old, old))
+    ensure_sample(tmp_path / "sample-v1", n_clips=1)
+    assert not leftover.exists()
+
+
+def test_non_sample_folder_refused(tmp_path):
+    root = tmp_path / "sample-v1"
+    root.mkdir()
+    (root / "mine.txt").write_text("user data")
+    with pytest.raises(DatasetError, match="sample-v1"):
+        ensure_sample(root)
+
+
+def test_default_root(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFVQA_CACHE_HOME", str(tmp_path / "home"))
+    assert sample.default_root() == tmp_path / "home" / "sample-v1"
+    monkeypatch.delenv("DIFFVQA_CACHE_HOME")
+    assert sample.default_root() == sample.Path.home() / ".cache" / "diffvqa-cache" / "sample-v1"

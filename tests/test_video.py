@@ -1,0 +1,203 @@
+"""Decoding, probing and frame sampling (diffvqa_cache.video)."""
+
+from __future__ import annotations
+
+import av
+import numpy as np
+import pytest
+
+from diffvqa_cache.errors import DecodeError, UserInputError
+from diffvqa_cache.video import (
+    load_video_frames,
+    probe,
+    read_frames,
+    sample_indices,
+    write_clip,
+)
+
+try:
+    import decord  # noqa: F401
+
+    HAS_DECORD = True
+except Exception:
+    HAS_DECORD = False
+
+needs_decord = pytest.mark.skipif(not HAS_DECORD, reason="decord not installed")
+
+
+@pytest.fixture
+def markers(clip_tools):
+    return clip_tools.markers
+
+
+# --- sample_indices ---------------------------------------------------------------------------
+
+
+def test_uniform_indices_are_segment_centres():
+    assert sample_indices(16, 8).tolist() == [1, 3, 5, 7, 9, 11, 13, 15]
+    assert sample_indices(240, 8).tolist() == [15, 45, 75, 105, 135, 165, 195, 225]
+    assert sample_indices(8, 8).tolist() == list(range(8))
+
+
+@pytest.mark.parametrize("n_total,n", [(8, 8), (9, 8), (100, 7), (1000, 16), (31, 30)])
+def test_uniform_indices_properties(n_total, n):
+    idx = sample_indices(n_total, n)
+    assert len(idx) == n and idx.dtype == np.int64
+    assert np.all(np.diff(idx) > 0) and idx[0] >= 0 and idx[-1] < n_total
+
+
+def test_fixed_rate_indices():
+    assert sample_indices(30, None, fps=10, video_fps=30).tolist() == list(range(0, 30, 3))
+    idx = sample_indices(100, None, fps=12, video_fps=29.97)
+    assert idx[0] == 0 and idx[-1] < 100 and np.all(np.diff(idx) >= 2)
+    assert len(idx) == int(np.ceil(100 / (29.97 / 12)))
+    assert sample_indices(5, None, fps=1, video_fps=30).tolist() == [0]
+
+
+def test_indices_need_exactly_one_mode():
+    with pytest.raises(UserInputError):
+        sample_indices(30, None, None)
+    with pytest.raises(UserInputError):
+        sample_indices(30, 8, fps=2)
+
+
+def test_too_few_frames_names_file():
+    with pytest.raises(DecodeError, match=r"clip\.mp4 has 2 frames, fewer than --frames 8"):
+        sample_indices(2, 8, path="clip.mp4")
+
+
+# --- probe and decode -------------------------------------------------------------------------
+
+
+def test_probe_h264(clip_factory):
+    path = clip_factory("h264")
+    info = probe(path)
+    assert (info.n_frames, info.fps, info.width, info.height) == (16, 24.0, 64, 48)
+    assert info.codec == "h264" and info.rotation == 0 and info.path == path
+
+
+@needs_decord
+def test_decord_and_pyav_agree_on_h264(clip_factory, markers, clip_tools):
+    path = clip_factory("h264")
+    idx = [0, 5, 9, 15]
+    a, used_a = read_frames(path, idx, backend="decord")
+    b, used_b = read_frames(path, idx, backend="pyav")
+    assert (used_a, used_b) == ("decord", "pyav")
+    assert a.shape == b.shape == (4, 48, 64, 3) and a.dtype == b.dtype == np.uint8
+    assert np.abs(a.astype(int) - b.astype(int)).mean() < 1.0
+    assert markers(a).tolist() == markers(b).tolist() == idx
+    # close to the source frames
+    src = clip_tools.frames()[idx]
+    assert np.abs(b.astype(int) - src.astype(int)).mean() < 6
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"] + (["decord"] if HAS_DECORD else []))
+def test_frame_order_unsorted_and_repeated(clip_factory, backend, markers):
+    idx = [12, 0, 7, 7, 3]
+    frames, _ = read_frames(clip_factory("h264"), idx, backend=backend)
+    assert markers(frames).tolist() == idx
+
+
+@needs_decord
+def test_auto_prefers_decord_for_h264(clip_factory):
+    _, used = read_frames(clip_factory("h264"), [1], backend="auto")
+    assert used == "decord"
+
+
+@pytest.mark.parametrize("container", ["webm", "mkv"])
+def test_vp9_decodes_via_auto(clip_factory, container, markers):
+    path = clip_factory("vp9", codec="libvpx-vp9", container=container)
+    info = probe(path)
+    assert info.codec == "vp9" and info.n_frames == 16
+    frames, indices, info2, used = load_video_frames(path, n_frames=8)
+    assert used == "pyav" and frames.shape == (8, 48, 64, 3)
+    assert markers(frames).tolist() == indices.tolist() == list(range(1, 16, 2))
+
+
+def test_hevc_and_mpeg4_decode(clip_factory, markers):
+    for codec in ("libx265", "mpeg4"):
+        frames, indices, info, _ = load_video_frames(clip_factory(codec, codec=codec), n_frames=4)
+        assert markers(frames).tolist() == indices.tolist()
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"] + (["decord"] if HAS_DECORD else []))
+def test_rotation_applied(clip_factory, backend):
+    plain, _ = read_frames(clip_factory("h264"), [2, 9], backend="pyav")
+    path = clip_factory("rot90", rotation=90)
+    assert probe(path).rotation == 90
+    frames, _ = read_frames(path, [2, 9], backend=backend)
+    assert frames.shape == (2, 64, 48, 3)
+    expected = np.rot90(plain, k=1, axes=(1, 2))
+    assert np.abs(frames.astype(int) - expected.astype(int)).mean() < 1.0
+
+
+def test_load_video_frames_fps_mode(clip_factory, markers):
+    frames, indices, info, _ = load_video_frames(clip_factory("h264"), n_frames=None, fps=6)
+    assert indices.tolist() == [0, 4, 8, 12]
+    assert markers(frames).tolist() == [0, 4, 8, 12]
+
+
+# --- failures: one DecodeError naming the file ------------------------------------------------
+
+
+def test_zero_byte_file(tmp_path):
+    path = tmp_path / "empty.mp4"
+    path.write_bytes(b"")
+    with pytest.raises(DecodeError, match="empty.mp4"):
+        probe(path)
+    with pytest.raises(DecodeError, match="empty.mp4"):
+        load_video_frames(path)
+
+
+def test_text_file_renamed_mp4(tmp_path):
+    path = tmp_path / "notes.mp4"
+    path.write_text("this is not a video\n" * 50)
+    with pytest.raises(DecodeError, match="notes.mp4") as err:
+        read_frames(path, [0])
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(DecodeError, match="nope.mp4"):
+        probe(tmp_path / "nope.mp4")
+
+
+def test_audio_only_file(tmp_path):
+    path = tmp_path / "speech.m4a"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)[None]
+        for start in range(0, 16000, 1024):
+            frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="flt", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with pytest.raises(DecodeError, match=r"speech\.m4a has no video stream"):
+        load_video_frames(path)
+
+
+def test_two_frame_video_with_frames_8(clip_factory, markers):
+    path = clip_factory("short", n=2)
+    with pytest.raises(DecodeError, match=r"short\.mp4 has 2 frames, fewer than --frames 8; lower --frames"):
+        load_video_frames(path, n_frames=8)
+    frames, indices, _, _ = load_video_frames(path, n_frames=2)
+    assert markers(frames).tolist() == indices.tolist() == [0, 1]
+
+
+@pytest.mark.parametrize("backend", ["auto", "pyav"])
+def test_truncated_file(tmp_path, backend, clip_tools):
+    full = tmp_path / "full.mp4"
+    write_clip(full, clip_tools.frames(40, 64, 48), container_options={"movflags": "faststart"})
+    data = full.read_bytes()
+    cut = tmp_path / "cut.mp4"
+    cut.write_bytes(data[: len(data) // 2])
+    assert probe(cut).n_frames == 40  # the header still claims every frame
+    with pytest.raises(DecodeError, match=r"cut\.mp4.*truncated"):
+        read_frames(cut, [0, 39], backend=backend)
+
+
+def test_unknown_backend(clip_factory):
+    with pytest.raises(UserInputError):
+        read_frames(clip_factory("h264"), [0], backend="ffmpeg")
