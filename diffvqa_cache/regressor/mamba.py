@@ -1,0 +1,151 @@
+"""Mamba block for TCAB, with a CUDA path (mamba_ssm) and a pure-PyTorch path sharing one parameter layout.
+
+Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). Our choice:
+- `Mamba` holds exactly the parameters and state_dict keys of `mamba_ssm.Mamba` (in_proj, conv1d, x_proj,
+  dt_proj, A_log, D, out_proj; same shapes and init), so a checkpoint moves between GPU and CPU.
+- At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
+  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise a pure-PyTorch
+  parallel scan (mambapy's `pscan`) computes the same recurrence. The projections and the causal depthwise
+  conv are plain torch ops in both cases.
+- `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
+  averaged, plus a residual.
+- `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
+  used by the tests as ground truth.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mambapy.pscan import pscan
+
+
+@functools.lru_cache(maxsize=None)
+def cuda_selective_scan():
+    """mamba_ssm's CUDA `selective_scan_fn`, or None; imported lazily, on the first CUDA forward."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA build
+        return None
+    return selective_scan_fn
+
+
+def selective_scan_reference(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
+    """Sequential selective scan, same layout and maths as mamba_ssm's `selective_scan_ref`.
+
+    u, delta, z: (batch, d_inner, L); A: (d_inner, d_state); B, C: (batch, d_state, L); D, delta_bias:
+    (d_inner,). Keeps the input dtype (the original upcasts to float32). Returns (batch, d_inner, L):
+    h_t = exp(delta_t * A) h_{t-1} + delta_t * B_t * u_t;  y_t = C_t h_t + D * u_t;  y *= silu(z).
+    """
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    batch, d_inner, length = u.shape
+    delta_a = torch.exp(torch.einsum("bdl,dn->bdln", delta, A))
+    delta_b_u = torch.einsum("bdl,bnl,bdl->bdln", delta, B, u)
+    h = u.new_zeros(batch, d_inner, A.shape[1])
+    ys = []
+    for t in range(length):
+        h = delta_a[:, :, t] * h + delta_b_u[:, :, t]
+        ys.append(torch.einsum("bdn,bn->bd", h, C[:, :, t]))
+    y = torch.stack(ys, dim=2)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+def selective_scan_parallel(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
+    """Same contract as `selective_scan_reference`, computed with a parallel (Blelloch) scan in PyTorch."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    u_l, delta_l = u.transpose(1, 2), delta.transpose(1, 2)  # (batch, L, d_inner)
+    delta_a = torch.exp(delta_l.unsqueeze(-1) * A)  # (batch, L, d_inner, d_state)
+    delta_b_u = (delta_l * u_l).unsqueeze(-1) * B.transpose(1, 2).unsqueeze(2)
+    h = pscan(delta_a, delta_b_u)  # (batch, L, d_inner, d_state)
+    y = (h @ C.transpose(1, 2).unsqueeze(-1)).squeeze(-1).transpose(1, 2)  # (batch, d_inner, L)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
+class Mamba(nn.Module):
+    """Drop-in for `mamba_ssm.Mamba(d_model, d_state, d_conv, expand)`: (B, L, d_model) -> (B, L, d_model)."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16)
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=False)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=True)
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)
+                                            .repeat(self.d_inner, 1)))  # S4D-real init
+        self.D = nn.Parameter(torch.ones(self.d_inner))
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=False)
+        self.A_log._no_weight_decay = True
+        self.D._no_weight_decay = True
+
+        # dt init as mamba_ssm: weight ~ U(+-dt_rank^-0.5), softplus(bias) log-uniform in [dt_min, dt_max]
+        std = self.dt_rank ** -0.5
+        nn.init.uniform_(self.dt_proj.weight, -std, std)
+        dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min))
+        dt = dt.clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))  # inverse softplus
+        self.dt_proj.bias._no_reinit = True
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        length = hidden_states.shape[1]
+        # 1. input projection, split into the SSM branch x and the gate z, channels first: (B, d_inner, L)
+        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        # 2. causal depthwise conv over the sequence + SiLU
+        x = F.silu(self.conv1d(x)[..., :length])
+        # 3. input-dependent dt (without bias: the scan adds it), B, C
+        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L)
+        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, d_state, L)
+        # 4. selective scan (mamba_ssm's CUDA kernel when available and on GPU, else pure PyTorch), gated by silu(z)
+        if x.is_cuda and cuda_selective_scan() is not None:
+            scan = cuda_selective_scan()
+            y = scan(x.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), B, C, self.D.float(),
+                     z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
+        else:
+            y = selective_scan_parallel(x, dt, -torch.exp(self.A_log), B, C, self.D, z=z,
+                                        delta_bias=self.dt_proj.bias, delta_softplus=True)
+        # 5. output projection
+        return self.out_proj(y.transpose(1, 2))
+
+
+class BiMamba(nn.Module):
+    """Pre-norm bidirectional Mamba block: x + mean(Mamba_f(LN x), flip(Mamba_b(flip(LN x))))."""
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2):
+        super().__init__()
+        self.norm = nn.LayerNorm(d_model)
+        self.forward_mamba = Mamba(d_model, d_state, d_conv, expand)
+        self.backward_mamba = Mamba(d_model, d_state, d_conv, expand)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # 1. pre-norm
+        h = self.norm(x)
+        # 2. both directions (the backward one reads the reversed sequence, its output is flipped back)
+        y_forward = self.forward_mamba(h)
+        y_backward = self.backward_mamba(h.flip(1)).flip(1)
+        # 3. average + residual
+        return x + 0.5 * (y_forward + y_backward)
