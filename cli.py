@@ -175,6 +175,158 @@ def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and
     typer.echo(json.dumps(m) if as_json else format_metrics(m))
 
 
+@app.command()
+@known_errors
+def adapt(
+    dataset: DatasetOpt = "sample",
+    root: RootOpt = None,
+    labels: LabelsOpt = None,
+    out: Annotated[Path, typer.Option(help="Output Controller folder (pass it to extract --controller).")] = Path("controller"),
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")] = "tiny",
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    controller: Annotated[Optional[str], typer.Option(help="Start from this Controller folder (default: zero-init).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames sampled uniformly per video.")] = 8,
+    crops: Annotated[int, typer.Option(help="Cropped views per frame (besides the resized view).")] = 1,
+    limit: Annotated[Optional[int], typer.Option(help="Train on a seeded random subset of N videos.")] = None,
+    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20000,
+    batch_size: Annotated[int, typer.Option(help="Latents per micro-batch.")] = 4,
+    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
+    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 500,
+    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
+    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: none).")] = 1.0,
+    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 1000,
+    keep_checkpoints: Annotated[int, typer.Option(help="Checkpoints kept in OUT/checkpoints.")] = 2,
+    resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in --out.")] = False,
+    seed: Annotated[int, typer.Option(help="Seeds crops, video subset, frame order, timesteps and noise.")] = 0,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast, CUDA only).")] = "fp32",
+    gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory.")] = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
+    mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
+) -> None:
+    """Stage zero: train the Controller so SD reconstructs a dataset's frames (only the Controller learns)."""
+    from diffvqa_cache.adaptation import AdaptConfig
+    from diffvqa_cache.errors import UserInputError
+    from pipelines.adapt import run_adapt
+
+    try:
+        cfg = AdaptConfig(model=model, revision=revision, controller=controller, frames=frames, crops=crops,
+                          limit=limit, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
+                          warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
+                          dtype=dtype, gradient_checkpointing=gradient_checkpointing, save_every=save_every,
+                          keep_checkpoints=keep_checkpoints, device=device)
+    except ValueError as exc:
+        raise UserInputError(str(exc)) from None
+    index = _load_index(dataset, root, labels, None, video_column, mos_column)
+    result = run_adapt(index, cfg, out, resume=resume)
+    typer.echo(str(result.out))
+    typer.echo(result.summary(), err=True)
+
+
+@app.command()
+@known_errors
+def reconstruct(
+    video: Annotated[Path, typer.Argument(help="A video file.")],
+    out: Annotated[Path, typer.Option(help="PNG to write (metrics go to the same name with .json).")] = Path("recon.png"),
+    model: Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")] = "tiny",
+    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
+    frames: Annotated[int, typer.Option(help="Frames sampled uniformly (one row each).")] = 1,
+    steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
+    scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
+    seed: Annotated[int, typer.Option(help="As extract --seed (start noise).")] = 0,
+    key: Annotated[Optional[str], typer.Option(help="The video's key in the dataset (seeds the noise as extract "
+                                                    "does; default: the file name without extension).")] = None,
+    view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
+    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+) -> None:
+    """Show what stage one sees: view, its reconstruction and the error, with PSNR and SSIM."""
+    from pipelines.reconstruct import run_reconstruct
+
+    result = run_reconstruct(video, out, model=model, controller=controller, revision=revision, frames=frames,
+                             steps=steps, scheduler=scheduler, seed=seed, key=key, view_size=view_size,
+                             dtype=dtype, device=device)
+    typer.echo(result.summary())
+    typer.echo(f"wrote {result.png} and {result.json}", err=True)
+
+
+def _parse_value(text: str):
+    import yaml
+
+    return yaml.safe_load(text)
+
+
+@app.command()
+@known_errors
+def fit(
+    cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    config: Annotated[Optional[Path], typer.Option(help="YAML of fit settings (regressor:, train:, top-level).")] = None,
+    test_cache: Annotated[Optional[Path], typer.Option(help="Cross-dataset: train on all of --cache, test on this.")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's models (e.g. an LSVQ run).")] = None,
+    protocol: Annotated[Optional[str], typer.Option(help="auto, random, lsvq or cross.")] = None,
+    splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of 80/20 splits (default 10).")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per split.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seeds splits, initialisation and batches.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ...")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
+) -> None:
+    """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
+    from pipelines.fit import format_summary, load_fit_config, run_fit
+
+    overrides = {}
+    for item in set_ or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        overrides[name.strip()] = _parse_value(value)
+    for name, value in (("protocol", protocol), ("splits", splits), ("train.epochs", epochs), ("seed", seed),
+                        ("train.device", device)):
+        if value is not None:
+            overrides[name] = value
+    cfg = load_fit_config(config, overrides)
+    result = run_fit(cache, out, cfg, test_cache_path=test_cache, init=init)
+    typer.echo(format_summary(result, out))
+
+
+@app.command()
+@known_errors
+def predict(
+    videos: Annotated[list[Path], typer.Argument(help="Video files or folders of videos.")],
+    run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
+    model: Annotated[Optional[str], typer.Option(help="Where the run's SD weights are now (default: as recorded).")] = None,
+    controller: Annotated[Optional[str], typer.Option(help="Where the run's Controller is now.")] = None,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV (or JSON by suffix) here.")] = None,
+    as_json: JsonOpt = False,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
+) -> None:
+    """Score videos on the training MOS scale with a fitted run (features computed on the fly)."""
+    import csv
+    import io
+
+    from pipelines.predict import run_predict
+
+    rows = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size)
+    if as_json or (output is not None and output.suffix == ".json"):
+        text = json.dumps(rows, indent=1)
+    else:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=["video", "score", "path", "error"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+        text = buf.getvalue()
+    if output is not None:
+        output.write_text(text)
+        typer.echo(f"wrote {len(rows)} scores to {output}", err=True)
+    else:
+        typer.echo(text.rstrip("\n"))
+    if any("error" in r for r in rows):
+        raise typer.Exit(1)
+
+
 def main() -> None:
     app()
 

@@ -214,6 +214,19 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.keys)
 
+    def check_complete(self) -> None:
+        """Quick check before training: every shard present at its recorded size, nothing left to extract."""
+        damaged = [s["file"] for s in self.manifest["shards"]
+                   if not (self.dir.shards / s["file"]).is_file()
+                   or (self.dir.shards / s["file"]).stat().st_size != s["bytes"]]
+        if damaged:
+            raise CacheError(f"{self.path}: damaged or missing shards {damaged[:5]}; rerun the same extract command "
+                             "to recompute them (`diffvqa-cache cache verify` lists the damage)")
+        if not self.manifest["complete"]:
+            n = len(self.manifest["not_extracted"])
+            raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
+                             "finish the extract run (all --shard-index parts) before fitting")
+
     def shard_files(self) -> list[Path]:
         return [self.dir.shards / s["file"] for s in self.manifest["shards"]]
 

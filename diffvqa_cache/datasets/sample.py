@@ -13,23 +13,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from scipy.ndimage import gaussian_filter
 
 from ..errors import DatasetError
 from ..video import write_clip
 
-VERSION = "sample-v1"
+VERSION = "sample-v2"
 SEED = 20240601
-N_CLIPS = 36
 N_FRAMES, FPS, WIDTH, HEIGHT = 16, 24, 160, 120
 BASE_CRF = 18
 CONTENTS = ("gradient", "checkerboard", "stripes", "shapes", "noise_texture", "plasma")
-DISTORTIONS = ("blur", "noise", "compression", "dark_low_contrast", "down_up_scale", "combined")
-LEVELS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
+DISTORTIONS = ("blur", "noise", "compression", "dark_low_contrast")
+STRENGTHS = (0.4, 0.7, 1.0)  # each distortion's strengths; every content also has one pristine clip
 # how strongly each distortion lowers the MOS at full strength
-SEVERITY = {"blur": 1.0, "noise": 0.9, "compression": 0.95, "dark_low_contrast": 0.75,
-            "down_up_scale": 0.85, "combined": 1.1}
+SEVERITY = {"pristine": 0.0, "blur": 1.0, "noise": 0.9, "compression": 0.95, "dark_low_contrast": 0.8}
+CONDITIONS = (("pristine", 0.0),) + tuple((d, s) for d in DISTORTIONS for s in STRENGTHS)
+N_CLIPS = len(CONTENTS) * len(CONDITIONS)
 STALE_SECONDS = 3600
 X264_OPTIONS = {"preset": "veryfast", "threads": "1"}  # fast, and one thread keeps the bytes reproducible
 
@@ -41,14 +40,14 @@ class ClipSpec:
     index: int
     video: str  # relative path, e.g. videos/sample_000.mp4
     content: str
-    distortion: str
+    distortion: str  # "pristine" or one of DISTORTIONS
     strength: float  # 0 (pristine) .. 1 (strongest)
     crf: int
     mos: float
 
 
 def default_root() -> Path:
-    """``$DIFFVQA_CACHE_HOME/sample-v1`` (default ``~/.cache/diffvqa-cache/sample-v1``)."""
+    """``$DIFFVQA_CACHE_HOME/sample-v2`` (default ``~/.cache/diffvqa-cache/sample-v2``)."""
     home = os.environ.get("DIFFVQA_CACHE_HOME") or Path.home() / ".cache" / "diffvqa-cache"
     return Path(home).expanduser() / VERSION
 
@@ -60,18 +59,17 @@ def mos_for(distortion: str, strength: float, jitter: float = 0.0) -> float:
 
 
 def plan(n_clips: int = N_CLIPS) -> list[ClipSpec]:
-    """The clip list: every distortion at every level, contents rotating so each pairs with each."""
+    """The clip list, content-balanced: every content under every condition (pristine, each distortion at
+    each strength). Clips cycle through the contents, so any run of len(CONTENTS) clips shows each once."""
     rng = np.random.default_rng(SEED)
     specs = []
     for i in range(n_clips):
-        d, level = (i // len(LEVELS)) % len(DISTORTIONS), i % len(LEVELS)
-        distortion, strength = DISTORTIONS[d], LEVELS[level]
-        crf = BASE_CRF + round(33 * strength) if distortion == "compression" else (
-            BASE_CRF + round(22 * strength) if distortion == "combined" else BASE_CRF)
+        c, k = i % len(CONTENTS), (i // len(CONTENTS)) % len(CONDITIONS)
+        distortion, strength = CONDITIONS[k]
+        crf = BASE_CRF + round(30 * strength) if distortion == "compression" else BASE_CRF
         specs.append(ClipSpec(
-            index=i, video=f"videos/sample_{i:03d}.mp4", content=CONTENTS[(d + level) % len(CONTENTS)],
-            distortion=distortion, strength=strength, crf=crf,
-            mos=mos_for(distortion, strength, rng.uniform(-0.04, 0.04)),
+            index=i, video=f"videos/sample_{i:03d}.mp4", content=CONTENTS[c], distortion=distortion,
+            strength=strength, crf=crf, mos=mos_for(distortion, strength, rng.uniform(-0.04, 0.04)),
         ))
     return specs
 
@@ -133,17 +131,6 @@ def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(frames, sigma=(0, sigma, sigma, 0)) if sigma > 0 else frames
 
 
-def _down_up(frames: np.ndarray, factor: float) -> np.ndarray:
-    if factor <= 1:
-        return frames
-    small = (max(2, round(WIDTH / factor)), max(2, round(HEIGHT / factor)))
-    out = []
-    for frame in np.clip(frames, 0, 255).astype(np.uint8):
-        img = Image.fromarray(frame).resize(small, Image.BILINEAR).resize((WIDTH, HEIGHT), Image.BILINEAR)
-        out.append(np.asarray(img))
-    return np.stack(out).astype(np.float32)
-
-
 def _distort(frames: np.ndarray, distortion: str, s: float, rng: np.random.Generator) -> np.ndarray:
     """Apply a distortion at strength ``s`` (compression strength is the clip's crf)."""
     if distortion == "blur":
@@ -153,18 +140,15 @@ def _distort(frames: np.ndarray, distortion: str, s: float, rng: np.random.Gener
     elif distortion == "dark_low_contrast":
         mean = frames.mean()
         frames = (mean + (frames - mean) * (1 - 0.75 * s)) * (1 - 0.55 * s)
-    elif distortion == "down_up_scale":
-        frames = _down_up(frames, 1 + 7 * s)
-    elif distortion == "combined":
-        frames = _down_up(_blur(frames, 1.5 * s), 1 + 2 * s)
-        frames = frames + rng.normal(0, 20 * s, frames.shape).astype(np.float32)
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
 
 def clip_frames(spec: ClipSpec) -> np.ndarray:
-    """Uint8 RGB frames (T, H, W, 3) of one clip before encoding (deterministic per clip)."""
-    rng = np.random.default_rng([SEED, spec.index])
-    return _distort(_content(spec.content, rng), spec.distortion, spec.strength, rng)
+    """Uint8 RGB frames (T, H, W, 3) of one clip before encoding (deterministic per clip).
+
+    A content is the same scene in every clip that shows it; only the distortion differs."""
+    frames = _content(spec.content, np.random.default_rng([SEED, CONTENTS.index(spec.content)]))
+    return _distort(frames, spec.distortion, spec.strength, np.random.default_rng([SEED, 1000 + spec.index]))
 
 
 # --- writing -----------------------------------------------------------------------------------
@@ -175,7 +159,8 @@ diffvqa-cache sample dataset ({version})
 
 {n} procedural clips ({frames} frames, {fps} fps, {w}x{h}, H.264 in MP4) generated by
 diffvqa_cache.datasets.sample from seed {seed}; nothing was downloaded. Contents: {contents}.
-Each distortion ({distortions}) appears at strengths {levels} (0 = pristine, crf {crf}).
+Content-balanced: every content appears once pristine (crf {crf}) and once per distortion
+({distortions}) at each strength {levels}; the same content is the same scene in all its clips.
 labels.csv (video,mos) holds a synthetic MOS in [1, 5]:
   mos = 1 + 3.6 * (1 - min(1, severity * strength)) ** 1.2 + jitter,  jitter ~ U(-0.04, 0.04)
 It exists to exercise the pipeline end to end; its scores say nothing about real video quality.
@@ -190,11 +175,11 @@ def _write(folder: Path, specs: list[ClipSpec]) -> None:
                    codec_options=X264_OPTIONS)
     (folder / "distortions.csv").write_text(
         "video,content,distortion,strength,crf,mos\n"
-        + "".join(f"{s.video},{s.content},{s.distortion},{s.strength:.1f},{s.crf},{s.mos:.3f}\n" for s in specs))
+        + "".join(f"{s.video},{s.content},{s.distortion},{s.strength:.2f},{s.crf},{s.mos:.3f}\n" for s in specs))
     (folder / "README.txt").write_text(README.format(
         version=VERSION, n=len(specs), frames=N_FRAMES, fps=FPS, w=WIDTH, h=HEIGHT, seed=SEED,
         contents=", ".join(CONTENTS), distortions=", ".join(DISTORTIONS),
-        levels=", ".join(f"{v:.1f}" for v in LEVELS), crf=BASE_CRF))
+        levels=", ".join(f"{v:.2f}" for v in STRENGTHS), crf=BASE_CRF))
     # labels.csv last: its presence marks a complete dataset
     (folder / "labels.csv").write_text("video,mos\n" + "".join(f"{s.video},{s.mos:.3f}\n" for s in specs))
 

@@ -1,0 +1,198 @@
+"""Stage two's data path: cached arrays -> in-memory tensors, with load-time pooling and selection.
+
+The training loop never touches raw videos or diffusers: it indexes tensors loaded once (or, for a
+cache larger than the memory budget, shard groups streamed in big contiguous reads).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .cache import BRANCHES, N_LEVELS, FeatureCache
+from .errors import CacheError, UserInputError
+
+
+@dataclass(frozen=True)
+class LoadSpec:
+    """What to take from the cache (choices made at load time, so ablations need no re-extraction)."""
+
+    branches: str = "SD"
+    ms_levels: tuple[int, ...] = (0, 1, 2, 3)
+    use_latent: bool = True
+    use_pixels: bool = True  # TCAB input
+    grid: int | None = None  # None: the cache's grid; smaller: average-pooled at load time
+    pixel_size: int = 64  # TCAB input side, resized at load time
+    num_frames: int | None = None  # None: all cached frames (must be equal across videos)
+
+
+def _pick_frames(n_have: int, n_want: int) -> np.ndarray:
+    """Uniform subset (or repetition) of n_want rows out of n_have, segment centres as in stage one."""
+    return np.minimum(((np.arange(n_want) + 0.5) * n_have / n_want).astype(np.int64), n_have - 1)
+
+
+def _pool(x: torch.Tensor, grid: int | None) -> torch.Tensor:
+    """(..., C, h, w) -> (..., C, g, g) average-pooled; the grid is always the latent-size-independent g."""
+    if grid is None or (x.shape[-1] == grid and x.shape[-2] == grid):
+        return x
+    lead = x.shape[:-3]
+    y = F.adaptive_avg_pool2d(x.reshape(-1, *x.shape[-3:]).float(), grid) if x.shape[-1] >= grid else \
+        F.interpolate(x.reshape(-1, *x.shape[-3:]).float(), size=(grid, grid), mode="nearest")
+    return y.reshape(*lead, *y.shape[-3:]).to(x.dtype)
+
+
+def video_tensors(arrays: dict[str, np.ndarray], spec: LoadSpec, grid: int, num_frames: int) -> dict:
+    """One video's cached arrays -> {branch: {"latent", "ms", "pixels"}} with shapes (T, K, ...)."""
+    rows = _pick_frames(len(arrays["frame_index"]), num_frames)
+    out = {}
+    for b in spec.branches:
+        view = {}
+        if spec.use_latent:
+            view["latent"] = _pool(torch.from_numpy(arrays[f"{b}/latent"][rows]), grid)
+        view["ms"] = [_pool(torch.from_numpy(arrays[f"{b}/ms{lv}"][rows]), grid) for lv in spec.ms_levels]
+        if spec.use_pixels:
+            pix = torch.from_numpy(arrays[f"{b}/pixels"][rows])
+            if pix.shape[-1] != spec.pixel_size:
+                t, k = pix.shape[:2]
+                pix = F.interpolate(pix.reshape(t * k, *pix.shape[2:]).float(), size=(spec.pixel_size,) * 2,
+                                    mode="bilinear", antialias=True, align_corners=False)
+                pix = pix.round().clamp(0, 255).to(torch.uint8).reshape(t, k, *pix.shape[1:])
+            view["pixels"] = pix
+        out[b] = view
+    return out
+
+
+class VideoTable:
+    """Feature tensors of many videos stacked on a leading video axis: (N, T, K, ...) per branch."""
+
+    def __init__(self, keys: list[str], mos: np.ndarray, splits: list[str], views: dict):
+        self.keys, self.mos, self.splits, self.views = keys, mos.astype(np.float32), splits, views
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def n_crops(self) -> dict[str, int]:
+        return {b: next(iter(self._tensors(v))).shape[2] for b, v in self.views.items()}
+
+    @staticmethod
+    def _tensors(view: dict):
+        yield from (t for name, t in view.items() if name != "ms")
+        yield from view["ms"]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for v in self.views.values() for t in self._tensors(v))
+
+    def subset(self, idx: np.ndarray) -> "VideoTable":
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        views = {b: {n: ([m[idx_t] for m in t] if n == "ms" else t[idx_t]) for n, t in v.items()}
+                 for b, v in self.views.items()}
+        return VideoTable([self.keys[i] for i in idx], self.mos[idx], [self.splits[i] for i in idx], views)
+
+    def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict:
+        """Model input for videos `idx`; `crop` picks one crop per (video, frame) (an int or (B, T) array)."""
+        idx_t = torch.as_tensor(idx, dtype=torch.long)
+        out = {}
+        for b, v in self.views.items():
+            def take(t):
+                x = t[idx_t]  # (B, T, K, ...)
+                if x.shape[2] == 1:
+                    return x[:, :, 0]
+                c = torch.as_tensor(np.broadcast_to(crop, x.shape[:2]) % x.shape[2], dtype=torch.long)
+                return torch.gather(x, 2, c.view(*c.shape, 1, *([1] * (x.dim() - 3))).expand(
+                    *x.shape[:2], 1, *x.shape[3:])).squeeze(2)
+
+            view = {}
+            if "latent" in v:
+                view["latent"] = take(v["latent"]).to(device, non_blocking=True).float()
+            view["ms"] = [take(m).to(device, non_blocking=True).float() for m in v["ms"]]
+            if "pixels" in v:
+                view["pixels"] = take(v["pixels"]).to(device, non_blocking=True)
+            out[b] = view
+        return out
+
+    def feature_spec(self) -> dict:
+        v = next(iter(self.views.values()))
+        ms = v["ms"]
+        any_t = ms[0] if ms else v["latent"]
+        return {"ms_channels": [int(m.shape[3]) for m in ms], "latent_channels": 4, "grid": int(any_t.shape[-1]),
+                "pixel_size": int(v["pixels"].shape[-1]) if "pixels" in v else 0, "num_frames": int(any_t.shape[1])}
+
+
+def cache_feature_spec(cache: FeatureCache, spec: LoadSpec) -> tuple[int, int]:
+    """The (grid, num_frames) a LoadSpec gives on this cache; errors for impossible requests."""
+    ex = cache.config["extract"]
+    cache_grid = int(ex["grid"])
+    grid = spec.grid or cache_grid
+    if grid > cache_grid:
+        raise UserInputError(f"grid {grid} is finer than the cache's grid {cache_grid}; re-extract with --grid {grid}")
+    frames = spec.num_frames or ex.get("frames")
+    if not frames:
+        raise UserInputError("this cache samples frames at a fixed rate: set num_frames (frames per video) to fit")
+    return grid, int(frames)
+
+
+def load_table(cache: FeatureCache, spec: LoadSpec, keys: list[str] | None = None,
+               shard_files: list[Path] | None = None, progress=None) -> VideoTable:
+    """Read shards (one big read each), keep the chosen features, pool them, stack them in memory."""
+    grid, num_frames = cache_feature_spec(cache, spec)
+    wanted = set(keys) if keys is not None else None
+    names = ["frame_index"] + [f"{b}/{n}" for b in spec.branches for n in
+                               (["latent"] if spec.use_latent else []) + [f"ms{lv}" for lv in spec.ms_levels]
+                               + (["pixels"] if spec.use_pixels else [])]
+    for lv in spec.ms_levels:
+        if not 0 <= lv < N_LEVELS:
+            raise UserInputError(f"ms level {lv} does not exist: the cache has levels 0..{N_LEVELS - 1}")
+    collected: dict[str, dict] = {}
+    for file in shard_files or cache.shard_files():
+        shard_keys, starts, arrays = cache.read_shard(file, names)
+        ends = np.append(starts[1:], len(arrays["frame_index"]))
+        for k, s, e in zip(shard_keys, starts, ends):
+            if wanted is None or k in wanted:
+                collected[k] = video_tensors({n: a[s:e] for n, a in arrays.items()}, spec, grid, num_frames)
+        if progress is not None:
+            progress()
+    order = [k for k in (keys if keys is not None else cache.keys) if k in collected]
+    if keys is not None and len(order) < len(keys):
+        lost = [k for k in keys if k not in collected]
+        raise CacheError(f"{len(lost)} videos are not in cache {cache.path} (first: {lost[:3]})")
+    missing_labels = [k for k in order if k not in cache.labels]
+    if missing_labels:
+        raise CacheError(f"{cache.path}/labels.csv has no MOS for {missing_labels[:3]}; rerun extract to rewrite it")
+    views = {}
+    for b in spec.branches:
+        views[b] = {}
+        first = collected[order[0]][b]
+        for name in first:
+            if name == "ms":
+                views[b]["ms"] = [torch.stack([collected[k][b]["ms"][i] for k in order]) for i in range(len(first["ms"]))]
+            else:
+                views[b][name] = torch.stack([collected[k][b][name] for k in order])
+    mos = np.array([cache.labels[k]["mos"] for k in order], dtype=np.float32)
+    return VideoTable(order, mos, [cache.labels[k]["split"] for k in order], views)
+
+
+def estimate_bytes(cache: FeatureCache, spec: LoadSpec) -> int:
+    """Bytes a full load would take in memory, from the first shard's shapes."""
+    grid, frames = cache_feature_spec(cache, spec)
+    shapes = cache.feature_shapes()
+    per_video = 0
+    for b in spec.branches:
+        k = shapes[f"{b}/latent"]["shape"][0]
+        if spec.use_latent:
+            per_video += frames * k * 4 * grid * grid * 2
+        for lv in spec.ms_levels:
+            per_video += frames * k * shapes[f"{b}/ms{lv}"]["shape"][1] * min(grid, shapes[f"{b}/ms{lv}"]["shape"][-1]) ** 2 * 2
+        if spec.use_pixels:
+            per_video += frames * k * 3 * spec.pixel_size ** 2
+    return per_video * len(cache)
+
+
+def check_branches(cache: FeatureCache, branches: str) -> None:
+    for b in branches:
+        if b not in BRANCHES:
+            raise UserInputError(f"branch {b!r} is not one of {BRANCHES}")

@@ -1,0 +1,161 @@
+"""Training and evaluation of the regressor on in-memory feature tables."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import asdict, dataclass, fields
+
+import numpy as np
+import torch
+
+from .data import VideoTable
+from .errors import UserInputError
+from .losses import LOSSES, quality_loss
+from .metrics import compute_metrics_ids
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    batch_size: int = 16  # videos per step
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
+    loss: str = "plcc+rank"  # plcc+rank, plcc, mse, l1
+    rank_weight: float = 0.3
+    grad_clip: float = 1.0
+    val_fraction: float = 0.0  # carved from train for early stopping; the test split is never used for it
+    patience: int = 0  # epochs without a better validation SRCC before stopping (0: never stop early)
+    device: str = "auto"
+    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
+    eval_batch_size: int = 64
+
+    def __post_init__(self):
+        if self.loss not in LOSSES:
+            raise UserInputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if not 0 <= self.val_fraction < 0.5:
+            raise UserInputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise UserInputError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise UserInputError(f"unknown train settings {unknown}; known: {sorted(known)}")
+        return cls(**d)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _autocast(device: torch.device, amp: bool):
+    if amp and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+    """Raw model outputs per video, averaged over the cached crops (evaluation averages crops)."""
+    model.eval()
+    n_crops = max(table.n_crops.values())
+    out = np.zeros(len(table), dtype=np.float64)
+    for s in range(0, len(table), cfg.eval_batch_size):
+        idx = np.arange(s, min(s + cfg.eval_batch_size, len(table)))
+        acc = 0.0
+        for c in range(n_crops):
+            with _autocast(device, cfg.amp):
+                acc = acc + model(table.batch(idx, c, device))["score"].float().cpu().numpy()
+        out[idx] = acc / n_crops
+    return out
+
+
+def check_finite(pred: np.ndarray, keys: list[str], where: str) -> None:
+    bad = [k for k, p in zip(keys, pred) if not np.isfinite(p)]
+    if bad:
+        raise UserInputError(f"{where}: {len(bad)} predictions are NaN/Inf (videos {bad[:5]}); check the cache "
+                             "with `diffvqa-cache cache verify` or lower the learning rate")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict]  # per epoch: epoch, loss, lr, seconds, (val_srcc)
+    best_epoch: int
+    mos_mean: float
+    mos_std: float
+    scale: tuple[float, float]  # raw output -> MOS: a * raw + b, fitted on the training set
+
+
+def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, seed: int,
+          val_table: VideoTable | None = None, on_epoch=None) -> TrainResult:
+    """Fit `model` in place; keeps the weights of the best validation epoch when a validation set is given."""
+    device = resolve_device(cfg.device)
+    model.to(device)
+    gen = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    mos_mean, mos_std = float(train_table.mos.mean()), float(train_table.mos.std() + 1e-8)
+    mos_z = torch.from_numpy((train_table.mos - mos_mean) / mos_std).float()
+    steps_per_epoch = max(1, math.ceil(len(train_table) / cfg.batch_size))
+    total = steps_per_epoch * cfg.epochs
+    warm = int(cfg.warmup_epochs * steps_per_epoch)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else
+                                              0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
+    n_crops = max(train_table.n_crops.values())
+    history, best, best_state, best_epoch, stale = [], -math.inf, None, cfg.epochs - 1, 0
+    for epoch in range(cfg.epochs):
+        model.train()
+        t0 = time.perf_counter()
+        order = gen.permutation(len(train_table))
+        losses = []
+        for s in range(steps_per_epoch):
+            idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
+            if len(idx) < 2:  # correlation losses need two videos
+                continue
+            # one crop per (video, frame), drawn anew every epoch
+            crop = gen.integers(0, n_crops, size=(len(idx), 1)) if n_crops > 1 else 0
+            batch = train_table.batch(idx, crop, device)
+            with _autocast(device, cfg.amp):
+                pred = model(batch)["score"].float()
+            loss = quality_loss(cfg.loss, pred, mos_z[idx].to(device), cfg.rank_weight)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(float(loss.detach()))
+        row = {"epoch": epoch, "loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+               "seconds": time.perf_counter() - t0}
+        if not np.isfinite(row["loss"]):
+            raise UserInputError(f"training diverged at epoch {epoch} (loss {row['loss']}); lower --lr")
+        if val_table is not None and len(val_table) >= 3:
+            vp = predict_raw(model, val_table, cfg, device)
+            check_finite(vp, val_table.keys, "validation")
+            row["val_srcc"] = compute_metrics_ids(vp, val_table.mos, val_table.keys)["srcc"]
+            if row["val_srcc"] > best:
+                best, best_epoch, stale = row["val_srcc"], epoch, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+        history.append(row)
+        if on_epoch is not None:
+            on_epoch(row)
+        if cfg.patience and stale >= cfg.patience:
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    raw = predict_raw(model, train_table, cfg, device)
+    check_finite(raw, train_table.keys, "training set")
+    a, b = np.polyfit(raw, train_table.mos, 1) if np.std(raw) > 0 else (0.0, mos_mean)
+    return TrainResult(history, best_epoch, mos_mean, mos_std, (float(a), float(b)))

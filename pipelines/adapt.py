@@ -1,0 +1,172 @@
+"""Stage zero: train the Controller on a dataset's frames so SD reconstructs them (see diffvqa_cache.adaptation).
+
+The dataset is decoded and VAE-encoded once up front (both views, as stage one cuts them); training then
+reads latents from memory. OUT ends up a Controller folder that `extract --controller OUT` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from diffvqa_cache import __version__
+from diffvqa_cache.adaptation import AdaptConfig, Adapter, list_checkpoints, plot_losses
+from diffvqa_cache.cache import write_json_atomic
+from diffvqa_cache.config import stable_seed
+from diffvqa_cache.datasets import DatasetIndex
+from diffvqa_cache.errors import DiffVQAError, UserInputError
+from diffvqa_cache.progress import bar, err
+from diffvqa_cache.video import load_video_frames
+from diffvqa_cache.views import make_views
+from pipelines.extract import resolve_device
+
+
+@dataclass
+class AdaptResult:
+    out: Path
+    steps: int  # optimizer steps done in total
+    start_step: int  # where this run began (0, or the resumed checkpoint's step)
+    losses: list[float] = field(default_factory=list)  # one per step of this run
+    videos: int = 0
+    views: int = 0
+    failed: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def summary(self) -> str:
+        last = self.losses[-min(len(self.losses), 100):] if self.losses else [float("nan")]
+        return (f"{self.out}: Controller trained to step {self.steps} (this run from {self.start_step}) on "
+                f"{self.views} views of {self.videos} videos, {len(self.failed)} failed; "
+                f"final loss {np.mean(last):.4g} (mean of last {len(last)}) in {self.seconds:.1f} s")
+
+
+def pick_records(index: DatasetIndex, limit: int | None, seed: int) -> list:
+    """All usable records, or a seeded random subset of `limit` of them (in label-file order)."""
+    records = index.records
+    if limit is None or limit >= len(records):
+        return list(records)
+    rng = np.random.default_rng(stable_seed("adapt-videos", seed))
+    keep = np.sort(rng.choice(len(records), size=limit, replace=False))
+    return [records[i] for i in keep]
+
+
+def encode_dataset(records: list, fx, size: int, cfg: AdaptConfig, progress: bool = True):
+    """Decode every video once, cut both views and encode them: (latents (N, 4, h, w) on the CPU, failures)."""
+    latents, failed = [], []
+    with bar("decode + encode", len(records), progress) as pbar:
+        for rec in records:
+            try:
+                frames, indices, _info, _ = load_video_frames(rec.path, n_frames=cfg.frames)
+                views = make_views(frames, indices, rec.key, size, cfg.crops, cfg.seed)
+            except Exception as exc:  # one bad video never stops the others
+                reason = str(exc) if isinstance(exc, DiffVQAError) else f"{type(exc).__name__}: {exc}"
+                failed.append({"video": rec.key, "reason": reason})
+                err.print(f"[red]failed[/] {rec.key}: {reason}")
+                pbar.update(advance=1)
+                continue
+            imgs = np.concatenate([views["S"], views["D"].reshape(-1, size, size, 3)])
+            for i in range(0, len(imgs), cfg.batch_size):
+                latents.append(fx.encode(torch.from_numpy(imgs[i:i + cfg.batch_size])).cpu())
+            pbar.update(advance=1)
+    if not latents:
+        raise UserInputError("no video could be decoded for adaptation; check the dataset (see the failures above)")
+    return torch.cat(latents), failed
+
+
+def _read_log(path: Path, upto: int) -> list[dict]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if r["step"] <= upto]
+
+
+def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = False,
+              progress: bool = True) -> AdaptResult:
+    """Train the Controller for cfg.max_steps steps into OUT (resuming from OUT's latest checkpoint if asked)."""
+    from diffvqa_cache.backbone import load_backbone
+    from diffvqa_cache.features import FeatureExtractor
+
+    t0 = time.perf_counter()
+    out = Path(out)
+    # 1. where to start: fresh, or the latest checkpoint with the same settings
+    ckpts = list_checkpoints(out)
+    if ckpts and not resume:
+        raise UserInputError(f"{out} already holds checkpoints (latest {ckpts[-1].name}); pass --resume to "
+                             "continue that run, or choose another --out")
+    state = None
+    if resume and ckpts:
+        state = json.loads((ckpts[-1] / "state.json").read_text())
+        old = AdaptConfig(**state["config"])
+        diff = {k: (old.checked()[k], v) for k, v in cfg.checked().items() if old.checked().get(k) != v}
+        if diff:
+            raise UserInputError(f"--resume: settings differ from the checkpointed run ({diff}); "
+                                 "use the same settings (only --max-steps, --save-every, --device may change)")
+    elif resume:
+        err.print(f"[yellow]--resume: no checkpoint in {out} yet; starting from step 0[/]")
+    start = state["step"] if state else 0
+    if start >= cfg.max_steps:
+        raise UserInputError(f"--resume: the checkpoint is already at step {start} >= --max-steps {cfg.max_steps}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    # 2. the backbone, and the dataset's latents z0 (computed once, kept in memory)
+    device = resolve_device(cfg.device)
+    if cfg.dtype != "fp32" and device.type != "cuda":
+        err.print(f"[yellow]--dtype {cfg.dtype}: autocast is used on CUDA only; training in fp32 on {device}[/]")
+    bb = load_backbone(cfg.model, cfg.controller, cfg.revision)
+    if bb.is_tiny:
+        err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only[/]")
+    fx = FeatureExtractor(bb, steps=1, dtype=cfg.dtype if device.type == "cuda" else "fp32", device=device)
+    records = pick_records(index, cfg.limit, cfg.seed)
+    latents, failed = encode_dataset(records, fx, bb.native_size, cfg, progress)
+    err.print(f"{len(latents)} views of {len(records) - len(failed)} videos encoded "
+              f"({latents.numel() * 4 / 1e6:.0f} MB of latents in memory)")
+
+    # 3. the trainer, restored from the checkpoint when resuming
+    trainer = Adapter(bb, latents, cfg, device)
+    log_path = out / "loss.jsonl"
+    seconds = 0.0
+    if state:
+        trainer.load_checkpoint(ckpts[-1])
+        seconds = float(state.get("seconds", 0.0))
+        err.print(f"resuming from {ckpts[-1]} (step {start})")
+    rows = _read_log(log_path, start)
+    log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # 4. the training loop: one log line per step, a checkpoint every save_every steps
+    result = AdaptResult(out, start, start, videos=len(records) - len(failed), views=len(latents), failed=failed)
+    t_run = time.perf_counter()
+    with bar("adapt", cfg.max_steps - start, progress) as pbar, open(log_path, "a") as logf:
+        for k in range(start, cfg.max_steps):
+            loss, lr = trainer.step(k)
+            if not np.isfinite(loss):
+                raise DiffVQAError(f"the loss became {loss} at step {k + 1}; lower --lr or use --dtype bf16/fp32")
+            el = seconds + time.perf_counter() - t_run
+            row = {"step": k + 1, "loss": loss, "lr": lr, "seconds": round(el, 3)}
+            rows.append(row)
+            logf.write(json.dumps(row) + "\n")
+            logf.flush()
+            result.losses.append(loss)
+            result.steps = k + 1
+            pbar.update(advance=1, info=f"loss {loss:.4f} lr {lr:.2e}")
+            if cfg.save_every and (k + 1) % cfg.save_every == 0 and k + 1 < cfg.max_steps:
+                trainer.save_checkpoint(out, k + 1, {"seconds": el, "package_version": __version__})
+
+    # 5. the final Controller, how it was made, and the loss curve
+    el = seconds + time.perf_counter() - t_run
+    trainer.save_checkpoint(out, cfg.max_steps, {"seconds": el, "package_version": __version__})
+    bb.controller.save_pretrained(out)
+    tail = [r["loss"] for r in rows[-100:]]
+    write_json_atomic(out / "adapt_config.json", {
+        **cfg.to_dict(), "model_id": bb.model_id, "init_controller_id": bb.controller_id, "dataset": index.name,
+        "dataset_root": str(index.root), "videos": result.videos, "views": result.views, "failed": failed,
+        "steps": cfg.max_steps, "final_loss": rows[-1]["loss"], "final_loss_mean100": float(np.mean(tail)),
+        "prediction_type": trainer.prediction, "seconds": el, "package_version": __version__,
+        "device": str(device), "torch_version": torch.__version__,
+    })
+    plot_losses(rows, out / "loss.png")
+    result.seconds = time.perf_counter() - t0
+    return result

@@ -1,0 +1,90 @@
+"""Score new videos end to end with a run's recorded extraction settings (no cache needed).
+
+The run's models (one per split) form an ensemble; each maps its raw output to the training MOS scale,
+and the score is their mean. The same video gives the same score every time (seeded views and noise).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from diffvqa_cache.config import ExtractConfig, fingerprint
+from diffvqa_cache.data import LoadSpec, VideoTable, video_tensors
+from diffvqa_cache.datasets import VideoRecord, safe_key
+from diffvqa_cache.errors import CacheError, UserInputError
+from diffvqa_cache.progress import bar, err
+from diffvqa_cache.training import TrainConfig, predict_raw, resolve_device
+
+VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
+
+
+def expand_inputs(paths: list[Path]) -> list[Path]:
+    """Files as given, folders expanded to the video files below them (sorted)."""
+    out = []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_SUFFIXES and q.is_file())
+            if not found:
+                raise UserInputError(f"{p}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise UserInputError(f"{p}: no such file or folder")
+    return out
+
+
+def run_predict(paths: list[Path], run: Path, model: str | None = None, controller: str | None = None,
+                device: str = "auto", batch_size: int = 8, progress: bool = True) -> list[dict]:
+    """[{video, path, score} or {video, path, error}] for every input video."""
+    from diffvqa_cache.backbone import identify
+    from pipelines.extract import ViewEncoder, _decode
+    from pipelines.fit import open_run_model
+
+    run = Path(run)
+    try:
+        run_cfg = json.loads((run / "config.json").read_text())
+    except OSError:
+        raise UserInputError(f"--run {run}: no config.json; pass a run directory written by `diffvqa-cache fit`") from None
+    ext = run_cfg["extract"]
+    # 1. the extraction settings the run was trained on; the model files must be the same ones
+    cfg = ExtractConfig.from_dict({**ext["extract"], "device": device, "batch_size": batch_size,
+                                   **({"model": model} if model else {}),
+                                   **({"controller": controller} if controller else {})})
+    model_id, controller_id, native = identify(cfg.model, cfg.controller, cfg.revision)
+    if fingerprint(cfg, model_id, controller_id, ext["view_size"]) != run_cfg["fingerprint"]:
+        raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was trained "
+                         f"with ({ext['model_id']}, {ext['controller_id']}); pass those with --model/--controller")
+    dev = resolve_device(device)
+    models = open_run_model(run, run_cfg["fingerprint"], dev)
+    load_spec = LoadSpec(**{**models[0][1]["load_spec"], "ms_levels": tuple(models[0][1]["load_spec"]["ms_levels"])})
+    spec = models[0][1]["feature_spec"]
+    encoder = ViewEncoder(cfg, ext, dev)
+    train_cfg = TrainConfig(device=str(dev))
+    # 2. one video at a time: decode, features, ensemble score on the MOS scale
+    results = []
+    files = expand_inputs(paths)
+    with bar("predict", len(files), progress) as pb:
+        for path in files:
+            key = safe_key(path.name)
+            _, fidx, views, reason = _decode(VideoRecord(key, path, float("nan")), cfg, ext["view_size"])
+            if reason is not None:
+                results.append({"video": key, "path": str(path), "error": reason})
+                err.print(f"[red]failed[/] {path}: {reason}")
+                pb.update(advance=1)
+                continue
+            feats = encoder.encode_stream([(key, fidx, views)])[0]
+            arrays = {"frame_index": feats.frame_index, **feats.arrays}
+            tensors = video_tensors(arrays, load_spec, spec["grid"], spec["num_frames"])
+            table = VideoTable([key], np.array([np.nan]), [""],
+                               {b: {n: ([m[None] for m in t] if n == "ms" else t[None]) for n, t in v.items()}
+                                for b, v in tensors.items()})
+            scores = [predict_raw(m, table, train_cfg, dev)[0] * meta["scale"][0] + meta["scale"][1]
+                      for m, meta in models]
+            results.append({"video": key, "path": str(path), "score": float(np.mean(scores))})
+            pb.update(advance=1)
+    return results

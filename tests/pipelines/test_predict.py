@@ -1,0 +1,44 @@
+"""predict: end to end from video files with a run's recorded settings; deterministic."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.errors import UserInputError
+from pipelines.extract import run_extract
+from pipelines.fit import FitConfig, run_fit
+from pipelines.predict import run_predict
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample_root, tiny_extract_config):
+    index = load_dataset("sample", None, limit=16)
+    cache = run_extract(index, tiny_extract_config, tmp_path_factory.mktemp("pc"), progress=False).cache_dir
+    out = tmp_path_factory.mktemp("prun")
+    run_fit(cache, out, FitConfig().with_overrides({"regressor.use_tcab": False, "train.epochs": 1, "splits": 1,
+                                                    "train.batch_size": 4}), progress=False)
+    return out
+
+
+def test_predict_is_deterministic_and_matches_the_cache_path(run_dir, sample_root, tmp_path):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    for name in ("sample_001.mp4", "sample_007.mp4"):
+        shutil.copy(sample_root / "videos" / name, folder / name)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    first = run_predict([folder], run_dir, progress=False)
+    again = run_predict([folder / "sample_007.mp4", folder / "sample_001.mp4"], run_dir, progress=False)
+    scores = {r["video"]: r["score"] for r in first if "score" in r}
+    assert set(scores) == {"sample_001", "sample_007"}
+    assert {r["video"]: r["score"] for r in again} == scores  # same video, same score, any order
+    assert [r for r in first if "error" in r][0]["video"] == "broken"
+
+
+def test_predict_errors_are_clear(run_dir, tmp_path):
+    with pytest.raises(UserInputError, match="no such file"):
+        run_predict([tmp_path / "nope.mp4"], run_dir, progress=False)
+    with pytest.raises(UserInputError, match="no config.json"):
+        run_predict([tmp_path], tmp_path, progress=False)
