@@ -83,6 +83,7 @@ def extract(
     fps: Annotated[Optional[float], typer.Option(help="Sample at a fixed rate instead of --frames.")] = None,
     steps: Annotated[int, typer.Option(help="Reverse-chain steps (1-4 are the fast variants).")] = 50,
     scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
+    timestep_spacing: Annotated[str, typer.Option(help="trailing (chains start at t=999), leading or linspace.")] = "trailing",
     crops: Annotated[int, typer.Option(help="Cropped views per frame.")] = 1,
     grid: Annotated[int, typer.Option(help="F_MS maps pooled to GRID x GRID.")] = 8,
     view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
@@ -108,7 +109,7 @@ def extract(
         frames = None
     try:
         cfg = ExtractConfig(model=model, revision=revision, controller=controller, scheduler=scheduler, steps=steps,
-                            frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
+                            timestep_spacing=timestep_spacing, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
                             pixel_size=pixel_size, seed=seed, dtype=dtype, batch_size=batch_size, device=device,
                             shard_size=shard_size)
     except ValueError as exc:

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass, field
 
 # Bump when a change to the extraction code changes the numbers it writes.
-EXTRACTOR_VERSION = "1"
+EXTRACTOR_VERSION = "2"
 
 SCHEDULERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -23,6 +23,7 @@ class ExtractConfig:
     controller: str | None = None  # folder written by ControlNetModel.save_pretrained; None = zero-init
     scheduler: str = "ddim"  # deterministic samplers only, so features do not depend on batch composition
     steps: int = 50  # reverse-chain length; 1-4 are the fast variants
+    timestep_spacing: str = "trailing"  # "trailing": every chain starts at t=999; "leading"/"linspace" as diffusers
     frames: int | None = 8  # uniform sampling of N frames per video ...
     fps: float | None = None  # ... or a fixed rate (exactly one of frames / fps)
     crops: int = 1  # cropped views per frame (the D branch)
@@ -50,6 +51,8 @@ class ExtractConfig:
             raise ValueError(f"fps must be > 0, got {self.fps}")
         if self.scheduler not in SCHEDULERS:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
+        if self.timestep_spacing not in ("trailing", "leading", "linspace"):
+            raise ValueError(f"timestep_spacing must be trailing, leading or linspace, got {self.timestep_spacing!r}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("steps", "crops", "grid", "pixel_size", "batch_size", "shard_size"):

@@ -17,12 +17,16 @@ N_LEVELS = 4
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def make_scheduler(name: str, config: dict):
-    """A deterministic sampler from the model's own training schedule."""
+def make_scheduler(name: str, config: dict, timestep_spacing: str = "trailing"):
+    """A deterministic sampler from the model's own training schedule.
+
+    "trailing" spacing starts the chain at the last training timestep whatever the number of steps, so
+    few-step chains really start from noise ("leading", SD's default, starts 1 step in at t=1).
+    """
     from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
 
     cls = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}[name]
-    return cls.from_config(config)
+    return cls.from_config(config, timestep_spacing=timestep_spacing)
 
 
 class _UpBlockTap:
@@ -55,13 +59,13 @@ class FeatureExtractor:
     """Turns a batch of views into F_Latent (z0_hat) and the four pooled F_MS maps."""
 
     def __init__(self, backbone: Backbone, steps: int, scheduler: str = "ddim", grid: int = 8,
-                 dtype: str = "fp32", device: str | torch.device = "cpu"):
+                 dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing"):
         self.bb, self.steps, self.grid = backbone, steps, grid
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         # Weights stay fp32; lower precision comes from autocast (only on CUDA, where it pays).
         self.bb.to(self.device)
-        self.scheduler_name = scheduler
+        self.scheduler_name, self.timestep_spacing = scheduler, timestep_spacing
         self.scheduler_config = backbone.scheduler_config
 
     def _autocast(self):
@@ -85,7 +89,7 @@ class FeatureExtractor:
         # 2. seeded start noise, drawn on the CPU so it is the same on every device and batch split
         noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in noise_seeds]).to(self.device)
-        scheduler = make_scheduler(self.scheduler_name, self.scheduler_config)
+        scheduler = make_scheduler(self.scheduler_name, self.scheduler_config, self.timestep_spacing)
         scheduler.set_timesteps(self.steps, device=self.device)
         z = noise * scheduler.init_noise_sigma
         text = self.bb.null_text.expand(len(views), -1, -1)

@@ -95,7 +95,7 @@ class ViewEncoder:
             err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only; "
                       "its features say nothing about quality[/]")
         self.fx = FeatureExtractor(bb, steps=cfg.steps, scheduler=cfg.scheduler, grid=cfg.grid,
-                                   dtype=cfg.dtype, device=device)
+                                   dtype=cfg.dtype, device=device, timestep_spacing=cfg.timestep_spacing)
         self.cfg, self.pixel_size, self.size = cfg, config["pixel_size"], config["view_size"]
 
     def encode_stream(self, videos, on_video=None) -> list[VideoFeatures]:

@@ -164,11 +164,53 @@ def open_run_model(run: Path, fingerprint: str, device) -> list[tuple[torch.nn.M
     return [load_checkpoint(m, fingerprint, device) for m in models]
 
 
-def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path | None = None,
-            init: Path | None = None, progress: bool = True) -> dict:
-    """Train and evaluate under the protocol; write the run directory; return metrics.json's content."""
-    t_start = time.perf_counter()
-    # 1. caches, compatibility, protocol
+@dataclass
+class FittedSplit:
+    entry: dict  # split, n_train, n_val, best_epoch, and the metrics of each test set
+    rows: list[tuple]  # (video, mos, pred, split, test set) for every test video
+    model: torch.nn.Module
+    result: object  # training.TrainResult
+
+
+def fit_split(table: VideoTable, split: dict, cfg: FitConfig, seed: int, test_table: VideoTable | None = None,
+              init_state: dict | None = None, device=None, on_epoch=None) -> FittedSplit:
+    """Train one model on a split's train videos (validation carved from them) and score its test sets."""
+    device = device or resolve_device(cfg.train.device)
+    index = {k: i for i, k in enumerate(table.keys)}
+    train_keys, val_keys = carve_validation(split["train"], cfg.train.val_fraction, seed)
+    train_t = table.subset(np.array([index[k] for k in train_keys]))
+    val_t = table.subset(np.array([index[k] for k in val_keys])) if val_keys else None
+    torch.manual_seed(seed)
+    model = DiffVQARegressor(cfg.regressor, table.feature_spec())
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    res = train(model, train_t, cfg.train, seed, val_t, on_epoch=on_epoch)
+    entry = {"split": split["name"], "n_train": len(train_keys), "n_val": len(val_keys), "best_epoch": res.best_epoch}
+    rows = []
+    src = test_table if test_table is not None else table
+    src_index = {k: i for i, k in enumerate(src.keys)}
+    for test_name, keys in split["test"].items():
+        tt = src.subset(np.array([src_index[k] for k in keys]))
+        pred = predict_raw(model, tt, cfg.train, device) * res.scale[0] + res.scale[1]
+        check_finite(pred, tt.keys, f"split {split['name']}")
+        entry[test_name] = compute_metrics_ids(pred, tt.mos, tt.keys)
+        rows += [(k, float(y), float(p), split["name"], test_name) for k, y, p in zip(tt.keys, tt.mos, pred)]
+    return FittedSplit(entry, rows, model, res)
+
+
+@dataclass
+class FitInputs:
+    cache: FeatureCache
+    test_cache: FeatureCache | None
+    protocol: str
+    splits: list[dict]
+    table: VideoTable
+    test_table: VideoTable | None
+
+
+def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_path: Path | None = None,
+                    progress: bool = False) -> FitInputs:
+    """Open and check the cache(s), plan the protocol's splits, load the selected features once."""
     cache = FeatureCache(cache_path)
     cache.check_complete()
     test_cache = FeatureCache(test_cache_path) if test_cache_path else None
@@ -178,18 +220,29 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
                              f"cache {cache.fingerprint}: extract both with the same settings")
     protocol, splits = plan_splits(cfg, cache, test_cache)
-    init_models = open_run_model(init, cache.fingerprint, "cpu") if init else None
     spec = cfg.load_spec()
     need = estimate_bytes(cache, spec) + (estimate_bytes(test_cache, spec) if test_cache else 0)
     if need > cfg.memory_gb * 1e9:
         raise UserInputError(f"the selected features need {need / 1e9:.1f} GB in memory, over memory_gb="
                              f"{cfg.memory_gb}; raise it, or pool more (grid) / use fewer levels or frames")
-    out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    # 2. features into memory once (pooling and selection happen here)
     with bar("load cache", len(cache.shard_files()), progress) as pb:
         table = load_table(cache, spec, progress=lambda: pb.update(advance=1))
     test_table = load_table(test_cache, spec) if test_cache else None
+    return FitInputs(cache, test_cache, protocol, splits, table, test_table)
+
+
+def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path | None = None,
+            init: Path | None = None, progress: bool = True) -> dict:
+    """Train and evaluate under the protocol; write the run directory; return metrics.json's content."""
+    t_start = time.perf_counter()
+    # 1. caches, protocol, features in memory (pooling and selection happen at load time)
+    inputs = load_fit_inputs(cache_path, cfg, test_cache_path, progress)
+    cache, test_cache, protocol, splits = inputs.cache, inputs.test_cache, inputs.protocol, inputs.splits
+    table, test_table, spec = inputs.table, inputs.test_table, cfg.load_spec()
+    init_models = open_run_model(init, cache.fingerprint, "cpu") if init else None
+    out = Path(out)
+    (out / "models").mkdir(parents=True, exist_ok=True)
+    # 2. the run's config and splits, before any training
     feature_spec = table.feature_spec()
     meta_common = {"regressor": cfg.regressor.to_dict(), "feature_spec": feature_spec,
                    "load_spec": dataclasses.asdict(spec), "fingerprint": cache.fingerprint,
@@ -199,42 +252,23 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
                   "init": str(init) if init else None, "package_version": __version__, "feature_spec": feature_spec}
     write_json_atomic(out / "config.json", run_config)
     write_json_atomic(out / "splits.json", splits)
-    index = {k: i for i, k in enumerate(table.keys)}
-    test_index = {k: i for i, k in enumerate(test_table.keys)} if test_table else index
     device = resolve_device(cfg.train.device)
     per_split, rows, histories = [], [], {}
-    # 3. one model per split
+    # 3. one model per split, checkpoints self-describing
     for si, split in enumerate(splits):
-        seed = cfg.seed + si
-        train_keys, val_keys = carve_validation(split["train"], cfg.train.val_fraction, seed)
-        train_t = table.subset(np.array([index[k] for k in train_keys]))
-        val_t = table.subset(np.array([index[k] for k in val_keys])) if val_keys else None
-        torch.manual_seed(seed)
-        model = DiffVQARegressor(cfg.regressor, feature_spec)
-        if init_models:
-            model.load_state_dict(init_models[min(si, len(init_models) - 1)][0].state_dict())
+        init_state = init_models[min(si, len(init_models) - 1)][0].state_dict() if init_models else None
         with bar(f"{split['name']} ({si + 1}/{len(splits)})", cfg.train.epochs, progress) as pb:
-            res = train(model, train_t, cfg.train, seed, val_t,
-                        on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" +
-                                                     (f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")))
-        histories[split["name"]] = res.history
-        meta = {**meta_common, "split": split["name"], "seed": seed, "train": cfg.train.to_dict(),
-                "scale": list(res.scale), "best_epoch": res.best_epoch, "history": res.history}
-        # 4. evaluate on the split's test set(s), on the MOS scale
-        entry = {"split": split["name"], "n_train": len(train_keys), "n_val": len(val_keys), "best_epoch": res.best_epoch}
-        for test_name, keys in split["test"].items():
-            src, idx_map = (test_table, test_index) if test_table is not None else (table, index)
-            tt = src.subset(np.array([idx_map[k] for k in keys]))
-            pred = predict_raw(model, tt, cfg.train, device) * res.scale[0] + res.scale[1]
-            check_finite(pred, tt.keys, f"split {split['name']}")
-            m = compute_metrics_ids(pred, tt.mos, tt.keys)
-            entry[test_name] = m
-            meta.setdefault("test_metrics", {})[test_name] = m
-            rows += [(k, float(y), float(p), split["name"], test_name) for k, y, p in zip(tt.keys, tt.mos, pred)]
-        save_checkpoint(out / "models" / f"{split['name']}.safetensors", model.cpu(), meta)
-        per_split.append(entry)
-        model.to(device)
-    # 5. summary, predictions, plots
+            fitted = fit_split(table, split, cfg, cfg.seed + si, test_table, init_state, device,
+                               on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
+                                   f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")))
+        histories[split["name"]] = fitted.result.history
+        meta = {**meta_common, "split": split["name"], "seed": cfg.seed + si, "train": cfg.train.to_dict(),
+                "scale": list(fitted.result.scale), "best_epoch": fitted.result.best_epoch,
+                "history": fitted.result.history, "test_metrics": {t: fitted.entry[t] for t in split["test"]}}
+        save_checkpoint(out / "models" / f"{split['name']}.safetensors", fitted.model.cpu(), meta)
+        per_split.append(fitted.entry)
+        rows += fitted.rows
+    # 4. summary, predictions, plots
     test_names = list(splits[0]["test"])
     summary = {t: summarize([s[t] for s in per_split]) for t in test_names}
     result = {"protocol": protocol, "fingerprint": cache.fingerprint, "splits": per_split, "summary": summary,

@@ -63,6 +63,17 @@ def clip_factory(tmp_path_factory):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """The tiny models run fastest, and steadiest on a busy 2-core machine, on one torch thread."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session", autouse=True)
 def cache_home(tmp_path_factory):
     """Keep the sample dataset and weight-hash memos of the suite out of the user's ~/.cache."""
     import os

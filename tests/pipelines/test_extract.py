@@ -108,7 +108,8 @@ def test_features_do_not_depend_on_batch_size(extracted, sample4, tiny_extract_c
     a, b = FeatureCache(result.cache_dir), FeatureCache(other.cache_dir)
     for key in a.keys:
         for name, arr in a.read(key).items():
-            np.testing.assert_allclose(arr.astype(np.float32), b.read(key)[name].astype(np.float32), atol=2e-3)
+            # equal up to one float16 step (the batch changes the order of float sums)
+            np.testing.assert_allclose(arr.astype(np.float32), b.read(key)[name].astype(np.float32), rtol=2e-3, atol=2e-3)
 
 
 def test_job_array_parts_equal_one_run(extracted, sample4, tiny_extract_config, tmp_path):
