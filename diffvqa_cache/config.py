@@ -24,6 +24,7 @@ class ExtractConfig:
     scheduler: str = "ddim"  # deterministic samplers only, so features do not depend on batch composition
     steps: int = 50  # reverse-chain length; 1-4 are the fast variants
     timestep_spacing: str = "trailing"  # "trailing": every chain starts at t=999; "leading"/"linspace" as diffusers
+    strength: float = 1.0  # 1: the paper's chain from pure noise; <1: start from z0 noised to t=strength*T
     frames: int | None = 8  # uniform sampling of N frames per video ...
     fps: float | None = None  # ... or a fixed rate (exactly one of frames / fps)
     crops: int = 1  # cropped views per frame (the D branch)
@@ -53,6 +54,8 @@ class ExtractConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.timestep_spacing not in ("trailing", "leading", "linspace"):
             raise ValueError(f"timestep_spacing must be trailing, leading or linspace, got {self.timestep_spacing!r}")
+        if not 0.0 < self.strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name in ("steps", "crops", "grid", "pixel_size", "batch_size", "shard_size"):

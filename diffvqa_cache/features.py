@@ -7,6 +7,7 @@ with forward hooks (the UNet's forward is never copied).
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 import torch.nn.functional as F
@@ -59,13 +60,14 @@ class FeatureExtractor:
     """Turns a batch of views into F_Latent (z0_hat) and the four pooled F_MS maps."""
 
     def __init__(self, backbone: Backbone, steps: int, scheduler: str = "ddim", grid: int = 8,
-                 dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing"):
+                 dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing",
+                 strength: float = 1.0):
         self.bb, self.steps, self.grid = backbone, steps, grid
         self.device = torch.device(device)
         self.dtype = _DTYPES[dtype]
         # Weights stay fp32; lower precision comes from autocast (only on CUDA, where it pays).
         self.bb.to(self.device)
-        self.scheduler_name, self.timestep_spacing = scheduler, timestep_spacing
+        self.scheduler_name, self.timestep_spacing, self.strength = scheduler, timestep_spacing, strength
         self.scheduler_config = backbone.scheduler_config
 
     def _autocast(self):
@@ -90,13 +92,20 @@ class FeatureExtractor:
         noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in noise_seeds]).to(self.device)
         scheduler = make_scheduler(self.scheduler_name, self.scheduler_config, self.timestep_spacing)
-        scheduler.set_timesteps(self.steps, device=self.device)
-        z = noise * scheduler.init_noise_sigma
+        if self.strength >= 1.0:  # the paper's chain: from pure noise z_T
+            scheduler.set_timesteps(self.steps, device=self.device)
+            timesteps = scheduler.timesteps
+            z = noise * scheduler.init_noise_sigma
+        else:  # img2img-style: from z0 noised to t = strength * T, over the last `steps` timesteps
+            scheduler.set_timesteps(math.ceil(self.steps / self.strength), device=self.device)
+            timesteps = scheduler.timesteps[-self.steps:]
+            if hasattr(scheduler, "set_begin_index"):
+                scheduler.set_begin_index(len(scheduler.timesteps) - self.steps)
+            z = scheduler.add_noise(z0, noise, timesteps[:1])
         text = self.bb.null_text.expand(len(views), -1, -1)
         tap = _UpBlockTap(self.bb.unet, self.grid)
         try:
             # 3. reverse chain z_T ... z_0_hat, Controller conditioned on z0; F_MS tapped at the final step
-            timesteps = scheduler.timesteps
             for i, t in enumerate(timesteps):
                 tap.armed = i == len(timesteps) - 1
                 z_in = scheduler.scale_model_input(z, t)
