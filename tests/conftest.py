@@ -36,6 +36,23 @@ def clip_markers(frames: np.ndarray) -> np.ndarray:
     return np.round((level - marker_level(0)) / (marker_level(1) - marker_level(0))).astype(int)
 
 
+def write_audio_only(path: Path) -> Path:
+    """A one-second AAC file with no video stream."""
+    import av
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("aac", rate=16000)
+        samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)[None]
+        for start in range(0, 16000, 1024):
+            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
+            frame.sample_rate = 16000
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
 @pytest.fixture(scope="session")
 def clip_tools():
     """Helpers for test clips: ``frames(n, w, h)`` (the source frames) and ``markers(frames)``."""
@@ -101,5 +118,15 @@ def tiny_extract_config():
     """The fastest stage-one settings that still exercise every part: 2 frames, 1 step, 2 crops."""
     from diffvqa_cache.config import ExtractConfig
 
-    return ExtractConfig(model="tiny", steps=1, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
+    return ExtractConfig(model="tiny", steps=1, strength=0.5, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
                          batch_size=6, decode_workers=1)
+
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One LocalCluster of 2 worker processes (1 thread each) shared by the dask tests (startup is slow)."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+            Client(cluster) as client:
+        yield client

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import av
+
 import numpy as np
 import pytest
+from conftest import write_audio_only
 
 from diffvqa_cache.errors import DecodeError, UserInputError
 from diffvqa_cache.video import (
@@ -163,17 +164,7 @@ def test_missing_file(tmp_path):
 
 
 def test_audio_only_file(tmp_path):
-    path = tmp_path / "speech.m4a"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=16000)
-        samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)[None]
-        for start in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, start : start + 1024], format="flt", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = write_audio_only(tmp_path / "speech.m4a")
     with pytest.raises(DecodeError, match=r"speech\.m4a has no video stream"):
         load_video_frames(path)
 
