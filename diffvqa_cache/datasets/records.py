@@ -75,6 +75,16 @@ class DatasetIndex:
         return text
 
 
+    def check(self, allow_problems: bool = False) -> None:
+        """Refuse a label file with bad rows (duplicates, unreadable MOS) unless told to skip them."""
+        if self.problems and not allow_problems:
+            from ..errors import DatasetError
+
+            more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
+            raise DatasetError(f"{self.labels_file}: {self.problems[0]}{more}; fix the label file, or pass "
+                               "--allow-problems to skip those rows")
+
+
 def _short(path: Path, root: Path) -> str:
     try:
         return str(Path(path).relative_to(root))
