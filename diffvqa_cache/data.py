@@ -66,6 +66,16 @@ def video_tensors(arrays: dict[str, np.ndarray], spec: LoadSpec, grid: int, num_
     return out
 
 
+def all_finite(views: dict) -> bool:
+    """True when every float feature of one video (as video_tensors returns it) is finite."""
+    for view in views.values():
+        for name, t in view.items():
+            for x in (t if name == "ms" else [t]):
+                if x.is_floating_point() and not torch.isfinite(x).all():
+                    return False
+    return True
+
+
 class VideoTable:
     """Feature tensors of many videos stacked on a leading video axis: (N, T, K, ...) per branch."""
 
@@ -154,6 +164,9 @@ def load_table(cache: FeatureCache, spec: LoadSpec, keys: list[str] | None = Non
         for k, s, e in zip(shard_keys, starts, ends):
             if wanted is None or k in wanted:
                 collected[k] = video_tensors({n: a[s:e] for n, a in arrays.items()}, spec, grid, num_frames)
+                if not all_finite(collected[k]):
+                    raise CacheError(f"{file}: video {k!r} has NaN/Inf features; re-extract it (delete "
+                                     f"{Path(file).name} and rerun extract) or drop it from the labels")
         if progress is not None:
             progress()
     order = [k for k in (keys if keys is not None else cache.keys) if k in collected]

@@ -44,6 +44,7 @@ class FitConfig:
     num_frames: int | None = None  # frames per video used (None: all cached)
     pixel_size: int = 64  # TCAB input side (the cached view pixels are resized at load time)
     memory_gb: float = 12.0  # in-memory budget for the feature tables
+    verify: bool = True  # re-hash every shard before training (catches silent corruption)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -212,10 +213,10 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_path: Path | No
                     progress: bool = False) -> FitInputs:
     """Open and check the cache(s), plan the protocol's splits, load the selected features once."""
     cache = FeatureCache(cache_path)
-    cache.check_complete()
+    cache.check_complete(cfg.verify)
     test_cache = FeatureCache(test_cache_path) if test_cache_path else None
     if test_cache is not None:
-        test_cache.check_complete()
+        test_cache.check_complete(cfg.verify)
         if test_cache.fingerprint != cache.fingerprint:
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
                              f"cache {cache.fingerprint}: extract both with the same settings")
