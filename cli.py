@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -24,6 +25,7 @@ DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="kvd, lvqc, ytu
 RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root folder (not needed for sample).")]
 LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding the one found in --root.")]
 LimitOpt = Annotated[Optional[int], typer.Option(help="Take the first N videos only.")]
+AllowProblemsOpt = Annotated[bool, typer.Option(help="Skip label rows with duplicate ids or unreadable MOS instead of stopping.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
 
 
@@ -50,23 +52,51 @@ def known_errors(fn):
 def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False) -> None:
     _DEBUG["on"] = _DEBUG["on"] or debug
+    if not verbose:  # dask's own logging config (read at import, also by its worker processes)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
     for noisy in ("diffusers", "transformers", "distributed", "h5py"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
 def _load_index(dataset: str, root: Optional[Path], labels: Optional[Path], limit: Optional[int],
-                video_column: Optional[str] = None, mos_column: Optional[str] = None):
+                video_column: Optional[str] = None, mos_column: Optional[str] = None, allow_problems: bool = False):
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.progress import err
 
     index = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
+    index.check(allow_problems)
     err.print(index.summary())
     for line in index.problems[:20]:
         err.print(f"[yellow]problem[/] {line}")
     if len(index.problems) > 20:
         err.print(f"[yellow]... and {len(index.problems) - 20} more problems[/]")
     return index
+
+
+@contextlib.contextmanager
+def _dask_client(workers: Optional[int], scheduler: Optional[str], gpu: bool = False):
+    """None (no dask), a Client of a LocalCluster of `workers` processes (each offering one GPU resource
+    with `gpu`), or one joined to `scheduler`."""
+    if workers is None and scheduler is None:
+        yield None
+        return
+    from diffvqa_cache.errors import UserInputError
+
+    if workers is not None and scheduler is not None:
+        raise UserInputError("give --workers (a local cluster) or --dask-scheduler (an existing one), not both")
+    from distributed import Client, LocalCluster
+
+    if scheduler is not None:
+        with Client(scheduler) as client:
+            yield client
+        return
+    if workers < 1:
+        raise UserInputError(f"--workers must be >= 1, got {workers}")
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
+                      resources={"GPU": 1} if gpu else None) as cluster, \
+            Client(cluster) as client:
+        yield client
 
 
 @app.command()
@@ -84,6 +114,7 @@ def extract(
     steps: Annotated[int, typer.Option(help="Reverse-chain steps (1-4 are the fast variants).")] = 50,
     scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
     timestep_spacing: Annotated[str, typer.Option(help="trailing (chains start at t=999), leading or linspace.")] = "trailing",
+    strength: Annotated[float, typer.Option(help="1: chain from pure noise (the paper); <1: from the noised input.")] = 1.0,
     crops: Annotated[int, typer.Option(help="Cropped views per frame.")] = 1,
     grid: Annotated[int, typer.Option(help="F_MS maps pooled to GRID x GRID.")] = 8,
     view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
@@ -96,9 +127,14 @@ def extract(
     num_shards: Annotated[int, typer.Option(help="Split the shards into N parts (job arrays).")] = 1,
     shard_index: Annotated[Optional[int], typer.Option(help="Which part to run (default $SLURM_ARRAY_TASK_ID or 0).")] = None,
     limit: LimitOpt = None,
+    allow_problems: AllowProblemsOpt = False,
     retry_failed: Annotated[bool, typer.Option(help="Recompute shards that recorded failed videos.")] = False,
     video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
     mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Run shards as dask tasks on a local cluster of N worker "
+                                                        "processes.")] = None,
+    dask_scheduler: Annotated[Optional[str], typer.Option(help="Run shards as dask tasks on this dask scheduler "
+                                                               "(tcp://host:8786); GPU workers need --resources GPU=1.")] = None,
 ) -> None:
     """Run the adapted SD once per video and write features into a sharded HDF5 cache."""
     from diffvqa_cache.config import ExtractConfig
@@ -109,15 +145,22 @@ def extract(
         frames = None
     try:
         cfg = ExtractConfig(model=model, revision=revision, controller=controller, scheduler=scheduler, steps=steps,
-                            timestep_spacing=timestep_spacing, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
+                            timestep_spacing=timestep_spacing, strength=strength, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
                             pixel_size=pixel_size, seed=seed, dtype=dtype, batch_size=batch_size, device=device,
                             shard_size=shard_size)
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
     if shard_index is None:
-        shard_index = int(os.environ.get("SLURM_ARRAY_TASK_ID", 0)) if num_shards > 1 else 0
-    index = _load_index(dataset, root, labels, limit, video_column, mos_column)
-    result = run_extract(index, cfg, out, num_shards=num_shards, shard_index=shard_index, retry_failed=retry_failed)
+        array_id = os.environ.get("SLURM_ARRAY_TASK_ID", os.environ.get("PBS_ARRAY_INDEX", 0))
+        shard_index = int(array_id) if num_shards > 1 else 0
+    if not 0 <= shard_index < num_shards:
+        raise UserInputError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
+    index = _load_index(dataset, root, labels, limit, video_column, mos_column, allow_problems)
+    from pipelines.extract import resolve_device
+
+    with _dask_client(workers, dask_scheduler, gpu=resolve_device(device).type == "cuda") as client:
+        result = run_extract(index, cfg, out, num_shards=num_shards, shard_index=shard_index,
+                             retry_failed=retry_failed, client=client)
     typer.echo(str(result.cache_dir))
     typer.echo(result.summary(), err=True)
     if result.failed:
@@ -163,6 +206,21 @@ def cache_verify(path: Annotated[Path, typer.Argument(help="A cache directory, o
     typer.echo(f"ok: {n} shards match their checksums")
 
 
+@cache_app.command("merge")
+@known_errors
+def cache_merge(parts: Annotated[list[Path], typer.Argument(help="Cache directories (or --out folders) of the parts.")],
+                out: Annotated[Path, typer.Option(help="Cache root; the merged cache goes to OUT/<dataset>/<fingerprint>.")],
+                move: Annotated[bool, typer.Option(help="Move the shard files instead of copying them.")] = False) -> None:
+    """Join job-array parts written to different folders into one cache and write its manifest."""
+    from diffvqa_cache.cache import merge_caches
+
+    target, manifest = merge_caches(parts, out, move=move)
+    typer.echo(str(target))
+    typer.echo(f"{len(manifest['shards'])}/{manifest['n_shards_planned']} shards, {manifest['videos']} videos, "
+               f"{len(manifest['failed'])} failed, {len(manifest['not_extracted'])} not extracted yet"
+               + ("" if manifest["complete"] else " (run the missing parts, then merge again)"), err=True)
+
+
 @app.command()
 @known_errors
 def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and a MOS column.")],
@@ -205,6 +263,7 @@ def adapt(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
     video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
     mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
+    allow_problems: AllowProblemsOpt = False,
 ) -> None:
     """Stage zero: train the Controller so SD reconstructs a dataset's frames (only the Controller learns)."""
     from diffvqa_cache.adaptation import AdaptConfig
@@ -219,7 +278,7 @@ def adapt(
                           keep_checkpoints=keep_checkpoints, device=device)
     except ValueError as exc:
         raise UserInputError(str(exc)) from None
-    index = _load_index(dataset, root, labels, None, video_column, mos_column)
+    index = _load_index(dataset, root, labels, None, video_column, mos_column, allow_problems)
     result = run_adapt(index, cfg, out, resume=resume)
     typer.echo(str(result.out))
     typer.echo(result.summary(), err=True)
@@ -259,6 +318,16 @@ def _parse_value(text: str):
     return yaml.safe_load(text)
 
 
+def _parse_sets(items: Optional[list[str]]) -> dict:
+    overrides = {}
+    for item in items or []:
+        if "=" not in item:
+            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
+        name, value = item.split("=", 1)
+        overrides[name.strip()] = _parse_value(value)
+    return overrides
+
+
 @app.command()
 @known_errors
 def fit(
@@ -277,12 +346,7 @@ def fit(
     """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
     from pipelines.fit import format_summary, load_fit_config, run_fit
 
-    overrides = {}
-    for item in set_ or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
-        name, value = item.split("=", 1)
-        overrides[name.strip()] = _parse_value(value)
+    overrides = _parse_sets(set_)
     for name, value in (("protocol", protocol), ("splits", splits), ("train.epochs", epochs), ("seed", seed),
                         ("train.device", device)):
         if value is not None:
@@ -326,6 +390,81 @@ def predict(
         typer.echo(text.rstrip("\n"))
     if any("error" in r for r in rows):
         raise typer.Exit(1)
+
+
+@app.command()
+@known_errors
+def sweep(
+    cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
+    grid: Annotated[Path, typer.Option(help="YAML of configurations: a list of named overrides or a grid "
+                                            "(setting: [values]); see pipelines/ablations.yaml.")],
+    out: Annotated[Path, typer.Option(help="Sweep directory (tasks/, results.csv, summary.*).")],
+    workers: Annotated[Optional[int], typer.Option(help="Local cluster worker processes (default: one per core, "
+                                                        "at most one per task).")] = None,
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", "--dask-scheduler",
+                                                     help="Join an existing dask scheduler (tcp://host:8786).")] = None,
+    serial: Annotated[bool, typer.Option(help="No dask: run the tasks one by one in this process.")] = False,
+    splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of splits (default 10).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seeds splits and training (split i uses seed + i).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of every configuration.")] = None,
+) -> None:
+    """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
+    from diffvqa_cache.errors import UserInputError
+    from pipelines.sweep import format_summary, run_sweep
+
+    if workers is not None and scheduler is not None:
+        raise UserInputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
+    overrides = _parse_sets(set_)
+    for name, value in (("splits", splits), ("seed", seed)):
+        if value is not None:
+            overrides[name] = value
+    result = run_sweep(cache, grid, out, workers=workers, scheduler=scheduler, serial=serial, overrides=overrides)
+    typer.echo(format_summary(result))
+    if result.failed:
+        typer.echo(f"{len(result.failed)} task(s) failed (see {out}/summary.md); a rerun retries only those", err=True)
+        raise typer.Exit(1)
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@known_errors
+def cluster(
+    ctx: typer.Context,
+    kind: Annotated[str, typer.Argument(help="slurm or pbs.")],
+    dataset: DatasetOpt = "sample",
+    root: RootOpt = None,
+    out: Annotated[Path, typer.Option(help="Cache root the parts write to (a shared filesystem).")] = Path("cache"),
+    mode: Annotated[str, typer.Option(help="array: a job array of extract parts; dask: dask worker jobs.")] = "array",
+    jobs: Annotated[int, typer.Option(help="Array tasks (= extraction parts) or dask worker jobs.")] = 16,
+    gpus_per_job: Annotated[int, typer.Option(help="GPUs per job (dask: one worker per GPU).")] = 1,
+    cpus_per_job: Annotated[int, typer.Option(help="CPU cores per job (decoding).")] = 8,
+    mem: Annotated[str, typer.Option(help="Memory per job.")] = "32GB",
+    walltime: Annotated[str, typer.Option(help="Wall-clock limit per job.")] = "24:00:00",
+    queue: Annotated[Optional[str], typer.Option(help="Partition (SLURM) or queue (PBS).")] = None,
+    account: Annotated[Optional[str], typer.Option(help="Account / project to charge.")] = None,
+    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'source .venv/bin/activate'.")] = None,
+    scheduler_address: Annotated[str, typer.Option(help="dask mode: the scheduler's address.")] = "tcp://SCHEDULER_HOST:8786",
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the script here (default "
+                                                                          "diffvqa-<kind>-<mode>.sh).")] = None,
+    print_: Annotated[bool, typer.Option("--print", help="Print the script instead of writing a file.")] = False,
+) -> None:
+    """Write a job script: a SLURM/PBS job array of extraction parts, or dask-jobqueue worker jobs.
+
+    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels).
+    """
+    from pipelines.cluster import JobSpec, render
+
+    args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
+    spec = JobSpec(kind=kind, mode=mode, jobs=jobs, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, memory=mem,
+                   walltime=walltime, queue=queue, account=account, setup=list(setup or []), extract_args=args,
+                   scheduler_address=scheduler_address)
+    script = render(spec)
+    if print_:
+        typer.echo(script, nl=False)
+        return
+    path = output or Path(f"diffvqa-{kind}-{mode}.sh")
+    path.write_text(script)
+    typer.echo(str(path))
+    typer.echo(f"wrote {path}; submit it with {'sbatch' if kind == 'slurm' else 'qsub'} {path}", err=True)
 
 
 def main() -> None:

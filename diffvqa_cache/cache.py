@@ -13,6 +13,7 @@ under a temporary name and renamed, so a killed run never leaves a shard that lo
 from __future__ import annotations
 
 import csv
+import errno
 import hashlib
 import json
 import os
@@ -36,8 +37,12 @@ SHARD_DIR = "shards"
 def write_json_atomic(path: Path, obj) -> None:
     """Write JSON to `path` through a temporary file and a rename (never half-written)."""
     tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
-    tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def file_sha256(path: Path) -> str:
@@ -84,8 +89,11 @@ def write_shard(path: Path, index: int, fingerprint: str, videos: list[VideoFeat
                     # Uncompressed and contiguous: fp16 features barely compress and this reads fastest.
                     f.create_dataset(name, data=_concat([v.arrays[name] for v in videos]))
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc)):
+            raise CacheError(f"disk full while writing {path.name} in {path.parent}; the partial shard was removed, "
+                             "the rest of the cache is intact: free space and rerun the same command") from None
         raise
     record = {
         "shard": index, "file": path.name, "fingerprint": fingerprint, "videos": [v.key for v in videos],
@@ -214,14 +222,20 @@ class FeatureCache:
     def __len__(self) -> int:
         return len(self.keys)
 
-    def check_complete(self) -> None:
-        """Quick check before training: every shard present at its recorded size, nothing left to extract."""
+    def check_complete(self, verify: bool = False) -> None:
+        """Before training: every shard present at its recorded size (and checksum with `verify`), all extracted."""
         damaged = [s["file"] for s in self.manifest["shards"]
                    if not (self.dir.shards / s["file"]).is_file()
                    or (self.dir.shards / s["file"]).stat().st_size != s["bytes"]]
         if damaged:
             raise CacheError(f"{self.path}: damaged or missing shards {damaged[:5]}; rerun the same extract command "
                              "to recompute them (`diffvqa-cache cache verify` lists the damage)")
+        if verify:
+            problems, _ = verify_cache(self.path)
+            if problems:
+                raise CacheError(f"{self.path}: damaged or missing shards: {problems[0]}"
+                                 f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
+                                 "rerun the same extract command to recompute them")
         if not self.manifest["complete"]:
             n = len(self.manifest["not_extracted"])
             raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
@@ -311,3 +325,53 @@ def verify_cache(path: Path | str) -> tuple[list[str], int]:
         elif h5.stat().st_size != s["bytes"] or file_sha256(h5) != s["sha256"]:
             problems.append(f"{s['file']}: content does not match its checksum (damaged)")
     return problems, len(manifest["shards"])
+
+
+# ---------------------------------------------------------------- merging parts
+def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -> tuple[Path, dict]:
+    """Gather the complete shards of job-array parts written to different folders into one cache.
+
+    Each part is a cache directory (or an --out folder holding one) of the same settings; the result is
+    OUT/<dataset>/<fingerprint> with every complete shard (copied, or moved with `move`), its record and
+    a fresh manifest. Parts with different fingerprints are refused. Returns (cache dir, manifest).
+    """
+    import shutil
+
+    dirs = [find_cache_dir(p) for p in parts]
+    configs = [json.loads((d / "config.json").read_text()) for d in dirs]
+    fps = {c["fingerprint"] for c in configs}
+    if len(fps) > 1:
+        raise CacheError("parts have different fingerprints (extracted with other settings): "
+                         + ", ".join(f"{d} ({c['fingerprint']})" for d, c in zip(dirs, configs)))
+    config = configs[0]
+    target = Path(out) / config["dataset"] / config["fingerprint"]
+    (target / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "labels.csv"):
+        if not (target / name).is_file():
+            shutil.copy2(dirs[0] / name, target / name)
+    # the plan: listed videos in label order, minus those missing on disk, in shards of shard_size
+    missing: list[str] = []
+    for d in dirs:
+        try:
+            missing = json.loads((d / "manifest.json").read_text())["missing_on_disk"]
+            break
+        except (OSError, ValueError, KeyError):
+            continue
+    with open(dirs[0] / "labels.csv", newline="") as f:
+        gone = set(missing)
+        keys = [row["key"] for row in csv.DictReader(f) if row["key"] not in gone]
+    size = int(config["extract"]["shard_size"])
+    plan = [keys[i:i + size] for i in range(0, len(keys), size)]
+    dest = CacheDir(target)
+    for d in dirs:
+        if d.resolve() == target.resolve():
+            continue
+        src = CacheDir(d)
+        for i, planned in enumerate(plan):
+            if dest.is_complete(i, planned, config["fingerprint"]) or not src.is_complete(i, planned, config["fingerprint"]):
+                continue
+            for p in (src.shard_path(i), src.shard_path(i).with_suffix(".json")):  # record last: the completion mark
+                tmp = dest.shards / f"{p.name}.{os.getpid()}.incomplete"
+                (shutil.move if move else shutil.copy2)(p, tmp)
+                os.replace(tmp, dest.shards / p.name)
+    return target, dest.write_manifest(config, plan, missing)

@@ -7,6 +7,7 @@ several videos are batched together in a fixed order, so recomputing a shard giv
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import deque
@@ -95,7 +96,8 @@ class ViewEncoder:
             err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only; "
                       "its features say nothing about quality[/]")
         self.fx = FeatureExtractor(bb, steps=cfg.steps, scheduler=cfg.scheduler, grid=cfg.grid,
-                                   dtype=cfg.dtype, device=device, timestep_spacing=cfg.timestep_spacing)
+                                   dtype=cfg.dtype, device=device, timestep_spacing=cfg.timestep_spacing,
+                                   strength=cfg.strength)
         self.cfg, self.pixel_size, self.size = cfg, config["pixel_size"], config["view_size"]
 
     def encode_stream(self, videos, on_video=None) -> list[VideoFeatures]:
@@ -182,9 +184,70 @@ def _prefetch(pool: ThreadPoolExecutor, records: list, cfg: ExtractConfig, size:
         yield item
 
 
+def extract_shard(records: list, shard_id: int, cfg: ExtractConfig, config: dict, cache_dir: Path,
+                  encoder: ViewEncoder | None = None, decoded=None, on_video=None, on_failed=None,
+                  write=write_shard):
+    """Compute one shard from its records and write it: the unit of resume, of parts and of dask tasks.
+
+    Alone (a dask task) it decodes with its own threads and uses this process's cached model; run_extract
+    passes its model, one prefetching `decoded` stream over all its shards and a background `write`.
+    Returns what `write` returns (the shard's record for `write_shard`).
+    """
+    encoder = encoder or worker_encoder(cfg, config)
+    failed: list[dict] = []
+    with ThreadPoolExecutor(cfg.decode_workers) as pool:
+        stream = decoded if decoded is not None else _prefetch(pool, records, cfg, config["view_size"])
+
+        def videos():
+            for _ in records:
+                key, fidx, views, reason = next(stream)
+                if reason is None:
+                    yield key, fidx, views
+                else:
+                    failed.append({"video": key, "reason": reason})
+                    err.print(f"[red]failed[/] {key}: {reason}")
+                    if on_failed is not None:
+                        on_failed()
+
+        feats = encoder.encode_stream(videos(), on_video)
+    return write(CacheDir(cache_dir).shard_path(shard_id), shard_id, config["fingerprint"], feats, failed,
+                 [r.key for r in records])
+
+
+_ENCODERS: dict[str, ViewEncoder] = {}  # per process (dask worker): the model is loaded once per settings
+
+
+def worker_encoder(cfg: ExtractConfig, config: dict) -> ViewEncoder:
+    """This process's ViewEncoder for these settings, loaded on first use.
+
+    On a dask worker that sees several GPUs, the worker whose name ends in i (LocalCluster: "i", dask-jobqueue
+    with several workers per job: "<job>-i") takes GPU i % n; with one visible GPU there is nothing to pick.
+    """
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and device.index is None and torch.cuda.device_count() > 1:
+        try:
+            from distributed import get_worker
+
+            name = str(get_worker().name)  # LocalCluster: "3"; dask-jobqueue with several per job: "job-7-1"
+            local = name.rsplit("-", 1)[-1]
+            if local.isdigit():
+                device = torch.device(f"cuda:{int(local) % torch.cuda.device_count()}")
+        except (ImportError, ValueError):
+            pass
+    key = json.dumps([cfg.to_dict(), config["model_id"], config["controller_id"], str(device)], sort_keys=True)
+    if key not in _ENCODERS:
+        _ENCODERS.clear()  # one model per process at a time
+        _ENCODERS[key] = ViewEncoder(cfg, config, device)
+    return _ENCODERS[key]
+
+
 def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: int = 1, shard_index: int = 0,
-                retry_failed: bool = False, progress: bool = True) -> ExtractResult:
-    """Extract every shard of this part that is not complete yet, then assemble the manifest."""
+                retry_failed: bool = False, progress: bool = True, client=None) -> ExtractResult:
+    """Extract every shard of this part that is not complete yet, then assemble the manifest.
+
+    With a dask `client` each shard is one task (`extract_shard`) on a worker; the driver plans, collects
+    the shard records and writes the manifest. Both paths write bit-identical shards.
+    """
     if not 0 <= shard_index < num_shards:
         raise UserInputError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     t0 = time.perf_counter()
@@ -196,16 +259,19 @@ def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: 
     todo = [i for i in mine if not cdir.is_complete(i, plan[i], config["fingerprint"])
             or (retry_failed and cdir.record(i)["failed"])]
     result = ExtractResult(cache_dir, config["fingerprint"], 0, len(mine) - len(todo), 0, 0)
-    if todo:
-        if len(todo) < len(mine) or len(mine) < len(plan):
-            err.print(f"Processing {len(todo)}/{len(plan)} shards ({len(mine) - len(todo)} of this part already complete)")
+    if todo and (len(todo) < len(mine) or len(mine) < len(plan)):
+        err.print(f"Processing {len(todo)}/{len(plan)} shards ({len(mine) - len(todo)} of this part already complete)")
+    errors: list[str] = []
+    if todo and client is not None:
+        errors = _extract_on_cluster(client, [(i, [by_key[k] for k in plan[i]]) for i in todo], cfg, config,
+                                     cache_dir, result, progress)
+    elif todo:
         encoder = ViewEncoder(cfg, config, resolve_device(cfg.device))
         n_videos = sum(len(plan[i]) for i in todo)
         with bar("extract", n_videos, progress) as pbar, ThreadPoolExecutor(cfg.decode_workers) as pool, \
                 ThreadPoolExecutor(1) as writer:
             # one prefetching stream of decoded videos over all shards to do, consumed shard by shard
             stream = _prefetch(pool, [by_key[k] for i in todo for k in plan[i]], cfg, config["view_size"])
-            pending_write = None
 
             def on_video(n_frames: int) -> None:
                 result.videos += 1
@@ -213,29 +279,61 @@ def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: 
                 el = time.perf_counter() - t0
                 pbar.update(advance=1, info=f"{result.videos / el:.2f} videos/s {result.frames / el:.1f} frames/s")
 
+            pending_write = None
             for i in todo:
-                failed: list[dict] = []
-
-                def decoded_videos(n=len(plan[i]), failed=failed):
-                    for _ in range(n):
-                        key, fidx, views, reason = next(stream)
-                        if reason is None:
-                            yield key, fidx, views
-                        else:
-                            failed.append({"video": key, "reason": reason})
-                            err.print(f"[red]failed[/] {key}: {reason}")
-                            pbar.update(advance=1)
-
-                feats = encoder.encode_stream(decoded_videos(), on_video)
-                if pending_write is not None:
-                    pending_write.result()
                 # the HDF5 write and its checksum overlap with the next shard's work
-                pending_write = writer.submit(write_shard, cdir.shard_path(i), i, config["fingerprint"], feats,
-                                              failed, plan[i])
+                future = extract_shard([by_key[k] for k in plan[i]], i, cfg, config, cache_dir, encoder, stream,
+                                       on_video, lambda: pbar.update(advance=1),
+                                       write=lambda *a: writer.submit(write_shard, *a))
+                if pending_write is not None:
+                    result.failed += pending_write.result()["failed"]
+                pending_write = future
                 result.shards_done += 1
-                result.failed += failed
             if pending_write is not None:
-                pending_write.result()
+                result.failed += pending_write.result()["failed"]
     result.manifest = cdir.write_manifest(config, plan, [r.key for r in index.missing])
     result.seconds = time.perf_counter() - t0
+    if errors:
+        raise DiffVQAError(f"{len(errors)} shard task(s) failed (the others are written; rerun the same command to "
+                           f"retry them): {errors[0]}")
     return result
+
+
+def _wants_gpu(client, cfg: ExtractConfig) -> bool:
+    """Tasks hold a GPU resource when the device is CUDA: named, or auto with workers offering GPUs."""
+    if cfg.device.startswith("cuda"):
+        return True
+    if cfg.device != "auto":
+        return False
+    workers = client.scheduler_info().get("workers", {}).values()
+    return any("GPU" in (w.get("resources") or {}) for w in workers)
+
+
+def _extract_on_cluster(client, shards: list[tuple[int, list]], cfg: ExtractConfig, config: dict, cache_dir: Path,
+                        result: ExtractResult, progress: bool) -> list[str]:
+    """One dask task per shard, written by its worker. Returns the errors of tasks that raised."""
+    from distributed import as_completed
+
+    resources = {"GPU": 1} if _wants_gpu(client, cfg) else None
+    offered = [w.get("resources") or {} for w in client.scheduler_info().get("workers", {}).values()]
+    if resources and not any("GPU" in r for r in offered):
+        err.print("[yellow]the shard tasks need a GPU resource and no worker offers one yet: they wait for "
+                  "workers started with `--resources GPU=1` (see docs/cluster.md)[/]")
+    futures = [client.submit(extract_shard, recs, i, cfg, config, cache_dir, pure=False, resources=resources,
+                             key=f"extract-{config['fingerprint']}-shard-{i:05d}") for i, recs in shards]
+    errors = []
+    with bar("extract (shards)", len(futures), progress) as pbar:
+        for fut in as_completed(futures):
+            try:
+                rec = fut.result()
+            except Exception as exc:  # reported once the other shards are done
+                errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
+            else:
+                result.shards_done += 1
+                result.videos += len(rec["videos"])
+                result.frames += sum(rec["n_frames"])
+                result.failed += rec["failed"]
+                for f in rec["failed"]:
+                    err.print(f"[red]failed[/] {f['video']}: {f['reason']}")
+            pbar.update(advance=1)
+    return errors

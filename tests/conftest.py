@@ -127,6 +127,6 @@ def dask_client():
     """One LocalCluster of 2 worker processes (1 thread each) shared by the dask tests (startup is slow)."""
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0") as cluster, \
             Client(cluster) as client:
         yield client

@@ -1,0 +1,355 @@
+"""Ablation sweeps: many fit configurations x the protocol's splits, one dask task per (config, split).
+
+All configurations read the same cache; branch, level, grid and frame choices are load-time settings
+(`LoadSpec`), so nothing is re-extracted. Each task writes `out/tasks/<config>__<split>.json`
+atomically; a rerun skips tasks whose file holds a result for the same settings (failed tasks are
+retried). Results: `results.csv` (one row per task), `summary.csv`, `summary.md`, `summary.png`.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import itertools
+import json
+import math
+import os
+import re
+import socket
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffvqa_cache.cache import FeatureCache, write_json_atomic
+from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.metrics import METRIC_KEYS
+from diffvqa_cache.progress import bar, err
+
+# Settings that define the splits: the same for every configuration (set them in `base:` or on the CLI).
+SPLIT_SETTINGS = ("protocol", "splits", "test_fraction", "seed")
+
+
+# ---------------------------------------------------------------- the grid file
+def _fmt(value) -> str:
+    if isinstance(value, (list, tuple)):
+        return "-".join(_fmt(v) for v in value) or "none"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def config_name(overrides: dict) -> str:
+    """A readable file-safe name for an unnamed configuration: 'epochs=5,use_tcab=false'."""
+    if not overrides:
+        return "base"
+    return ",".join(f"{k.rsplit('.', 1)[-1]}={_fmt(v)}" for k, v in overrides.items())
+
+
+def _safe(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.=,+-]", "-", str(name))
+
+
+def load_grid(path: Path) -> tuple[dict, list[tuple[str, dict]]]:
+    """Read a sweep YAML: (base overrides, [(config name, overrides)]).
+
+    Forms: a list of override mappings (each may have `name:`), or a mapping with an optional `base:`
+    mapping, an optional `configs:` list (as before) and grid axes `setting: [values]` (crossed).
+    """
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except (OSError, yaml.YAMLError) as exc:
+        raise UserInputError(f"--grid {path}: cannot read it ({str(exc).splitlines()[0]})") from None
+    if isinstance(data, list):
+        data = {"configs": data}
+    if not isinstance(data, dict):
+        raise UserInputError(f"--grid {path}: expected a list of configurations or a mapping of settings to lists")
+    data = dict(data)
+    base = data.pop("base", None) or {}
+    listed = data.pop("configs", None) or []
+    if not isinstance(base, dict) or not isinstance(listed, list):
+        raise UserInputError(f"--grid {path}: `base:` must be a mapping and `configs:` a list")
+    configs: list[tuple[str, dict]] = []
+    for i, item in enumerate(listed):
+        if not isinstance(item, dict):
+            raise UserInputError(f"--grid {path}: configuration {i + 1} is not a mapping of settings")
+        item = dict(item)
+        name = item.pop("name", None)
+        configs.append((_safe(name if name is not None else config_name(item)), item))
+    if data:  # grid axes
+        axes = {k: (v if isinstance(v, list) else [v]) for k, v in data.items()}
+        for combo in itertools.product(*axes.values()):
+            overrides = dict(zip(axes, combo))
+            configs.append((_safe(config_name(overrides)), overrides))
+    if not configs:
+        raise UserInputError(f"--grid {path}: no configurations in it")
+    names = [n for n, _ in configs]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise UserInputError(f"--grid {path}: configuration names must be unique, repeated: {dup}")
+    for name, overrides in configs:
+        fixed = [k for k in overrides if k in SPLIT_SETTINGS]
+        if fixed:
+            raise UserInputError(f"--grid {path}: configuration {name!r} sets {fixed}; the splits are shared by all "
+                                 "configurations, set these under `base:` or with --splits/--seed")
+    return base, configs
+
+
+# ---------------------------------------------------------------- tasks
+@dataclass
+class SweepTask:
+    config: str  # configuration name
+    overrides: dict  # the configuration's own overrides
+    base: dict  # overrides applied to every configuration (grid `base:`, CLI)
+    split: dict  # {"name", "train", "test": {name: keys}}
+    seed: int  # as fit: split i trains with seed + i
+    fingerprint: str
+
+    @property
+    def file(self) -> str:
+        return f"{self.config}__{self.split['name']}.json"
+
+    @property
+    def task_id(self) -> str:
+        """Changes whenever anything the result depends on changes (then a rerun recomputes it)."""
+        blob = json.dumps([self.base, self.overrides, self.split, self.seed, self.fingerprint], sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_TABLES: OrderedDict = OrderedDict()  # per process (dask worker): (cache path, LoadSpec) -> VideoTable
+_MAX_TABLES = 3
+
+
+def cached_table(cache_path: str, spec):
+    """The cache's features for `spec`, loaded once per process and reused by later tasks."""
+    from diffvqa_cache.data import load_table
+
+    key = (str(cache_path), spec)
+    if key not in _TABLES:
+        while len(_TABLES) >= _MAX_TABLES:
+            _TABLES.popitem(last=False)
+        _TABLES[key] = load_table(FeatureCache(cache_path), spec)
+    _TABLES.move_to_end(key)
+    return _TABLES[key]
+
+
+def run_task(cache_path: str, task: SweepTask, out: Path) -> dict:
+    """Fit one (configuration, split) and write its result file; errors are recorded, never raised."""
+    from pipelines.fit import FitConfig, fit_split
+
+    t0 = time.perf_counter()
+    result = {"config": task.config, "split": task.split["name"], "overrides": task.overrides, "base": task.base,
+              "seed": task.seed, "task_id": task.task_id, "n_train": None, "best_epoch": None, "metrics": {},
+              "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    try:
+        cfg = FitConfig().with_overrides({**task.base, **task.overrides})
+        fitted = fit_split(cached_table(cache_path, cfg.load_spec()), task.split, cfg, task.seed)
+        result.update(n_train=fitted.entry["n_train"], best_epoch=fitted.entry["best_epoch"],
+                      metrics={t: fitted.entry[t] for t in task.split["test"]})
+    except Exception as exc:  # one bad configuration never stops the others
+        result["error"] = f"{type(exc).__name__}: {exc}"
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    write_task_result(out, task, result)
+    return result
+
+
+def write_task_result(out: Path, task: SweepTask, result: dict) -> None:
+    (Path(out) / "tasks").mkdir(parents=True, exist_ok=True)
+    write_json_atomic(Path(out) / "tasks" / task.file, result)
+
+
+def read_task_result(out: Path, task: SweepTask) -> dict | None:
+    try:
+        return json.loads((Path(out) / "tasks" / task.file).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def plan_tasks(cache_path: Path, base: dict, configs: list[tuple[str, dict]]) -> tuple[FeatureCache, str, list[SweepTask]]:
+    """The cache's protocol and splits (planned as `fit` does, from the base settings) x configurations."""
+    from pipelines.fit import FitConfig, plan_splits
+
+    cache = FeatureCache(cache_path)
+    cache.check_complete()
+    base_cfg = FitConfig().with_overrides(base)
+    protocol, splits = plan_splits(base_cfg, cache, None)
+    tasks = [SweepTask(name, overrides, base, split, base_cfg.seed + i, cache.fingerprint)
+             for name, overrides in configs for i, split in enumerate(splits)]
+    return cache, protocol, tasks
+
+
+# ---------------------------------------------------------------- running
+@dataclass
+class SweepResult:
+    out: Path
+    protocol: str
+    executed: int  # tasks run now
+    skipped: int  # results already there
+    failed: list[dict] = field(default_factory=list)  # result dicts with an error (all tasks, this run or earlier)
+    summary: list[dict] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def default_workers(n_tasks: int) -> int:
+    return max(1, min(n_tasks, os.cpu_count() or 1))
+
+
+def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = None, scheduler: str | None = None,
+              serial: bool = False, overrides: dict | None = None, progress: bool = True) -> SweepResult:
+    """Run every (configuration, split) task not done yet, serially or on a dask cluster; write summaries."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    base, configs = load_grid(grid)
+    base = {**base, **(overrides or {})}
+    cache, protocol, tasks = plan_tasks(cache_path, base, configs)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "sweep.json", {
+        "cache": str(cache.path), "fingerprint": cache.fingerprint, "grid": str(grid), "protocol": protocol,
+        "base": base, "configs": dict(configs), "splits": [t.split for t in tasks[:len(tasks) // len(configs)]]})
+
+    def done(t: SweepTask) -> bool:
+        r = read_task_result(out, t)
+        return r is not None and r.get("task_id") == t.task_id and not r.get("error")
+
+    todo = [t for t in tasks if not done(t)]
+    if len(todo) < len(tasks):
+        err.print(f"{len(tasks) - len(todo)}/{len(tasks)} tasks already done in {out / 'tasks'}, skipped")
+    cache_str, out = str(cache.path.resolve()), out.resolve()  # absolute: workers may run elsewhere
+    with bar("sweep", len(todo), progress) as pbar:
+        if serial or not todo:
+            for t in todo:
+                _report(run_task(cache_str, t, out), pbar)
+        else:
+            _run_on_cluster(cache_str, todo, out, workers, scheduler, pbar)
+    results = [read_task_result(out, t) or {"config": t.config, "split": t.split["name"], "overrides": t.overrides,
+                                            "error": "no result written", "metrics": {}} for t in tasks]
+    summary = write_results(out, results, [n for n, _ in configs], protocol, cache)
+    return SweepResult(out, protocol, len(todo), len(tasks) - len(todo), [r for r in results if r.get("error")],
+                       summary, time.perf_counter() - t0)
+
+
+def _report(result: dict, pbar) -> None:
+    if result.get("error"):
+        err.print(f"[red]failed[/] {result['config']} {result['split']}: {result['error']}")
+    pbar.update(advance=1, info=f"{result['config']} {result['split']}")
+
+
+def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler: str | None,
+                    pbar) -> None:
+    """Submit one task per (configuration, split) to a LocalCluster or the scheduler at `scheduler`."""
+    from distributed import Client, LocalCluster, as_completed
+
+    cluster = None
+    if scheduler:
+        client = Client(scheduler)
+    else:
+        cluster = LocalCluster(n_workers=workers or default_workers(len(todo)), threads_per_worker=1,
+                               processes=True, dashboard_address=":0")
+        client = Client(cluster)
+    try:
+        futures = {client.submit(run_task, cache_path, t, out, pure=False, key=f"sweep-{t.config}-{t.split['name']}-{t.task_id}"): t
+                   for t in todo}
+        for fut in as_completed(futures):
+            t = futures[fut]
+            try:
+                result = fut.result()
+            except Exception as exc:  # the worker died (memory?): record it like any failure
+                result = {"config": t.config, "split": t.split["name"], "overrides": t.overrides, "base": t.base,
+                          "task_id": t.task_id, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}
+                write_task_result(out, t, result)
+            _report(result, pbar)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+# ---------------------------------------------------------------- results
+def _median(values: list[float]) -> float:
+    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not vals:
+        return float("nan")
+    m = len(vals) // 2
+    return vals[m] if len(vals) % 2 else (vals[m - 1] + vals[m]) / 2
+
+
+def write_results(out: Path, results: list[dict], order: list[str], protocol: str, cache: FeatureCache) -> list[dict]:
+    """results.csv (one row per task), summary.csv / .md / .png (median SRCC, PLCC per config)."""
+    tests = list(dict.fromkeys(t for r in results for t in r.get("metrics", {})))
+    primary = tests[0] if tests else "test"
+    cols = ["config", "split", "status", "n_train", "seconds"] + list(METRIC_KEYS) \
+        + [f"{t}_{m}" for t in tests[1:] for m in METRIC_KEYS] + ["overrides", "error"]
+    rows = []
+    for r in results:
+        row = {"config": r["config"], "split": r["split"], "status": "failed" if r.get("error") else "ok",
+               "n_train": r.get("n_train"), "seconds": r.get("seconds"), "overrides": json.dumps(r.get("overrides", {})),
+               "error": r.get("error") or ""}
+        for t, ms in r.get("metrics", {}).items():
+            row.update({(m if t == primary else f"{t}_{m}"): ms.get(m) for m in METRIC_KEYS})
+        rows.append(row)
+    _write_csv(out / "results.csv", cols, rows)
+    summary = []
+    for name in order:
+        mine = [r for r in results if r["config"] == name]
+        ok = [r for r in mine if not r.get("error") and primary in r.get("metrics", {})]
+        summary.append({
+            "config": name, "n_splits": len(ok), "n_failed": len(mine) - len(ok),
+            "srcc_median": _median([r["metrics"][primary]["srcc"] for r in ok]),
+            "plcc_median": _median([r["metrics"][primary]["plcc"] for r in ok]),
+            "overrides": json.dumps(mine[0].get("overrides", {}) if mine else {}),
+            "error": next((r["error"] for r in mine if r.get("error")), ""),
+        })
+    summary.sort(key=lambda s: -s["srcc_median"] if not math.isnan(s["srcc_median"]) else math.inf)
+    _write_csv(out / "summary.csv", list(summary[0]) if summary else ["config"], summary)
+    lines = [f"# Sweep on {cache.config.get('dataset')} ({cache.fingerprint})", "",
+             f"Protocol {protocol}, test set `{primary}`; medians over splits; sorted by median SRCC.", "",
+             "| config | median SRCC | median PLCC | splits | failed | overrides |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {s['config']} | {s['srcc_median']:.4f} | {s['plcc_median']:.4f} | {s['n_splits']} | {s['n_failed']} | "
+              f"`{s['overrides']}` |" for s in summary]
+    failed = [s for s in summary if s["error"]]
+    if failed:
+        lines += ["", "Failures (first error per config):", ""] + [f"- {s['config']}: {s['error']}" for s in failed]
+    (out / "summary.md").write_text("\n".join(lines) + "\n")
+    _plot(out / "summary.png", summary, f"{cache.config.get('dataset')} {protocol}")
+    return summary
+
+
+def _write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
+    tmp = path.with_name(path.name + ".incomplete")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _plot(path: Path, summary: list[dict], title: str) -> None:
+    import numpy as np
+
+    from diffvqa_cache.plots import _plt
+
+    plt = _plt()
+    names = [s["config"] for s in summary][::-1]
+    srcc = np.nan_to_num([s["srcc_median"] for s in summary][::-1])
+    plcc = np.nan_to_num([s["plcc_median"] for s in summary][::-1])
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(names)), dpi=110)
+    ax.barh(y + 0.2, srcc, height=0.4, label="median SRCC")
+    ax.barh(y - 0.2, plcc, height=0.4, label="median PLCC")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(min(0.0, float(min(srcc.min(), plcc.min()))), 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def format_summary(result: SweepResult) -> str:
+    lines = [f"{len(result.summary)} configs, protocol {result.protocol}: {result.executed} tasks run, "
+             f"{result.skipped} already done, {len(result.failed)} failed, {result.seconds:.1f} s; results: {result.out}"]
+    for s in result.summary:
+        lines.append(f"  {s['config'][:40]:40s} SRCC {s['srcc_median']:.4f}  PLCC {s['plcc_median']:.4f}  "
+                     f"({s['n_splits']} splits{', ' + str(s['n_failed']) + ' failed' if s['n_failed'] else ''})")
+    return "\n".join(lines)
