@@ -129,6 +129,7 @@ def extract(
     limit: LimitOpt = None,
     allow_problems: AllowProblemsOpt = False,
     retry_failed: Annotated[bool, typer.Option(help="Recompute shards that recorded failed videos.")] = False,
+    verify: Annotated[bool, typer.Option(help="Re-hash complete shards and recompute any that changed on disk.")] = False,
     video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
     mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Run shards as dask tasks on a local cluster of N worker "
@@ -160,7 +161,7 @@ def extract(
 
     with _dask_client(workers, dask_scheduler, gpu=resolve_device(device).type == "cuda") as client:
         result = run_extract(index, cfg, out, num_shards=num_shards, shard_index=shard_index,
-                             retry_failed=retry_failed, client=client)
+                             retry_failed=retry_failed, client=client, verify=verify)
     typer.echo(str(result.cache_dir))
     typer.echo(result.summary(), err=True)
     if result.failed:

@@ -17,6 +17,7 @@ import errno
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,11 +129,39 @@ class CacheDir:
         except (OSError, ValueError):
             return None
 
-    def is_complete(self, index: int, planned: list[str], fingerprint: str) -> bool:
-        """Quick check (no hashing): record present, planned for the same videos, file of the recorded size."""
+    def is_complete(self, index: int, planned: list[str], fingerprint: str, deep: bool = False) -> bool:
+        """Record present, planned for the same videos, file of the recorded size (and checksum when `deep`)."""
         rec, h5 = self.record(index), self.shard_path(index)
-        return (rec is not None and rec.get("planned") == planned and rec.get("fingerprint") == fingerprint
-                and h5.is_file() and h5.stat().st_size == rec.get("bytes"))
+        ok = (rec is not None and rec.get("planned") == planned and rec.get("fingerprint") == fingerprint
+              and h5.is_file() and h5.stat().st_size == rec.get("bytes"))
+        return ok and (not deep or file_sha256(h5) == rec.get("sha256"))
+
+    def claim(self, index: int) -> bool:
+        """Take shard `index` for this process (a lock file, created atomically); False if another live
+        process holds it. A lock left by a dead process on this host is taken over."""
+        lock = self.shard_path(index).with_suffix(".lock")
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    holder = json.loads(lock.read_text() or "{}")
+                except (OSError, ValueError):
+                    holder = {}
+                if holder == me:
+                    return True
+                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                    lock.unlink(missing_ok=True)  # stale: its process was killed
+                    continue
+                return False
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            return True
+        return False
+
+    def release(self, index: int) -> None:
+        self.shard_path(index).with_suffix(".lock").unlink(missing_ok=True)
 
     def records(self) -> list[dict]:
         out = []
@@ -163,6 +192,18 @@ class CacheDir:
         }
         write_json_atomic(self.path / "manifest.json", manifest)
         return manifest
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:

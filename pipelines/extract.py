@@ -210,6 +210,10 @@ def extract_shard(records: list, shard_id: int, cfg: ExtractConfig, config: dict
                         on_failed()
 
         feats = encoder.encode_stream(videos(), on_video)
+    for bad in [v for v in feats if not all(np.isfinite(a).all() for a in v.arrays.values())]:
+        feats.remove(bad)
+        failed.append({"video": bad.key, "reason": f"{bad.key}: NaN/Inf in its features (try --dtype fp32)"})
+        err.print(f"[red]failed[/] {failed[-1]['reason']}")
     return write(CacheDir(cache_dir).shard_path(shard_id), shard_id, config["fingerprint"], feats, failed,
                  [r.key for r in records])
 
@@ -242,7 +246,7 @@ def worker_encoder(cfg: ExtractConfig, config: dict) -> ViewEncoder:
 
 
 def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: int = 1, shard_index: int = 0,
-                retry_failed: bool = False, progress: bool = True, client=None) -> ExtractResult:
+                retry_failed: bool = False, progress: bool = True, client=None, verify: bool = False) -> ExtractResult:
     """Extract every shard of this part that is not complete yet, then assemble the manifest.
 
     With a dask `client` each shard is one task (`extract_shard`) on a worker; the driver plans, collects
@@ -254,13 +258,33 @@ def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: 
     cache_dir, config = prepare_cache(index, cfg, out)
     cdir = CacheDir(cache_dir)
     plan = plan_shards(index, cfg.shard_size)
-    by_key = {r.key: r for r in index.records}
     mine = [i for i in range(len(plan)) if i % num_shards == shard_index]
-    todo = [i for i in mine if not cdir.is_complete(i, plan[i], config["fingerprint"])
+    todo = [i for i in mine if not cdir.is_complete(i, plan[i], config["fingerprint"], deep=verify)
             or (retry_failed and cdir.record(i)["failed"])]
     result = ExtractResult(cache_dir, config["fingerprint"], 0, len(mine) - len(todo), 0, 0)
-    if todo and (len(todo) < len(mine) or len(mine) < len(plan)):
-        err.print(f"Processing {len(todo)}/{len(plan)} shards ({len(mine) - len(todo)} of this part already complete)")
+    claimed = [i for i in todo if cdir.claim(i)]  # another process may be extracting some of them right now
+    if len(claimed) < len(todo):
+        err.print(f"{len(todo) - len(claimed)} shards are being extracted by another process; leaving them to it")
+    try:
+        errors = _extract_claimed(claimed, index, cfg, config, cdir, plan, len(mine), result, progress, client, t0)
+    finally:
+        for i in claimed:
+            cdir.release(i)
+    result.manifest = cdir.write_manifest(config, plan, [r.key for r in index.missing])
+    result.seconds = time.perf_counter() - t0
+    if errors:
+        raise DiffVQAError(f"{len(errors)} shard task(s) failed (the others are written; rerun the same command to "
+                           f"retry them): {errors[0]}")
+    return result
+
+
+def _extract_claimed(todo: list[int], index: DatasetIndex, cfg: ExtractConfig, config: dict, cdir: CacheDir,
+                     plan: list[list[str]], n_mine: int, result: ExtractResult, progress: bool, client,
+                     t0: float) -> list[str]:
+    """Compute the shards this process holds, in one process or as dask tasks. Returns failed tasks' errors."""
+    cache_dir, by_key = cdir.path, {r.key: r for r in index.records}
+    if todo and (len(todo) < n_mine or n_mine < len(plan)):
+        err.print(f"Processing {len(todo)}/{len(plan)} shards ({n_mine - len(todo)} of this part already complete)")
     errors: list[str] = []
     if todo and client is not None:
         errors = _extract_on_cluster(client, [(i, [by_key[k] for k in plan[i]]) for i in todo], cfg, config,
@@ -291,12 +315,7 @@ def run_extract(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_shards: 
                 result.shards_done += 1
             if pending_write is not None:
                 result.failed += pending_write.result()["failed"]
-    result.manifest = cdir.write_manifest(config, plan, [r.key for r in index.missing])
-    result.seconds = time.perf_counter() - t0
-    if errors:
-        raise DiffVQAError(f"{len(errors)} shard task(s) failed (the others are written; rerun the same command to "
-                           f"retry them): {errors[0]}")
-    return result
+    return errors
 
 
 def _wants_gpu(client, cfg: ExtractConfig) -> bool:
