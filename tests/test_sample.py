@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from diffvqa_cache.datasets import sample
-from diffvqa_cache.datasets.sample import DISTORTIONS, ensure_sample, plan
+from diffvqa_cache.datasets.sample import CONTENTS, DISTORTIONS, N_CLIPS, STRENGTHS, ensure_sample, plan
 from diffvqa_cache.errors import DatasetError
 from diffvqa_cache.video import load_video_frames, probe
 
@@ -18,7 +18,7 @@ from diffvqa_cache.video import load_video_frames, probe
 @pytest.fixture(scope="module")
 def two_roots(tmp_path_factory):
     """The sample generated twice, into two separate folders."""
-    return [ensure_sample(tmp_path_factory.mktemp(f"gen{i}") / "sample-v1") for i in range(2)]
+    return [ensure_sample(tmp_path_factory.mktemp(f"gen{i}") / "sample-v3") for i in range(2)]
 
 
 def read_labels(root):
@@ -29,7 +29,7 @@ def read_labels(root):
 def test_layout_and_labels(two_roots):
     root = two_roots[0]
     rows = read_labels(root)
-    assert len(rows) == 36 and list(rows[0]) == ["video", "mos"]
+    assert len(rows) == N_CLIPS == 96 and list(rows[0]) == ["video", "mos"]
     assert rows[0]["video"] == "videos/sample_000.mp4"
     for row in rows:
         assert (root / row["video"]).is_file()
@@ -43,7 +43,7 @@ def test_layout_and_labels(two_roots):
 def test_deterministic(two_roots):
     a, b = two_roots
     assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
-    for name in ("videos/sample_000.mp4", "videos/sample_016.mp4", "videos/sample_035.mp4"):
+    for name in ("videos/sample_000.mp4", "videos/sample_016.mp4", "videos/sample_095.mp4"):
         fa, ia, _, _ = load_video_frames(a / name, n_frames=4)
         fb, ib, _, _ = load_video_frames(b / name, n_frames=4)
         assert ia.tolist() == ib.tolist() and np.array_equal(fa, fb)
@@ -53,24 +53,50 @@ def test_deterministic(two_roots):
 def test_content_varies_and_moves(two_roots):
     root = two_roots[0]
     firsts = []
-    for i in (0, 1, 2, 3, 4, 5):  # one clip of each content
-        frames, _, _, _ = load_video_frames(root / f"videos/sample_{i:03d}.mp4", n_frames=2)
+    for spec in plan()[:len(CONTENTS)]:  # the pristine clip of each content
+        assert spec.distortion == "pristine"
+        frames, _, _, _ = load_video_frames(root / spec.video, n_frames=2)
         assert np.abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 1  # motion
         firsts.append(frames[0].astype(int))
     for i in range(len(firsts) - 1):
         assert np.abs(firsts[i] - firsts[i + 1]).mean() > 10
 
 
+def test_content_balanced():
+    specs = plan()
+    conditions = {(s.distortion, s.strength) for s in specs}
+    assert conditions == {("pristine", 0.0)} | {(d, v) for d in DISTORTIONS for v in STRENGTHS}
+    for content in CONTENTS:  # every content under every condition, exactly once
+        mine = [(s.distortion, s.strength) for s in specs if s.content == content]
+        assert sorted(mine) == sorted(conditions)
+
+
+def test_same_scene_across_conditions():
+    """A distorted clip is its content's pristine scene plus the distortion, not a different scene."""
+    specs = plan()
+    pristine = {s.content: sample.clip_frames(s).astype(int) for s in specs if s.distortion == "pristine"}
+    for s in specs:
+        if s.distortion == "blur" and s.strength == STRENGTHS[0]:
+            frames = sample.clip_frames(s).astype(int)
+            own = np.abs(frames - pristine[s.content]).mean()
+            others = [np.abs(frames - p).mean() for c, p in pristine.items() if c != s.content]
+            assert own < 20 and 2 * own < min(others), (s.content, own, others)
+
+
 def test_mos_falls_with_strength(two_roots):
     mos = {row["video"]: float(row["mos"]) for row in read_labels(two_roots[0])}
     specs = plan()
-    assert {s.distortion for s in specs} == set(DISTORTIONS)
-    for distortion in DISTORTIONS:
-        graded = sorted((s.strength, mos[s.video]) for s in specs if s.distortion == distortion)
-        assert len(graded) == 6 and graded[0][0] == 0.0
-        values = [m for _, m in graded]
-        assert all(x > y for x, y in zip(values, values[1:])), (distortion, values)
-        assert values[0] > 4.4 and values[-1] < 2.0
+    assert {s.distortion for s in specs} == set(DISTORTIONS) | {"pristine"}
+    for content in CONTENTS:
+        clean = [mos[s.video] for s in specs if s.content == content and s.distortion == "pristine"]
+        assert len(clean) == 1 and clean[0] > 4.4
+        for distortion in DISTORTIONS:
+            graded = sorted((s.strength, mos[s.video]) for s in specs
+                            if s.content == content and s.distortion == distortion)
+            assert [g for g, _ in graded] == list(STRENGTHS)
+            values = clean + [m for _, m in graded]
+            assert all(x > y for x, y in zip(values, values[1:])), (content, distortion, values)
+            assert values[-1] < 2.0
 
 
 def test_second_call_returns_immediately(two_roots):
@@ -83,7 +109,7 @@ def test_second_call_returns_immediately(two_roots):
 
 
 def test_killed_generation_not_taken_as_complete(tmp_path, monkeypatch):
-    root = tmp_path / "sample-v1"
+    root = tmp_path / "sample-v3"
     calls = []
 
     def dying_write_clip(path, frames, **kw):
@@ -98,7 +124,7 @@ def test_killed_generation_not_taken_as_complete(tmp_path, monkeypatch):
     assert not root.exists() and not list(tmp_path.glob("*.incomplete"))
 
     # a leftover from a hard kill (SIGKILL) sits beside the root but is never used as the dataset
-    leftover = tmp_path / "sample-v1.abc123.incomplete"
+    leftover = tmp_path / "sample-v3.abc123.incomplete"
     (leftover / "videos").mkdir(parents=True)
     (leftover / "videos" / "sample_000.mp4").write_bytes(b"partial")
     monkeypatch.undo()
@@ -108,24 +134,46 @@ def test_killed_generation_not_taken_as_complete(tmp_path, monkeypatch):
 
 
 def test_stale_leftovers_removed(tmp_path):
-    leftover = tmp_path / "sample-v1.old.incomplete"
+    leftover = tmp_path / "sample-v3.old.incomplete"
     leftover.mkdir()
     old = time.time() - 2 * sample.STALE_SECONDS
     os.utime(leftover, (old, old))
-    ensure_sample(tmp_path / "sample-v1", n_clips=1)
+    ensure_sample(tmp_path / "sample-v3", n_clips=1)
     assert not leftover.exists()
 
 
 def test_non_sample_folder_refused(tmp_path):
-    root = tmp_path / "sample-v1"
+    root = tmp_path / "sample-v3"
     root.mkdir()
     (root / "mine.txt").write_text("user data")
-    with pytest.raises(DatasetError, match="sample-v1"):
+    with pytest.raises(DatasetError, match="sample-v3"):
         ensure_sample(root)
 
 
 def test_default_root(monkeypatch, tmp_path):
     monkeypatch.setenv("DIFFVQA_CACHE_HOME", str(tmp_path / "home"))
-    assert sample.default_root() == tmp_path / "home" / "sample-v1"
+    assert sample.default_root() == tmp_path / "home" / "sample-v3"
     monkeypatch.delenv("DIFFVQA_CACHE_HOME")
-    assert sample.default_root() == sample.Path.home() / ".cache" / "diffvqa-cache" / "sample-v1"
+    assert sample.default_root() == sample.Path.home() / ".cache" / "diffvqa-cache" / "sample-v3"
+
+
+def test_distortions_all_remove_detail(two_roots):
+    """Every distortion lowers detail (mean absolute horizontal gradient of the decoded clip) monotonically
+    with strength, except noise (blur plus grain), so quality has one consistent direction in the
+    features (sample-v3's design)."""
+    root = two_roots[0]
+    specs = plan()
+
+    def detail(spec):
+        frames, _, _, _ = load_video_frames(root / spec.video, n_frames=2)
+        return np.abs(np.diff(frames.astype(float), axis=2)).mean()
+
+    for content in CONTENTS[:2]:
+        clean = [detail(s) for s in specs if s.content == content and s.distortion == "pristine"]
+        for distortion in DISTORTIONS:
+            graded = [detail(s) for s in sorted(specs, key=lambda s: s.strength)
+                      if s.content == content and s.distortion == distortion]
+            if distortion == "noise":  # grain adds gradient energy back: the one non-monotone distortion
+                continue
+            values = clean + graded
+            assert all(x > y for x, y in zip(values, values[1:])), (content, distortion, values)

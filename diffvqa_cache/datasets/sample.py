@@ -5,6 +5,7 @@ Generated deterministically (fixed seed, no download) on first use, written atom
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
@@ -18,15 +19,20 @@ from scipy.ndimage import gaussian_filter
 from ..errors import DatasetError
 from ..video import write_clip
 
-VERSION = "sample-v2"
+VERSION = "sample-v3"
 SEED = 20240601
 N_FRAMES, FPS, WIDTH, HEIGHT = 16, 24, 160, 120
 BASE_CRF = 18
-CONTENTS = ("gradient", "checkerboard", "stripes", "shapes", "noise_texture", "plasma")
-DISTORTIONS = ("blur", "noise", "compression", "dark_low_contrast")
-STRENGTHS = (0.4, 0.7, 1.0)  # each distortion's strengths; every content also has one pristine clip
+# seeded instances of one rich scene type (multi-scale texture + moving sharp-edged shapes), varied by
+# seed and colour palette, so contents share image statistics and distortions dominate the differences
+N_CONTENTS = 6
+CONTENTS = tuple(f"scene_{i}" for i in range(N_CONTENTS))
+# every distortion removes detail and/or contrast, so all push the same feature directions as MOS falls
+DISTORTIONS = ("blur", "noise", "compression", "downscale", "dark_low_contrast")
+STRENGTHS = (0.35, 0.7, 1.0)  # each distortion's strengths; every content also has one pristine clip
 # how strongly each distortion lowers the MOS at full strength
-SEVERITY = {"pristine": 0.0, "blur": 1.0, "noise": 0.9, "compression": 0.95, "dark_low_contrast": 0.8}
+SEVERITY = {"pristine": 0.0, "blur": 1.0, "noise": 0.9, "compression": 0.95, "downscale": 0.95,
+            "dark_low_contrast": 0.85}
 CONDITIONS = (("pristine", 0.0),) + tuple((d, s) for d in DISTORTIONS for s in STRENGTHS)
 N_CLIPS = len(CONTENTS) * len(CONDITIONS)
 STALE_SECONDS = 3600
@@ -47,7 +53,7 @@ class ClipSpec:
 
 
 def default_root() -> Path:
-    """``$DIFFVQA_CACHE_HOME/sample-v2`` (default ``~/.cache/diffvqa-cache/sample-v2``)."""
+    """``$DIFFVQA_CACHE_HOME/sample-v3`` (default ``~/.cache/diffvqa-cache/sample-v3``)."""
     home = os.environ.get("DIFFVQA_CACHE_HOME") or Path.home() / ".cache" / "diffvqa-cache"
     return Path(home).expanduser() / VERSION
 
@@ -66,7 +72,7 @@ def plan(n_clips: int = N_CLIPS) -> list[ClipSpec]:
     for i in range(n_clips):
         c, k = i % len(CONTENTS), (i // len(CONTENTS)) % len(CONDITIONS)
         distortion, strength = CONDITIONS[k]
-        crf = BASE_CRF + round(30 * strength) if distortion == "compression" else BASE_CRF
+        crf = BASE_CRF + round(CRF_RANGE * strength) if distortion == "compression" else BASE_CRF
         specs.append(ClipSpec(
             index=i, video=f"videos/sample_{i:03d}.mp4", content=CONTENTS[c], distortion=distortion,
             strength=strength, crf=crf, mos=mos_for(distortion, strength, rng.uniform(-0.04, 0.04)),
@@ -74,53 +80,44 @@ def plan(n_clips: int = N_CLIPS) -> list[ClipSpec]:
     return specs
 
 
+CRF_RANGE = 33  # compression at full strength: crf 51
+
+
 # --- content -----------------------------------------------------------------------------------
 
 
 def _content(kind: str, rng: np.random.Generator) -> np.ndarray:
-    """Float frames (T, H, W, 3) in [0, 255] of a moving procedural pattern."""
+    """Float frames (T, H, W, 3) in [0, 255]: a panning multi-scale texture mapped through a random colour
+    palette, with moving sharp-edged shapes on top."""
+    if kind not in CONTENTS:
+        raise ValueError(f"unknown content {kind!r}")
+    pad = 3 * N_FRAMES + 8
+    h, w = HEIGHT + pad, WIDTH + pad
+    field = np.zeros((h, w), np.float32)
+    for sigma, amp in ((0.8, 0.6), (1.6, 0.8), (3.0, 1.0), (6.0, 1.0), (12.0, 1.0)):  # detail at all scales
+        octave = gaussian_filter(rng.normal(size=(h, w)), sigma)
+        field += amp * octave / octave.std()
+    field = (field - field.mean()) / field.std()
+    # palette: a smooth map from the texture value to colour, distinct per content
+    stops = rng.uniform(0.05, 0.95, (4, 3))
+    stops[0] *= 0.4
+    stops[-1] = 0.6 + 0.4 * stops[-1]
+    u = np.clip(0.5 + field / 5, 0, 1) * (len(stops) - 1)
+    lo = np.floor(u).clip(0, len(stops) - 2).astype(int)
+    frac = (u - lo)[..., None]
+    tex = stops[lo] * (1 - frac) + stops[lo + 1] * frac  # (h, w, 3)
+    vx, vy = rng.integers(1, 4, 2)
+    frames = np.stack([tex[vy * i:vy * i + HEIGHT, vx * i:vx * i + WIDTH] for i in range(N_FRAMES)])
     t = np.arange(N_FRAMES, dtype=np.float32)[:, None, None]
     y, x = np.mgrid[0:HEIGHT, 0:WIDTH].astype(np.float32)
-    y, x = y[None], x[None]
-    colour = rng.uniform(0.3, 1.0, 3)
-    if kind == "gradient":
-        vx, vy = rng.uniform(1.5, 4.0, 2)
-        base = [np.sin((x + vx * t) / WIDTH * np.pi * 2 + p) for p in rng.uniform(0, 2 * np.pi, 3)]
-        chans = [0.5 + 0.5 * b * np.cos((y + vy * t) / HEIGHT * np.pi) for b in base]
-    elif kind == "checkerboard":
-        size = int(rng.integers(8, 20))
+    for _ in range(5):
+        cx, cy = rng.uniform(15, WIDTH - 15), rng.uniform(15, HEIGHT - 15)
         vx, vy = rng.uniform(-3, 3, 2)
-        board = ((np.floor((x + vx * t) / size) + np.floor((y + vy * t) / size)) % 2).astype(np.float32)
-        chans = [0.15 + 0.7 * board * c for c in colour]
-    elif kind == "stripes":
-        angle, period = rng.uniform(0, np.pi), rng.uniform(8, 24)
-        wave = np.sin(((x * np.cos(angle) + y * np.sin(angle)) + 2.5 * t) / period * 2 * np.pi)
-        chans = [0.5 + 0.4 * wave * c for c in colour]
-    elif kind == "shapes":
-        img = np.broadcast_to(0.25 + 0.3 * y / HEIGHT, (N_FRAMES, HEIGHT, WIDTH))
-        chans = [img * c for c in colour]
-        for _ in range(4):
-            cx, cy = rng.uniform(20, WIDTH - 20), rng.uniform(20, HEIGHT - 20)
-            vx, vy = rng.uniform(-4, 4, 2)
-            r, col = rng.uniform(8, 22), rng.uniform(0, 1, 3)
-            px, py = cx + vx * t, cy + vy * t
-            mask = (np.abs(x - px) < r) & (np.abs(y - py) < r) if rng.random() < 0.5 \
-                else (x - px) ** 2 + (y - py) ** 2 < r ** 2
-            chans = [np.where(mask, col[k], chans[k]) for k in range(3)]
-    elif kind == "noise_texture":
-        field = gaussian_filter(rng.normal(size=(3, HEIGHT * 2, WIDTH * 2)), sigma=(0, 4, 4))
-        field = 0.5 + field / (6 * field.std())
-        vx, vy = rng.integers(1, 4, 2)
-        chans = [np.stack([field[k, vy * i:vy * i + HEIGHT, vx * i:vx * i + WIDTH] for i in range(N_FRAMES)])
-                 for k in range(3)]
-    elif kind == "plasma":
-        f1, f2, f3 = rng.uniform(0.03, 0.09, 3)
-        v = (np.sin(x * f1 + 0.3 * t) + np.sin(y * f2 - 0.2 * t)
-             + np.sin((x + y) * f3 + 0.25 * t) + np.sin(np.hypot(x - WIDTH / 2, y - HEIGHT / 2) * f1 - 0.4 * t))
-        chans = [0.5 + 0.5 * np.sin(v * np.pi / 2 + p) for p in rng.uniform(0, 2 * np.pi, 3)]
-    else:
-        raise ValueError(f"unknown content {kind!r}")
-    frames = np.stack([np.broadcast_to(c, (N_FRAMES, HEIGHT, WIDTH)) for c in chans], axis=-1)
+        r, col = rng.uniform(6, 16), rng.uniform(0, 1, 3)
+        px, py = cx + vx * t, cy + vy * t
+        mask = (np.abs(x - px) < r) & (np.abs(y - py) < r) if rng.random() < 0.5 \
+            else (x - px) ** 2 + (y - py) ** 2 < r ** 2
+        frames = np.where(mask[..., None], col, frames)
     return (np.clip(frames, 0, 1) * 255.0).astype(np.float32)
 
 
@@ -131,23 +128,46 @@ def _blur(frames: np.ndarray, sigma: float) -> np.ndarray:
     return gaussian_filter(frames, sigma=(0, sigma, sigma, 0)) if sigma > 0 else frames
 
 
+def _downscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Box-downscale by ``factor`` and upscale back (nearest): blocky, detail-poor."""
+    if factor <= 1:
+        return frames
+    t, h, w, c = frames.shape
+    hh, ww = h // factor * factor, w // factor * factor
+    small = frames[:, :hh, :ww].reshape(t, hh // factor, factor, ww // factor, factor, c).mean(axis=(2, 4))
+    big = np.repeat(np.repeat(small, factor, axis=1), factor, axis=2)
+    out = frames.copy()
+    out[:, :hh, :ww] = big
+    return out
+
+
 def _distort(frames: np.ndarray, distortion: str, s: float, rng: np.random.Generator) -> np.ndarray:
     """Apply a distortion at strength ``s`` (compression strength is the clip's crf)."""
     if distortion == "blur":
-        frames = _blur(frames, 3.5 * s)
-    elif distortion == "noise":
-        frames = frames + rng.normal(0, 45 * s, frames.shape).astype(np.float32)
+        frames = _blur(frames, 4.0 * s)
+    elif distortion == "noise":  # grain on a softened frame: detail is lost as noise is added
+        frames = _blur(frames, 2.5 * s)
+        frames = frames + rng.normal(0, 20 * s, frames.shape).astype(np.float32)
+    elif distortion == "downscale":
+        frames = _downscale(frames, 1 + round(7 * s))
     elif distortion == "dark_low_contrast":
         mean = frames.mean()
         frames = (mean + (frames - mean) * (1 - 0.75 * s)) * (1 - 0.55 * s)
     return np.clip(np.round(frames), 0, 255).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
+def _scene(content: str) -> np.ndarray:
+    frames = _content(content, np.random.default_rng([SEED, CONTENTS.index(content)]))
+    frames.flags.writeable = False
+    return frames
+
+
 def clip_frames(spec: ClipSpec) -> np.ndarray:
     """Uint8 RGB frames (T, H, W, 3) of one clip before encoding (deterministic per clip).
 
     A content is the same scene in every clip that shows it; only the distortion differs."""
-    frames = _content(spec.content, np.random.default_rng([SEED, CONTENTS.index(spec.content)]))
+    frames = _scene(spec.content)
     return _distort(frames, spec.distortion, spec.strength, np.random.default_rng([SEED, 1000 + spec.index]))
 
 
@@ -170,9 +190,12 @@ distortions.csv lists each clip's content, distortion, strength and crf.
 
 def _write(folder: Path, specs: list[ClipSpec]) -> None:
     (folder / "videos").mkdir()
-    for spec in specs:
-        write_clip(folder / spec.video, clip_frames(spec), fps=FPS, codec="libx264", crf=spec.crf,
-                   codec_options=X264_OPTIONS)
+    try:
+        for spec in sorted(specs, key=lambda s: (CONTENTS.index(s.content), s.index)):  # each scene made once
+            write_clip(folder / spec.video, clip_frames(spec), fps=FPS, codec="libx264", crf=spec.crf,
+                       codec_options=X264_OPTIONS)
+    finally:
+        _scene.cache_clear()
     (folder / "distortions.csv").write_text(
         "video,content,distortion,strength,crf,mos\n"
         + "".join(f"{s.video},{s.content},{s.distortion},{s.strength:.2f},{s.crf},{s.mos:.3f}\n" for s in specs))

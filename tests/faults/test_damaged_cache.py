@@ -1,0 +1,88 @@
+"""Fault injection on the cache: truncated, corrupted, deleted shards, a stale manifest, NaN features."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from diffvqa_cache.cache import file_sha256, verify_cache, write_json_atomic
+from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.errors import CacheError
+from pipelines.extract import run_extract
+from pipelines.fit import FitConfig, run_fit
+
+FAST = {"regressor.use_tcab": False, "train.epochs": 1, "train.batch_size": 4, "splits": 1}
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory, sample_root, tiny_extract_config):
+    index = load_dataset("sample", None, limit=12)
+    out = tmp_path_factory.mktemp("pristine")
+    result = run_extract(index, tiny_extract_config, out, progress=False)
+    return index, out, result.cache_dir
+
+
+@pytest.fixture
+def damaged(pristine, tmp_path):
+    index, out, cache_dir = pristine
+    work = tmp_path / "work"
+    shutil.copytree(out, work)
+    return index, work, work / cache_dir.relative_to(out)
+
+
+def hashes(cache_dir):
+    return {p.name: file_sha256(p) for p in sorted((cache_dir / "shards").glob("*.h5"))}
+
+
+def flip_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
+def test_verify_names_it_extract_recomputes_only_it_fit_refuses(damage, pristine, damaged, tiny_extract_config, tmp_path):
+    index, work, cache_dir = damaged
+    shard = cache_dir / "shards" / "shard-00002.h5"
+    {"truncate": lambda: shard.write_bytes(shard.read_bytes()[:-512]), "corrupt": lambda: flip_byte(shard),
+     "delete": shard.unlink}[damage]()
+    problems, _ = verify_cache(cache_dir)
+    assert len(problems) == 1 and problems[0].startswith("shard-00002.h5")
+    with pytest.raises(CacheError, match="shard-00002"):
+        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
+    # a plain rerun catches what changes the size; --verify also catches same-size corruption
+    again = run_extract(index, tiny_extract_config, work, progress=False, verify=damage == "corrupt")
+    assert again.shards_done == 1 and again.shards_skipped == 5
+    assert hashes(cache_dir) == hashes(pristine[2]) and verify_cache(cache_dir)[0] == []
+
+
+def test_manifest_out_of_step_with_shards_is_named_and_rebuilt(damaged, tiny_extract_config):
+    index, work, cache_dir = damaged
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["shards"][1]["sha256"] = "0" * 64
+    write_json_atomic(cache_dir / "manifest.json", manifest)
+    problems, _ = verify_cache(cache_dir)
+    assert problems == ["shard-00001.h5: manifest and shard record disagree"]
+    again = run_extract(index, tiny_extract_config, work, progress=False)
+    assert again.shards_done == 0 and verify_cache(cache_dir)[0] == []
+
+
+def test_nan_features_are_refused_with_the_video_id(damaged, tmp_path):
+    _, _, cache_dir = damaged
+    shard = cache_dir / "shards" / "shard-00003.h5"
+    with h5py.File(shard, "r+") as f:
+        key = f["keys"][0].decode()
+        f["D/ms1"][0, 0, 0, 0, 0] = np.nan
+    # keep the checksums consistent, so only the numbers are wrong
+    record = json.loads(shard.with_suffix(".json").read_text())
+    record.update(sha256=file_sha256(shard), bytes=shard.stat().st_size)
+    write_json_atomic(shard.with_suffix(".json"), record)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    manifest["shards"][3].update(sha256=record["sha256"], bytes=record["bytes"])
+    write_json_atomic(cache_dir / "manifest.json", manifest)
+    with pytest.raises(CacheError, match=f"video '{key}' has NaN/Inf features"):
+        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
