@@ -115,6 +115,7 @@ def extract(
     scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
     timestep_spacing: Annotated[str, typer.Option(help="trailing (chains start at t=999), leading or linspace.")] = "trailing",
     strength: Annotated[float, typer.Option(help="1: chain from pure noise (the paper); <1: from the noised input.")] = 1.0,
+    noise: Annotated[str, typer.Option(help="Start noise: shared (same for every video) or per-video.")] = "shared",
     crops: Annotated[int, typer.Option(help="Cropped views per frame.")] = 1,
     grid: Annotated[int, typer.Option(help="F_MS maps pooled to GRID x GRID.")] = 8,
     view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
@@ -146,7 +147,7 @@ def extract(
         frames = None
     try:
         cfg = ExtractConfig(model=model, revision=revision, controller=controller, scheduler=scheduler, steps=steps,
-                            timestep_spacing=timestep_spacing, strength=strength, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
+                            timestep_spacing=timestep_spacing, strength=strength, noise=noise, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
                             pixel_size=pixel_size, seed=seed, dtype=dtype, batch_size=batch_size, device=device,
                             shard_size=shard_size)
     except ValueError as exc:
@@ -295,6 +296,7 @@ def reconstruct(
     controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
     frames: Annotated[int, typer.Option(help="Frames sampled uniformly (one row each).")] = 1,
     steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
+    strength: Annotated[float, typer.Option(help="As extract --strength.")] = 1.0,
     scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
     seed: Annotated[int, typer.Option(help="As extract --seed (start noise).")] = 0,
     key: Annotated[Optional[str], typer.Option(help="The video's key in the dataset (seeds the noise as extract "
@@ -307,7 +309,7 @@ def reconstruct(
     from pipelines.reconstruct import run_reconstruct
 
     result = run_reconstruct(video, out, model=model, controller=controller, revision=revision, frames=frames,
-                             steps=steps, scheduler=scheduler, seed=seed, key=key, view_size=view_size,
+                             steps=steps, scheduler=scheduler, seed=seed, key=key, view_size=view_size, strength=strength,
                              dtype=dtype, device=device)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)

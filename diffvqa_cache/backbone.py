@@ -54,6 +54,7 @@ def tiny_configs() -> tuple[dict, dict]:
         in_channels=3, out_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=4,
         down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4,
         block_out_channels=(8, 16, 32, 32), sample_size=TINY_NATIVE_SIZE,
+        scaling_factor=3.7,  # 1 / std of this random VAE's latents on natural-ish frames, as SD's 0.18215 is for its VAE
     )
     unet = dict(
         sample_size=TINY_NATIVE_SIZE // 8, in_channels=4, out_channels=4, layers_per_block=1,

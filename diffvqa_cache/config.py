@@ -25,6 +25,9 @@ class ExtractConfig:
     steps: int = 50  # reverse-chain length; 1-4 are the fast variants
     timestep_spacing: str = "trailing"  # "trailing": every chain starts at t=999; "leading"/"linspace" as diffusers
     strength: float = 1.0  # 1: the paper's chain from pure noise; <1: start from z0 noised to t=strength*T
+    # "shared": start noise seeded by (seed, frame position, view, crop), the same for every video, so features
+    # depend on the pixels alone (a renamed video keeps its features and its score); "per-video" adds the id.
+    noise: str = "shared"
     frames: int | None = 8  # uniform sampling of N frames per video ...
     fps: float | None = None  # ... or a fixed rate (exactly one of frames / fps)
     crops: int = 1  # cropped views per frame (the D branch)
@@ -54,6 +57,8 @@ class ExtractConfig:
             raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
         if self.timestep_spacing not in ("trailing", "leading", "linspace"):
             raise ValueError(f"timestep_spacing must be trailing, leading or linspace, got {self.timestep_spacing!r}")
+        if self.noise not in ("shared", "per-video"):
+            raise ValueError(f"noise must be shared or per-video, got {self.noise!r}")
         if not 0.0 < self.strength <= 1.0:
             raise ValueError(f"strength must be in (0, 1], got {self.strength}")
         if self.dtype not in DTYPES:
@@ -93,3 +98,8 @@ def stable_seed(*parts: object) -> int:
     """A 63-bit seed from any parts (strings, ints): identical on every machine and Python run."""
     blob = "\x1f".join(str(p) for p in parts).encode()
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+
+
+def noise_seed(cfg: "ExtractConfig", key: str, position: int, branch: str, crop: int) -> int:
+    """Seed of one view's start noise: shared by all videos at this (frame position, view, crop) by default."""
+    return stable_seed("noise", cfg.seed, *((key,) if cfg.noise == "per-video" else ()), position, branch, crop)

@@ -53,7 +53,9 @@ def video_tensors(arrays: dict[str, np.ndarray], spec: LoadSpec, grid: int, num_
         view = {}
         if spec.use_latent:
             view["latent"] = _pool(torch.from_numpy(arrays[f"{b}/latent"][rows]), grid)
-        view["ms"] = [_pool(torch.from_numpy(arrays[f"{b}/ms{lv}"][rows]), grid) for lv in spec.ms_levels]
+        # all four levels by position (the regressor picks levels by index); unselected ones stay None
+        view["ms"] = [_pool(torch.from_numpy(arrays[f"{b}/ms{lv}"][rows]), grid) if lv in spec.ms_levels else None
+                      for lv in range(N_LEVELS)]
         if spec.use_pixels:
             pix = torch.from_numpy(arrays[f"{b}/pixels"][rows])
             if pix.shape[-1] != spec.pixel_size:
@@ -71,7 +73,7 @@ def all_finite(views: dict) -> bool:
     for view in views.values():
         for name, t in view.items():
             for x in (t if name == "ms" else [t]):
-                if x.is_floating_point() and not torch.isfinite(x).all():
+                if x is not None and x.is_floating_point() and not torch.isfinite(x).all():
                     return False
     return True
 
@@ -92,15 +94,15 @@ class VideoTable:
     @staticmethod
     def _tensors(view: dict):
         yield from (t for name, t in view.items() if name != "ms")
-        yield from view["ms"]
+        yield from (m for m in view["ms"] if m is not None)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for v in self.views.values() for t in self._tensors(v))
 
     def subset(self, idx: np.ndarray) -> "VideoTable":
         idx_t = torch.as_tensor(idx, dtype=torch.long)
-        views = {b: {n: ([m[idx_t] for m in t] if n == "ms" else t[idx_t]) for n, t in v.items()}
-                 for b, v in self.views.items()}
+        views = {b: {n: ([None if m is None else m[idx_t] for m in t] if n == "ms" else t[idx_t])
+                     for n, t in v.items()} for b, v in self.views.items()}
         return VideoTable([self.keys[i] for i in idx], self.mos[idx], [self.splits[i] for i in idx], views)
 
     def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict:
@@ -119,7 +121,7 @@ class VideoTable:
             view = {}
             if "latent" in v:
                 view["latent"] = take(v["latent"]).to(device, non_blocking=True).float()
-            view["ms"] = [take(m).to(device, non_blocking=True).float() for m in v["ms"]]
+            view["ms"] = [None if m is None else take(m).to(device, non_blocking=True).float() for m in v["ms"]]
             if "pixels" in v:
                 view["pixels"] = take(v["pixels"]).to(device, non_blocking=True)
             out[b] = view
@@ -128,8 +130,9 @@ class VideoTable:
     def feature_spec(self) -> dict:
         v = next(iter(self.views.values()))
         ms = v["ms"]
-        any_t = ms[0] if ms else v["latent"]
-        return {"ms_channels": [int(m.shape[3]) for m in ms], "latent_channels": 4, "grid": int(any_t.shape[-1]),
+        any_t = next(self._tensors({"ms": ms, **({"latent": v["latent"]} if "latent" in v else {})}))
+        return {"ms_channels": [0 if m is None else int(m.shape[3]) for m in ms], "latent_channels": 4,
+                "grid": int(any_t.shape[-1]),
                 "pixel_size": int(v["pixels"].shape[-1]) if "pixels" in v else 0, "num_frames": int(any_t.shape[1])}
 
 
@@ -182,7 +185,8 @@ def load_table(cache: FeatureCache, spec: LoadSpec, keys: list[str] | None = Non
         first = collected[order[0]][b]
         for name in first:
             if name == "ms":
-                views[b]["ms"] = [torch.stack([collected[k][b]["ms"][i] for k in order]) for i in range(len(first["ms"]))]
+                views[b]["ms"] = [None if first["ms"][i] is None else torch.stack([collected[k][b]["ms"][i] for k in order])
+                                  for i in range(len(first["ms"]))]
             else:
                 views[b][name] = torch.stack([collected[k][b][name] for k in order])
     mos = np.array([cache.labels[k]["mos"] for k in order], dtype=np.float32)

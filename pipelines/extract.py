@@ -20,7 +20,7 @@ import torch
 
 from diffvqa_cache import __version__
 from diffvqa_cache.cache import CacheDir, VideoFeatures, write_json_atomic, write_labels, write_shard
-from diffvqa_cache.config import ExtractConfig, fingerprint, stable_seed
+from diffvqa_cache.config import ExtractConfig, fingerprint, noise_seed
 from diffvqa_cache.datasets import DatasetIndex
 from diffvqa_cache.errors import DiffVQAError, UserInputError
 from diffvqa_cache.progress import bar, err
@@ -114,7 +114,7 @@ class ViewEncoder:
 
         def run(batch: list[tuple]) -> None:
             imgs = torch.from_numpy(np.stack([j[4] for j in batch]))
-            seeds = [stable_seed("noise", self.cfg.seed, meta[v][0], int(meta[v][1][t]), b, k) for v, b, t, k, _ in batch]
+            seeds = [noise_seed(self.cfg, meta[v][0], t, b, k) for v, b, t, k, _ in batch]
             feats = self.fx(imgs, seeds)
             pix = resize_frames(imgs.numpy(), self.pixel_size) if self.pixel_size != self.size else imgs.numpy()
             for n, (v, b, t, k, _) in enumerate(batch):

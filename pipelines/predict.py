@@ -81,7 +81,7 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
             arrays = {"frame_index": feats.frame_index, **feats.arrays}
             tensors = video_tensors(arrays, load_spec, spec["grid"], spec["num_frames"])
             table = VideoTable([key], np.array([np.nan]), [""],
-                               {b: {n: ([m[None] for m in t] if n == "ms" else t[None]) for n, t in v.items()}
+                               {b: {n: ([None if m is None else m[None] for m in t] if n == "ms" else t[None]) for n, t in v.items()}
                                 for b, v in tensors.items()})
             scores = [predict_raw(m, table, train_cfg, dev)[0] * meta["scale"][0] + meta["scale"][1]
                       for m, meta in models]

@@ -17,7 +17,7 @@ import torch
 from diffvqa_cache import __version__
 from diffvqa_cache.adaptation import psnr, ssim
 from diffvqa_cache.cache import write_json_atomic
-from diffvqa_cache.config import DTYPES, SCHEDULERS, stable_seed
+from diffvqa_cache.config import DTYPES, SCHEDULERS, ExtractConfig, noise_seed
 from diffvqa_cache.datasets import safe_key
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.progress import err
@@ -61,7 +61,7 @@ def decode_latents(bb, z: torch.Tensor, device: torch.device) -> np.ndarray:
 def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str | None = None,
                     revision: str | None = None, frames: int = 1, steps: int = 50, scheduler: str = "ddim",
                     seed: int = 0, key: str | None = None, view_size: int | None = None, dtype: str = "fp32",
-                    device: str = "auto") -> ReconstructResult:
+                    device: str = "auto", strength: float = 1.0, noise: str = "shared") -> ReconstructResult:
     """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json."""
     from PIL import Image
 
@@ -87,8 +87,9 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     pixels, indices, _info, _ = load_video_frames(video, n_frames=frames)
     views = make_views(pixels, indices, key, size, 1, seed)["S"]
     # 2. stage one's reverse chain with stage one's start-noise seeds; decode z0_hat
-    fx = FeatureExtractor(bb, steps=steps, scheduler=scheduler, grid=1, dtype=dtype, device=dev)
-    seeds = [stable_seed("noise", seed, key, int(fi), "S", 0) for fi in indices]
+    fx = FeatureExtractor(bb, steps=steps, scheduler=scheduler, grid=1, dtype=dtype, device=dev, strength=strength)
+    seed_cfg = ExtractConfig(seed=seed, noise=noise, frames=frames)
+    seeds = [noise_seed(seed_cfg, key, t, "S", 0) for t in range(len(indices))]
     latents = fx(torch.from_numpy(views), seeds)["latent"]
     recon = decode_latents(bb, latents, dev)
     # the VAE alone (decode(z0)) bounds what any chain can reach: report it, and the chain's error against it

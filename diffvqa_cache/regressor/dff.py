@@ -1,8 +1,8 @@
 """DFF (Diffusion Feature Fusion): per frame, fuse the cached F_MS maps and F_Latent into one map F_DFF.
 
 Paper fixes: F_MS -> dimension adjustment -> concat with F_Latent -> conv -> channel attention -> spatial
-attention (a CBAM-style block). Our choice: the dimension adjustment is a 1x1 conv per selected level to
-`dff_channels` (plus a bilinear resize if a level is not on the cache grid); the fusion conv is
+attention (a CBAM-style block). Our choice: the dimension adjustment is BatchNorm + a 1x1 conv per selected level to
+`dff_channels` (F_Latent gets a BatchNorm too) (plus a bilinear resize if a level is not on the cache grid); the fusion conv is
 3x3 conv + GroupNorm + GELU; CBAM attention with reduction 8 and a 7x7 spatial kernel; attention can be
 switched off for ablations. Frames are processed as one B*T batch.
 """
@@ -57,7 +57,10 @@ class DFF(nn.Module):
         self.use_latent = use_latent
         self.grid = grid
         self.out_channels = channels
-        self.adjust = nn.ModuleList([nn.Conv2d(ms_channels[level], channels, 1) for level in self.ms_levels])
+        # BatchNorm first: cached features come on very different scales per level and per backbone
+        self.adjust = nn.ModuleList([nn.Sequential(nn.BatchNorm2d(ms_channels[level]), nn.Conv2d(ms_channels[level], channels, 1))
+                                     for level in self.ms_levels])
+        self.latent_norm = nn.BatchNorm2d(latent_channels) if use_latent else None
         in_channels = channels * len(self.ms_levels) + (latent_channels if use_latent else 0)
         self.fuse = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), group_norm(channels), nn.GELU())
         self.channel_attention = ChannelAttention(channels) if use_attention else nn.Identity()
@@ -77,7 +80,7 @@ class DFF(nn.Module):
             lat = latent.flatten(0, 1).float()
             if lat.shape[-2:] != (self.grid, self.grid):
                 lat = F.interpolate(lat, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
-            parts.append(lat)
+            parts.append(self.latent_norm(lat))
         x = self.fuse(torch.cat(parts, dim=1))
         # 3. channel attention, then spatial attention
         x = self.spatial_attention(self.channel_attention(x))

@@ -54,7 +54,8 @@ def test_reconstruction_is_what_extract_cached(clip, tiny_extract_config, tmp_pa
     cfg = dataclasses.replace(tiny_extract_config, frames=1, steps=2, crops=1)
     cache = FeatureCache(run_extract(clip, cfg, tmp_path / "cache", progress=False).cache_dir)
     rec = clip.records[0]
-    res = run_reconstruct(rec.path, tmp_path / "recon.png", frames=1, steps=2, key=rec.key, device="cpu")
+    res = run_reconstruct(rec.path, tmp_path / "recon.png", frames=1, steps=2, key=rec.key, device="cpu",
+                          strength=cfg.strength)
     # equal up to float noise: extract batches the S view with its crop, which may change the last fp16 bit
     np.testing.assert_allclose(res.latents.float().numpy(), cache.read(rec.key)["S/latent"][:, 0].astype(np.float32),
                                rtol=1e-2, atol=1e-3)
