@@ -470,6 +470,20 @@ def cluster(
     typer.echo(f"wrote {path}; submit it with {'sbatch' if kind == 'slurm' else 'qsub'} {path}", err=True)
 
 
+@app.command()
+@known_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="Where the demo writes its Controller, cache, run and sweep.")] = Path("demo-out"),
+    splits: Annotated[int, typer.Option(help="Random 80/20 splits of the fit.")] = 10,
+    sweep: Annotated[bool, typer.Option(help="Also run a small ablation sweep.")] = True,
+    workers: Annotated[Optional[int], typer.Option(help="Dask workers for the sweep (default: serial).")] = None,
+) -> None:
+    """The whole pipeline on the embedded sample with the tiny model: adapt, extract, fit, sweep, summary."""
+    from pipelines.demo import format_demo, run_demo
+
+    typer.echo(format_demo(run_demo(out, splits=splits, sweep=sweep, workers=workers)))
+
+
 def main() -> None:
     app()
 
