@@ -8,50 +8,9 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
+from clip_helpers import clip_frames, clip_markers
+
 from diffvqa_cache.video import write_clip
-
-MARKER_W = 16  # the left MARKER_W columns of frame i are uniform gray at marker_level(i)
-
-
-def marker_level(i: int) -> int:
-    """Brightness of the frame-number marker in frame ``i`` (distinct for i < 23)."""
-    return 20 + 10 * i
-
-
-def clip_frames(n: int = 16, w: int = 64, h: int = 48) -> np.ndarray:
-    """Moving colour gradient with the frame number encoded as the marker's brightness."""
-    y, x = np.mgrid[0:h, 0:w]
-    frames = np.empty((n, h, w, 3), np.uint8)
-    for i in range(n):
-        frames[i, ..., 0] = (x * 4 + i * 8) % 256
-        frames[i, ..., 1] = (y * 5 + i * 4) % 256
-        frames[i, ..., 2] = 128
-        frames[i, :, :MARKER_W] = marker_level(i) % 256
-    return frames
-
-
-def clip_markers(frames: np.ndarray) -> np.ndarray:
-    """Recover the frame number of each decoded (N, H, W, 3) test frame from its marker."""
-    level = frames[:, 8:-8, 2 : MARKER_W - 2].mean(axis=(1, 2, 3))
-    return np.round((level - marker_level(0)) / (marker_level(1) - marker_level(0))).astype(int)
-
-
-def write_audio_only(path: Path) -> Path:
-    """A one-second AAC file with no video stream."""
-    import av
-
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("aac", rate=16000)
-        samples = (np.sin(np.arange(16000) / 10.0) * 0.3).astype(np.float32)[None]
-        for start in range(0, 16000, 1024):
-            frame = av.AudioFrame.from_ndarray(samples[:, start:start + 1024], format="flt", layout="mono")
-            frame.sample_rate = 16000
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
-
 
 @pytest.fixture(scope="session")
 def clip_tools():

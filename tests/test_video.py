@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import write_audio_only
+from clip_helpers import write_audio_only
 
 from diffvqa_cache.errors import DecodeError, UserInputError
 from diffvqa_cache.video import (

@@ -8,7 +8,7 @@ from fractions import Fraction
 import av
 import numpy as np
 import pytest
-from conftest import clip_frames, write_audio_only
+from clip_helpers import clip_frames, write_audio_only
 
 from diffvqa_cache.cache import FeatureCache
 from diffvqa_cache.datasets import load_dataset
