@@ -27,6 +27,9 @@ LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding 
 LimitOpt = Annotated[Optional[int], typer.Option(help="Take the first N videos only.")]
 AllowProblemsOpt = Annotated[bool, typer.Option(help="Skip label rows with duplicate ids or unreadable MOS instead of stopping.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+ModelOpt = Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")]
+RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision of --model.")]
+DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 
 
 def known_errors(fn):
@@ -106,8 +109,8 @@ def extract(
     root: RootOpt = None,
     labels: LabelsOpt = None,
     out: Annotated[Path, typer.Option(help="Cache root; the cache goes to OUT/<dataset>/<fingerprint>.")] = Path("cache"),
-    model: Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")] = "tiny",
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
     controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
     frames: Annotated[Optional[int], typer.Option(help="Frames sampled uniformly per video.")] = 8,
     fps: Annotated[Optional[float], typer.Option(help="Sample at a fixed rate instead of --frames.")] = None,
@@ -123,7 +126,7 @@ def extract(
     seed: Annotated[int, typer.Option(help="Seeds crops and start noise.")] = 0,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
     batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: DeviceOpt = "auto",
     shard_size: Annotated[int, typer.Option(help="Videos per HDF5 shard.")] = 32,
     num_shards: Annotated[int, typer.Option(help="Split the shards into N parts (job arrays).")] = 1,
     shard_index: Annotated[Optional[int], typer.Option(help="Which part to run (default $SLURM_ARRAY_TASK_ID or 0).")] = None,
@@ -243,8 +246,8 @@ def adapt(
     root: RootOpt = None,
     labels: LabelsOpt = None,
     out: Annotated[Path, typer.Option(help="Output Controller folder (pass it to extract --controller).")] = Path("controller"),
-    model: Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")] = "tiny",
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
     controller: Annotated[Optional[str], typer.Option(help="Start from this Controller folder (default: zero-init).")] = None,
     frames: Annotated[int, typer.Option(help="Frames sampled uniformly per video.")] = 8,
     crops: Annotated[int, typer.Option(help="Cropped views per frame (besides the resized view).")] = 1,
@@ -262,7 +265,7 @@ def adapt(
     seed: Annotated[int, typer.Option(help="Seeds crops, video subset, frame order, timesteps and noise.")] = 0,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast, CUDA only).")] = "fp32",
     gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory.")] = False,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: DeviceOpt = "auto",
     video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
     mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
     allow_problems: AllowProblemsOpt = False,
@@ -291,8 +294,8 @@ def adapt(
 def reconstruct(
     video: Annotated[Path, typer.Argument(help="A video file.")],
     out: Annotated[Path, typer.Option(help="PNG to write (metrics go to the same name with .json).")] = Path("recon.png"),
-    model: Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")] = "tiny",
-    revision: Annotated[Optional[str], typer.Option(help="Hub revision of --model.")] = None,
+    model: ModelOpt = "tiny",
+    revision: RevisionOpt = None,
     controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
     frames: Annotated[int, typer.Option(help="Frames sampled uniformly (one row each).")] = 1,
     steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
@@ -303,7 +306,7 @@ def reconstruct(
                                                     "does; default: the file name without extension).")] = None,
     view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
     dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")] = "auto",
+    device: DeviceOpt = "auto",
 ) -> None:
     """Show what stage one sees: view, its reconstruction and the error, with PSNR and SSIM."""
     from pipelines.reconstruct import run_reconstruct

@@ -82,6 +82,17 @@ class ExtractConfig:
         return {k: v for k, v in sorted(self.to_dict().items()) if k not in self.NOT_FINGERPRINTED}
 
 
+def known_fields(cls, data: dict, what: str) -> dict:
+    """`data` if every key is a field of dataclass `cls`; else a one-line error naming the unknown ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        from .errors import UserInputError
+
+        raise UserInputError(f"unknown {what} {unknown}; known: {sorted(known)}")
+    return dict(data)
+
+
 def fingerprint(cfg: ExtractConfig, model_id: str, controller_id: str, view_size: int) -> str:
     """16-hex-digit key of everything that changes the cached numbers, and nothing else."""
     payload = {

@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
 
+from .config import known_fields
 from .data import VideoTable
 from .errors import UserInputError
 from .losses import LOSSES, quality_loss
@@ -45,11 +46,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise UserInputError(f"unknown train settings {unknown}; known: {sorted(known)}")
-        return cls(**d)
+        return cls(**known_fields(cls, d, "train settings"))
 
 
 def resolve_device(device: str) -> torch.device:

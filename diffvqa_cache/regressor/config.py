@@ -7,8 +7,9 @@ switches used for ablations. All defaults are deliberately small.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 
+from ..config import known_fields
 from ..errors import UserInputError
 
 _BRANCHES = ("S", "D", "SD")
@@ -56,11 +57,7 @@ class RegressorConfig:
     @classmethod
     def from_dict(cls, data: dict) -> "RegressorConfig":
         """Inverse of `to_dict`; unknown keys are an error, not ignored."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise UserInputError(f"unknown RegressorConfig keys: {unknown}")
-        data = dict(data)
+        data = known_fields(cls, data, "RegressorConfig keys")
         if "ms_levels" in data:
             data["ms_levels"] = tuple(data["ms_levels"])
         return cls(**data)
