@@ -199,7 +199,11 @@ def _check_finite(file: Path, keys: list[str], starts: np.ndarray, arrays: dict)
     for name, a in arrays.items():
         if a.dtype.kind != "f":
             continue
-        bad = ~np.isfinite(a.reshape(len(a), -1)).all(axis=1)
+        flat = a.reshape(len(a), -1)
+        if a.dtype == np.float16:  # exponent bits all ones = Inf/NaN; ~3x faster than np.isfinite on fp16
+            bad = ((flat.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+        else:
+            bad = ~np.isfinite(flat).all(axis=1)
         if bad.any():
             k = keys[int(np.searchsorted(starts, int(np.flatnonzero(bad)[0]), side="right")) - 1]
             raise CacheError(f"{file}: video {k!r} has NaN/Inf features ({name}); re-extract it (delete "
