@@ -1,0 +1,83 @@
+"""The real-weights path: a local diffusers SD folder (VAE, UNet, scheduler, CLIP text encoder, tokenizer)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from diffvqa_cache.backbone import build_tiny, identify, load_backbone, sd_scheduler_config
+from diffvqa_cache.errors import UserInputError
+
+
+@pytest.fixture(scope="module")
+def sd_folder(tmp_path_factory):
+    """A tiny SD checkpoint laid out as StableDiffusionPipeline.save_pretrained writes it."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    root = tmp_path_factory.mktemp("sd")
+    vae, unet, _, _ = build_tiny()
+    vae.save_pretrained(root / "vae")
+    unet.save_pretrained(root / "unet")
+    (root / "scheduler").mkdir()
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
+                                                                          **sd_scheduler_config()}))
+    tok_dir = root / "tokenizer"
+    tok_dir.mkdir()
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab": 6}
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\na b\n")
+    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=8)
+    tok.save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                        num_attention_heads=4, max_position_embeddings=8, bos_token_id=0,
+                                        eos_token_id=1, pad_token_id=1))
+    text.save_pretrained(root / "text_encoder")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root
+
+
+def test_local_folder_loads_with_its_empty_prompt_embedding(sd_folder):
+    bb = load_backbone(str(sd_folder))
+    assert not bb.is_tiny and bb.native_size == 128 and bb.model_id.startswith("sd-")
+    assert bb.null_text.shape == (1, 8, 32) and torch.isfinite(bb.null_text).all()
+    assert identify(str(sd_folder), None) == (bb.model_id, "zero-init", 128)
+
+
+def test_model_identity_follows_the_weights(sd_folder, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(sd_folder, copy)
+    assert identify(str(copy), None)[0] == identify(str(sd_folder), None)[0]  # content, not path
+    weights = next((copy / "unet").glob("*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert identify(str(copy), None)[0] != identify(str(sd_folder), None)[0]
+
+
+def test_extract_with_a_local_folder(sd_folder, sample_root, tiny_extract_config, tmp_path):
+    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.datasets import load_dataset
+    from pipelines.extract import run_extract
+
+    cfg = dataclasses.replace(tiny_extract_config, model=str(sd_folder))
+    result = run_extract(load_dataset("sample", None, limit=2), cfg, tmp_path, progress=False)
+    assert FeatureCache(result.cache_dir).config["model_id"].startswith("sd-") and len(FeatureCache(result.cache_dir)) == 2
+
+
+@pytest.mark.parametrize("model, expected", [("no/such/folder/here", "no such folder"),
+                                             ("plain-name", "not a hub id")])
+def test_bad_model_names(model, expected):
+    with pytest.raises(UserInputError, match=expected):
+        identify(model, None)
+
+
+def test_folder_without_unet_is_refused(tmp_path):
+    (tmp_path / "vae").mkdir()
+    with pytest.raises(UserInputError, match="not a diffusers Stable Diffusion folder"):
+        identify(str(tmp_path), None)
