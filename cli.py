@@ -161,7 +161,7 @@ def extract(
     if not 0 <= shard_index < num_shards:
         raise UserInputError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
     index = _load_index(dataset, root, labels, limit, video_column, mos_column, allow_problems)
-    from pipelines.extract import resolve_device
+    from diffvqa_cache.devices import resolve_device
 
     with _dask_client(workers, dask_scheduler, gpu=resolve_device(device).type == "cuda") as client:
         result = run_extract(index, cfg, out, num_shards=num_shards, shard_index=shard_index,

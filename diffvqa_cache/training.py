@@ -12,6 +12,7 @@ import torch
 
 from .config import known_fields
 from .data import VideoTable
+from .devices import resolve_device
 from .errors import UserInputError
 from .losses import LOSSES, quality_loss
 from .metrics import compute_metrics_ids
@@ -48,11 +49,6 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         return cls(**known_fields(cls, d, "train settings"))
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _autocast(device: torch.device, amp: bool):

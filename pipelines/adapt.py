@@ -23,7 +23,7 @@ from diffvqa_cache.errors import DiffVQAError, UserInputError
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.video import load_video_frames
 from diffvqa_cache.views import make_views
-from pipelines.extract import resolve_device
+from diffvqa_cache.devices import resolve_device
 
 
 @dataclass

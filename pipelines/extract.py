@@ -22,6 +22,7 @@ from diffvqa_cache import __version__
 from diffvqa_cache.cache import CacheDir, VideoFeatures, write_json_atomic, write_labels, write_shard
 from diffvqa_cache.config import ExtractConfig, fingerprint, noise_seed
 from diffvqa_cache.datasets import DatasetIndex
+from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import DiffVQAError, UserInputError
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.video import load_video_frames
@@ -49,11 +50,6 @@ class ExtractResult:
                 f"{len(m.get('not_extracted', []))} not yet extracted; this run: {self.shards_done} shards computed, "
                 f"{self.shards_skipped} already complete, {self.videos} videos in {self.seconds:.1f} s ({rate:.2f} videos/s)")
 
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def plan_shards(index: DatasetIndex, shard_size: int) -> list[list[str]]:

@@ -25,7 +25,8 @@ from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.metrics import METRIC_KEYS, compute_metrics_ids, summarize
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
-from diffvqa_cache.training import TrainConfig, check_finite, predict_raw, resolve_device, train
+from diffvqa_cache.devices import resolve_device
+from diffvqa_cache.training import TrainConfig, check_finite, predict_raw, train
 
 PROTOCOLS = ("auto", "random", "lsvq", "cross")
 

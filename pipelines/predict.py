@@ -16,7 +16,8 @@ from diffvqa_cache.data import LoadSpec, VideoTable, video_tensors
 from diffvqa_cache.datasets import VideoRecord, safe_key
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.training import TrainConfig, predict_raw, resolve_device
+from diffvqa_cache.devices import resolve_device
+from diffvqa_cache.training import TrainConfig, predict_raw
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
 
