@@ -98,7 +98,7 @@ def main() -> None:
     from pipelines.sweep import run_sweep
 
     ensure_sample()
-    cfg = ExtractConfig(model="tiny", steps=1, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
+    cfg = ExtractConfig(model="tiny", steps=1, strength=0.5, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
                         batch_size=6, decode_workers=1)
     index = load_dataset("sample", None, limit=args.videos)
     work = Path(tempfile.mkdtemp(prefix="diffvqa-scaling-"))
