@@ -7,7 +7,6 @@ import functools
 import json
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Annotated, Optional
 

@@ -113,7 +113,7 @@ def main() -> None:
     from diffvqa_cache.training import TrainConfig
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="fitspeed-"))
-    notes, rows = [], []
+    rows = []
     try:
         # 1. the cache
         t0 = time.perf_counter()

@@ -35,7 +35,7 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
     from diffvqa_cache.config import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.features import FeatureExtractor
-    from pipelines.extract import ViewEncoder, _decode, prepare_cache, run_extract
+    from pipelines.extract import _decode, run_extract
 
     set_threads(threads)
     index = load_dataset("sample", None, limit=n_videos)
@@ -85,7 +85,7 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
         bare.append(time.perf_counter() - t0)
         # decode + views alone, one thread, sequential
         t0 = time.perf_counter()
-        decoded = [_decode(rec, cfg, size) for rec in index.records]
+        [_decode(rec, cfg, size) for rec in index.records]
         dec.append(time.perf_counter() - t0)
         # one shard write (features from the run above are re-read and written again)
         from diffvqa_cache.cache import FeatureCache, VideoFeatures

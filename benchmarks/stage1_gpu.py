@@ -17,7 +17,6 @@ Every measurement is guarded by --budget-s (seconds): what does not fit is repor
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import sys

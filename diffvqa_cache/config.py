@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 # Bump when a change to the extraction code changes the numbers it writes.
 EXTRACTOR_VERSION = "2"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from diffvqa_cache.checkpoint import load_checkpoint, save_checkpoint
 from diffvqa_cache.data import LoadSpec, VideoTable, estimate_bytes, load_table
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.metrics import METRIC_KEYS, compute_metrics_ids, summarize
-from diffvqa_cache.progress import bar, err
+from diffvqa_cache.progress import bar
 from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.training import TrainConfig, check_finite, predict_raw, train
@@ -300,5 +299,5 @@ def format_summary(result: dict, out: Path) -> str:
     for test, s in result["summary"].items():
         lines.append(f"  {test:10s} " + "  ".join(f"{k.upper()} {s[k]['median']:.4f}" for k in METRIC_KEYS)
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
-    lines.append(f"  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png")
+    lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png")
     return "\n".join(lines)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 # Known video extensions only: LSVQ ids hold dots ('ia-batch3/...hotscore.net', '..._t_20.0').
