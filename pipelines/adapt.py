@@ -21,9 +21,8 @@ from diffvqa_cache.config import stable_seed
 from diffvqa_cache.datasets import DatasetIndex
 from diffvqa_cache.errors import DiffVQAError, UserInputError
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.video import load_video_frames
-from diffvqa_cache.views import make_views
 from diffvqa_cache.devices import resolve_device
+from pipelines.extract import decode_views
 
 
 @dataclass
@@ -59,11 +58,8 @@ def encode_dataset(records: list, fx, size: int, cfg: AdaptConfig, progress: boo
     latents, failed = [], []
     with bar("decode + encode", len(records), progress) as pbar:
         for rec in records:
-            try:
-                frames, indices, _info, _ = load_video_frames(rec.path, n_frames=cfg.frames)
-                views = make_views(frames, indices, rec.key, size, cfg.crops, cfg.seed)
-            except Exception as exc:  # one bad video never stops the others
-                reason = str(exc) if isinstance(exc, DiffVQAError) else f"{type(exc).__name__}: {exc}"
+            _key, _indices, views, reason = decode_views(rec, size, cfg.crops, cfg.seed, cfg.frames)
+            if reason is not None:  # one bad video never stops the others
                 failed.append({"video": rec.key, "reason": reason})
                 err.print(f"[red]failed[/] {rec.key}: {reason}")
                 pbar.update(advance=1)

@@ -156,16 +156,20 @@ class ViewEncoder:
         return done
 
 
-def _decode(record, cfg: ExtractConfig, size: int):
-    """Decode the sampled frames of one video and cut its views; a failure is returned, not raised."""
+def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
+                 backend: str = "auto"):
+    """(key, frame indices, views, None) for one video, or (key, None, None, reason): failures are returned."""
     try:
-        frames, indices, _info, _backend = load_video_frames(record.path, n_frames=cfg.frames, fps=cfg.fps,
-                                                             backend=cfg.backend)
-        return record.key, indices, make_views(frames, indices, record.key, size, cfg.crops, cfg.seed), None
+        pixels, indices, _info, _backend = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
+        return record.key, indices, make_views(pixels, indices, record.key, size, crops, seed), None
     except DiffVQAError as exc:
         return record.key, None, None, str(exc)
     except Exception as exc:  # one bad video never stops the others
         return record.key, None, None, f"{record.path}: {type(exc).__name__}: {exc}"
+
+
+def _decode(record, cfg: ExtractConfig, size: int):
+    return decode_views(record, size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend)
 
 
 def _prefetch(pool: ThreadPoolExecutor, records: list, cfg: ExtractConfig, size: int):

@@ -43,7 +43,7 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
                 device: str = "auto", batch_size: int = 8, progress: bool = True) -> list[dict]:
     """[{video, path, score} or {video, path, error}] for every input video."""
     from diffvqa_cache.backbone import identify
-    from pipelines.extract import ViewEncoder, _decode
+    from pipelines.extract import ViewEncoder, decode_views
     from pipelines.fit import open_run_model
 
     run = Path(run)
@@ -72,7 +72,9 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
     with bar("predict", len(files), progress) as pb:
         for path in files:
             key = safe_key(path.name)
-            _, fidx, views, reason = _decode(VideoRecord(key, path, float("nan")), cfg, ext["view_size"])
+            record = VideoRecord(key, path, float("nan"))
+            _, fidx, views, reason = decode_views(record, ext["view_size"], cfg.crops, cfg.seed, cfg.frames, cfg.fps,
+                                                  cfg.backend)
             if reason is not None:
                 results.append({"video": key, "path": str(path), "error": reason})
                 err.print(f"[red]failed[/] {path}: {reason}")
