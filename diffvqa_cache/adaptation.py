@@ -7,12 +7,8 @@ Also here: PSNR and SSIM for `reconstruct`.
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import json
-import os
 import shutil
-from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
@@ -21,59 +17,13 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
-from .config import DTYPES, stable_seed
+from .config import AdaptConfig
+from .devices import autocast, training_dtype
 from .errors import UserInputError
+from .files import INCOMPLETE, atomic_path
+from .seeds import stable_seed
 
 CHECKPOINTS = "checkpoints"
-
-
-@dataclass
-class AdaptConfig:
-    """How the Controller is trained. Fields in `NOT_CHECKED` may change when a run is resumed."""
-
-    model: str = "tiny"  # "tiny", a local diffusers SD folder, or a hub id
-    revision: str | None = None
-    controller: str | None = None  # start from this Controller folder; None = zero-init copy of the UNet
-    frames: int = 8  # frames sampled uniformly per video
-    crops: int = 1  # cropped views per frame (besides the resized view)
-    limit: int | None = None  # train on a seeded random subset of this many videos
-    max_steps: int = 20000  # optimizer steps
-    batch_size: int = 4  # latents per micro-batch
-    grad_accum: int = 1  # micro-batches per optimizer step
-    lr: float = 1e-4
-    warmup: int = 500  # linear warm-up steps, then constant
-    weight_decay: float = 1e-2
-    max_grad_norm: float = 1.0  # 0 = no clipping
-    seed: int = 0
-    dtype: str = "fp32"  # autocast precision on CUDA (CPU always runs fp32)
-    gradient_checkpointing: bool = False
-    # Not checked on resume: length, bookkeeping and placement.
-    save_every: int = 1000  # checkpoint every N steps (0 = only at the end)
-    keep_checkpoints: int = 2
-    device: str = "auto"
-
-    NOT_CHECKED = ("max_steps", "save_every", "keep_checkpoints", "device")
-
-    def __post_init__(self) -> None:
-        for name in ("frames", "crops", "max_steps", "batch_size", "grad_accum", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup", "save_every", "max_grad_norm", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.limit is not None and self.limit < 1:
-            raise ValueError(f"limit must be >= 1, got {self.limit}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
-
-    def checked(self) -> dict:
-        """The settings a resumed run must share with the run it continues."""
-        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_CHECKED}
 
 
 # ----------------------------------------------------------------------------- seeded streams
@@ -112,7 +62,7 @@ class Adapter:
 
         self.bb, self.cfg, self.device = backbone, cfg, device
         self.latents = latents  # (N, 4, h, w) float32 on the CPU: the dataset's z0, computed once
-        self.noise_sched = DDPMScheduler.from_config(backbone.scheduler_config)
+        self.noise_sched = DDPMScheduler.from_config(backbone.noise_schedule)
         self.n_train = int(self.noise_sched.config.num_train_timesteps)
         self.prediction = self.noise_sched.config.prediction_type
         if self.prediction not in ("epsilon", "v_prediction"):
@@ -127,19 +77,13 @@ class Adapter:
         # 2. optimizer and mixed precision (autocast and the fp16 loss scaler on CUDA only)
         self.params = [p for p in backbone.controller.parameters()]
         self.opt = torch.optim.AdamW(self.params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.amp = torch.float32 if device.type != "cuda" else {"fp32": torch.float32, "bf16": torch.bfloat16,
-                                                                  "fp16": torch.float16}[cfg.dtype]
-        self.scaler = torch.amp.GradScaler("cuda") if self.amp == torch.float16 else None
+        self.dtype = training_dtype(device, cfg.dtype)
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == "fp16" else None
 
     def assert_only_controller_trains(self) -> None:
         assert all(p.requires_grad for p in self.bb.controller.parameters()), "the Controller must train"
         for name in ("unet", "vae"):
             assert not any(p.requires_grad for p in getattr(self.bb, name).parameters()), f"the {name} must stay frozen"
-
-    def _autocast(self):
-        if self.amp == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp)
 
     def loss(self, z0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """MSE between the UNet+Controller prediction at z_t and the true noise (or velocity)."""
@@ -147,7 +91,7 @@ class Adapter:
         zt = self.noise_sched.add_noise(z0, noise, t)
         target = noise if self.prediction == "epsilon" else self.noise_sched.get_velocity(z0, noise, t)
         text = self.bb.null_text.expand(len(z0), -1, -1)
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             down, mid = self.bb.controller(zt, t, encoder_hidden_states=text, controlnet_cond=z0, return_dict=False)
             pred = self.bb.unet(zt, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                 mid_block_additional_residual=mid, return_dict=False)[0]
@@ -184,13 +128,20 @@ class Adapter:
 
     def save_checkpoint(self, out: Path, step: int, extra: dict) -> Path:
         """Write OUT/checkpoints/step-XXXXXXXX atomically: tensors as safetensors, the rest as JSON."""
-        from safetensors.torch import save_file
-
         root = Path(out) / CHECKPOINTS
         root.mkdir(parents=True, exist_ok=True)
         final = root / f"step-{step:08d}"
-        tmp = root / f".{final.name}.{os.getpid()}.incomplete"
-        shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(final) as tmp:
+            self._write_checkpoint(tmp, step, extra)
+            if final.exists():  # a rerun of the same step replaces it
+                shutil.rmtree(final)
+        for old in list_checkpoints(out)[:-self.cfg.keep_checkpoints]:
+            shutil.rmtree(old, ignore_errors=True)
+        return final
+
+    def _write_checkpoint(self, tmp: Path, step: int, extra: dict) -> None:
+        from safetensors.torch import save_file
+
         tmp.mkdir()
         # 1. Controller weights
         save_file({k: v.detach().cpu().contiguous() for k, v in self.bb.controller.state_dict().items()},
@@ -208,13 +159,6 @@ class Adapter:
         state = {"step": step, "config": self.cfg.to_dict(), "param_groups": sd["param_groups"],
                  "optimizer_scalars": scalars, "scaler": self.scaler.state_dict() if self.scaler else None, **extra}
         (tmp / "state.json").write_text(json.dumps(state, indent=1, default=str))
-        # 3. swap in, then drop the oldest beyond keep_checkpoints
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in list_checkpoints(out)[:-self.cfg.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
-        return final
 
     def load_checkpoint(self, folder: Path) -> dict:
         """Restore the Controller, AdamW and loss scaler from a checkpoint; returns its state.json."""
@@ -238,34 +182,7 @@ def list_checkpoints(out: Path) -> list[Path]:
     root = Path(out) / CHECKPOINTS
     if not root.is_dir():
         return []
-    return sorted(p for p in root.glob("step-*") if (p / "state.json").is_file())
-
-
-# ----------------------------------------------------------------------------- logs and plots
-
-def plot_losses(rows: list[dict], path: Path) -> None:
-    """Loss curve (raw and a running mean) as a PNG, with matplotlib's Agg backend."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    steps = np.array([r["step"] for r in rows])
-    loss = np.array([r["loss"] for r in rows])
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss")
-    w = max(1, len(loss) // 50)
-    if w > 1:
-        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
-        ax.plot(steps[w - 1:], smooth, lw=1.5, label=f"mean of {w}")
-    ax.set_xlabel("step")
-    ax.set_ylabel("noise-prediction MSE")
-    ax.set_yscale("log")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    return sorted(p for p in root.glob("step-*") if not p.name.endswith(INCOMPLETE) and (p / "state.json").is_file())
 
 
 # ----------------------------------------------------------------------------- image metrics

@@ -14,7 +14,9 @@ from pathlib import Path
 
 import torch
 
+from .config import ModelIdentity
 from .errors import UserInputError
+from .files import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -29,12 +31,22 @@ class Backbone:
     vae: torch.nn.Module
     unet: torch.nn.Module
     controller: torch.nn.Module
-    scheduler_config: dict
+    noise_schedule: dict  # the training noise schedule (diffusers scheduler config)
     null_text: torch.Tensor  # (1, L, cross_attention_dim): the empty-prompt embedding
-    native_size: int  # pixels
-    model_id: str  # identity of VAE + UNet + text condition (a content hash or tiny-<config hash>)
-    controller_id: str  # content hash of the Controller weights, or "zero-init"
+    identity: ModelIdentity  # content hashes of the weights, and the native view size
     is_tiny: bool
+
+    @property
+    def native_size(self) -> int:
+        return self.identity.native_size
+
+    @property
+    def model_id(self) -> str:
+        return self.identity.model_id
+
+    @property
+    def controller_id(self) -> str:
+        return self.identity.controller_id
 
     @property
     def scaling_factor(self) -> float:
@@ -66,13 +78,13 @@ def tiny_configs() -> tuple[dict, dict]:
     return vae, unet
 
 
-def sd_scheduler_config() -> dict:
+def sd_noise_schedule() -> dict:
     """SD's training schedule (scaled-linear betas 0.00085-0.012 over 1000 steps, epsilon prediction)."""
     return dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                 prediction_type="epsilon", clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 
 
-def build_tiny() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, str]:
+def build_tiny() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor]:
     """A seeded random tiny SD: for tests and the sample dataset, never for real scoring."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
@@ -82,7 +94,7 @@ def build_tiny() -> tuple[torch.nn.Module, torch.nn.Module, torch.Tensor, str]:
     unet = UNet2DConditionModel(**unet_cfg)
     gen = torch.Generator().manual_seed(TINY_SEED)
     null_text = torch.randn(1, 8, unet_cfg["cross_attention_dim"], generator=gen) * 0.5
-    return vae, unet, null_text, _tiny_id()
+    return vae, unet, null_text
 
 
 def hash_files(paths: list[Path]) -> str:
@@ -105,11 +117,7 @@ def _file_digest(path: Path) -> str:
             return saved["sha256"]
     except (OSError, ValueError, KeyError):
         pass
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    digest = h.hexdigest()
+    digest = file_sha256(path)
     try:
         memo_dir.mkdir(parents=True, exist_ok=True)
         memo.write_text(json.dumps({**stamp, "sha256": digest}))
@@ -158,21 +166,20 @@ def _null_text_embedding(folder: Path) -> torch.Tensor:
         return enc(ids)[0].float()
 
 
-def load_controller(unet: torch.nn.Module, controller: str | None) -> tuple[torch.nn.Module, str]:
-    """The Controller (a ControlNet conditioned on the clean latent z0) and its identity."""
+def load_controller(unet: torch.nn.Module, controller: str | None) -> torch.nn.Module:
+    """The Controller: a ControlNet conditioned on the clean latent z0 (zero-initialised without a folder)."""
     from diffusers import ControlNetModel
 
     if controller is None:
         log.warning("no --controller given: using a zero-initialised Controller, i.e. plain SD "
                     "(train one with `diffvqa-cache adapt`)")
-        net = ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
-        return net, "zero-init"
+        return ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
     folder = _controller_folder(controller)
     net = ControlNetModel.from_pretrained(folder)
     if net.config.conditioning_channels != 4:
         raise UserInputError(f"--controller {folder}: conditioning_channels={net.config.conditioning_channels}, "
                              "but a DiffVQA Controller is conditioned on the 4-channel latent z0")
-    return net, "ctrl-" + hash_files(_weight_files(folder))
+    return net
 
 
 def _sd_files(folder: Path) -> list[Path]:
@@ -186,17 +193,18 @@ def _tiny_id() -> str:
     return "tiny-" + hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def identify(model: str, controller: str | None, revision: str | None = None) -> tuple[str, str, int]:
-    """(model_id, controller_id, native_size) from files alone, without building the networks."""
+def identify(model: str, controller: str | None, revision: str | None = None) -> ModelIdentity:
+    """The weights' identity from their files alone, without building the networks (the one place it is
+    computed: `load_backbone` calls it too)."""
     if model == "tiny":
         model_id, native = _tiny_id(), TINY_NATIVE_SIZE
     else:
         folder = resolve_model_folder(model, revision)
         model_id = "sd-" + hash_files(_sd_files(folder))
         native = int(json.loads((folder / "unet" / "config.json").read_text())["sample_size"]) * 8
-    if controller is None:
-        return model_id, "zero-init", native
-    return model_id, "ctrl-" + hash_files(_weight_files(_controller_folder(controller))), native
+    controller_id = "zero-init" if controller is None else \
+        "ctrl-" + hash_files(_weight_files(_controller_folder(controller)))
+    return ModelIdentity(model_id, controller_id, native)
 
 
 def _controller_folder(controller: str) -> Path:
@@ -211,18 +219,16 @@ def load_backbone(model: str = "tiny", controller: str | None = None, revision: 
     """Load (or build, for `tiny`) SD's VAE, UNet, scheduler config and the Controller, on the CPU in fp32."""
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    identity = identify(model, controller, revision)
     if model == "tiny":
-        vae, unet, null_text, model_id = build_tiny()
-        sched, native, tiny = sd_scheduler_config(), TINY_NATIVE_SIZE, True
+        vae, unet, null_text = build_tiny()
+        sched = sd_noise_schedule()
     else:
         folder = resolve_model_folder(model, revision)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
         sched_file = folder / "scheduler" / "scheduler_config.json"
-        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else sd_scheduler_config()
+        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else sd_noise_schedule()
         null_text = _null_text_embedding(folder)
-        model_id = "sd-" + hash_files(_sd_files(folder))
-        native, tiny = int(unet.config.sample_size) * 8, False
-    net, controller_id = load_controller(unet, controller)
-    return Backbone(vae=vae, unet=unet, controller=net, scheduler_config=sched, null_text=null_text,
-                    native_size=native, model_id=model_id, controller_id=controller_id, is_tiny=tiny)
+    return Backbone(vae=vae, unet=unet, controller=load_controller(unet, controller), noise_schedule=sched,
+                    null_text=null_text, identity=identity, is_tiny=model == "tiny")

@@ -14,90 +14,104 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import json
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 
 from . import __version__
+from .branches import BRANCHES, N_LEVELS, BranchFeatures
+from .config import CacheConfig
 from .errors import CacheError
+from .files import atomic_path, file_sha256, pid_alive, remove_leftovers, write_csv_atomic, write_json_atomic
 
 FORMAT_VERSION = 1
-BRANCHES = ("S", "D")
-N_LEVELS = 4
 SHARD_DIR = "shards"
+ALL_PARTS = BranchFeatures(latent=True, ms=(True,) * N_LEVELS, pixels=True)  # a selection of every part
 
 
-# ---------------------------------------------------------------- small atomic-file helpers
-def write_json_atomic(path: Path, obj) -> None:
-    """Write JSON to `path` through a temporary file and a rename (never half-written)."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1, sort_keys=True, default=str))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+def shard_name(shard_id: int) -> str:
+    return f"shard-{shard_id:05d}"
 
 
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 24), b""):
-            h.update(chunk)
-    return h.hexdigest()
+# ---------------------------------------------------------------- the flat HDF5 names of a branch's parts
+def part_names(branch: str, parts: BranchFeatures) -> list[str]:
+    """HDF5 dataset names of the parts present in `parts` (any non-None value), in file order."""
+    return ([f"{branch}/latent"] if parts.latent is not None else []) \
+        + ([f"{branch}/pixels"] if parts.pixels is not None else []) \
+        + [f"{branch}/ms{lv}" for lv, m in enumerate(parts.ms) if m is not None]
 
 
-def shard_name(index: int) -> str:
-    return f"shard-{index:05d}"
+def named_parts(branch: str, parts: BranchFeatures) -> list[tuple[str, object]]:
+    """(HDF5 name, value) of every part present, in file order."""
+    return list(zip(part_names(branch, parts), [x for x in (parts.latent, parts.pixels, *parts.ms) if x is not None]))
 
 
-# ---------------------------------------------------------------- writing
+def _branch_from(arrays: dict, branch: str) -> BranchFeatures | None:
+    if not any(n.startswith(f"{branch}/") and n != f"{branch}/crop_origin" for n in arrays):
+        return None
+    return BranchFeatures(latent=arrays.get(f"{branch}/latent"), pixels=arrays.get(f"{branch}/pixels"),
+                          ms=tuple(arrays.get(f"{branch}/ms{lv}") for lv in range(N_LEVELS)))
+
+
+# ---------------------------------------------------------------- one video's features
 @dataclass
 class VideoFeatures:
     """All arrays of one video, rows = sampled frames (T). Branch S has 1 view per frame, D has K."""
 
     key: str
     frame_index: np.ndarray  # (T,) int32, indices into the decoded video
-    arrays: dict  # "S/latent" (T,1,4,h,w) f16, "S/ms0".."S/ms3" (T,1,C,g,g) f16, "S/pixels" (T,1,3,P,P) u8,
-    #               same under "D/" with K views, "D/crop_origin" (T,K,2) int32
+    branches: dict[str, BranchFeatures]  # latent (T,K,4,h,w) f16, ms (T,K,C,g,g) f16, pixels (T,K,3,P,P) u8
+    crop_origin: np.ndarray | None = None  # (T, K, 2) int32: top, left of each D crop in the native frame
+
+    def flat(self) -> dict[str, np.ndarray]:
+        """The shard's per-row datasets by name ("frame_index", "S/latent", ..., "D/crop_origin")."""
+        out = {"frame_index": self.frame_index}
+        for b in BRANCHES:
+            if b in self.branches:
+                out.update(named_parts(b, self.branches[b]))
+        if self.crop_origin is not None:
+            out["D/crop_origin"] = self.crop_origin
+        return out
+
+    @classmethod
+    def from_flat(cls, key: str, arrays: dict[str, np.ndarray]) -> "VideoFeatures":
+        branches = {b: v for b in BRANCHES if (v := _branch_from(arrays, b)) is not None}
+        return cls(key, arrays["frame_index"], branches, arrays.get("D/crop_origin"))
 
 
-def write_shard(path: Path, index: int, fingerprint: str, videos: list[VideoFeatures], failed: list[dict],
+# ---------------------------------------------------------------- writing
+def write_shard(path: Path, shard_id: int, fingerprint: str, videos: list[VideoFeatures], failed: list[dict],
                 keys_planned: list[str]) -> dict:
     """Write one shard HDF5 atomically, then its record JSON (the completion mark). Returns the record."""
     import h5py
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
     n_frames = np.array([len(v.frame_index) for v in videos], dtype=np.int64)
+    flats = [v.flat() for v in videos]
     try:
-        with h5py.File(tmp, "w", libver="latest") as f:
-            f.attrs.update(format_version=FORMAT_VERSION, fingerprint=fingerprint, shard=index)
+        with atomic_path(path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
+            f.attrs.update(format_version=FORMAT_VERSION, fingerprint=fingerprint, shard=shard_id)
             f.create_dataset("keys", data=np.array([v.key for v in videos], dtype=object),
                              dtype=h5py.string_dtype())
             f.create_dataset("n_frames", data=n_frames)
             f.create_dataset("row_start", data=np.concatenate([[0], np.cumsum(n_frames)[:-1]]).astype(np.int64))
-            f.create_dataset("frame_index", data=_concat([v.frame_index for v in videos], np.int32))
-            if videos:
-                for name in videos[0].arrays:
-                    # Uncompressed and contiguous: fp16 features barely compress and this reads fastest.
-                    f.create_dataset(name, data=_concat([v.arrays[name] for v in videos]))
-        os.replace(tmp, path)
-    except BaseException as exc:
-        tmp.unlink(missing_ok=True)
-        if isinstance(exc, OSError) and (exc.errno == errno.ENOSPC or "No space left" in str(exc)):
+            f.create_dataset("frame_index", data=_concat([a["frame_index"] for a in flats], np.int32))
+            for name in (list(flats[0])[1:] if flats else []):
+                # Uncompressed and contiguous: fp16 features barely compress and this reads fastest.
+                f.create_dataset(name, data=_concat([a[name] for a in flats]))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or "No space left" in str(exc):
             raise CacheError(f"disk full while writing {path.name} in {path.parent}; the partial shard was removed, "
                              "the rest of the cache is intact: free space and rerun the same command") from None
         raise
     record = {
-        "shard": index, "file": path.name, "fingerprint": fingerprint, "videos": [v.key for v in videos],
+        "shard": shard_id, "file": path.name, "fingerprint": fingerprint, "videos": [v.key for v in videos],
         "n_frames": n_frames.tolist(), "failed": failed, "planned": keys_planned,
         "bytes": path.stat().st_size, "sha256": file_sha256(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
@@ -112,6 +126,11 @@ def _concat(parts: list[np.ndarray], dtype=None) -> np.ndarray:
     return out.astype(dtype) if dtype is not None else out
 
 
+def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
+    """labels.csv: key, mos, split, path for every listed video (labels are joined by key, never position)."""
+    write_csv_atomic(path, ["key", "mos", "split", "path"], rows)
+
+
 # ---------------------------------------------------------------- layout and completion
 class CacheDir:
     """Paths and bookkeeping of one cache directory (no HDF5 reading)."""
@@ -120,26 +139,30 @@ class CacheDir:
         self.path = Path(path)
         self.shards = self.path / SHARD_DIR
 
-    def shard_path(self, index: int) -> Path:
-        return self.shards / f"{shard_name(index)}.h5"
+    def shard_path(self, shard_id: int) -> Path:
+        return self.shards / f"{shard_name(shard_id)}.h5"
 
-    def record(self, index: int) -> dict | None:
+    def record(self, shard_id: int) -> dict | None:
         try:
-            return json.loads(self.shard_path(index).with_suffix(".json").read_text())
+            return json.loads(self.shard_path(shard_id).with_suffix(".json").read_text())
         except (OSError, ValueError):
             return None
 
-    def is_complete(self, index: int, planned: list[str], fingerprint: str, deep: bool = False) -> bool:
+    def is_complete(self, shard_id: int, planned: list[str], fingerprint: str, deep: bool = False) -> bool:
         """Record present, planned for the same videos, file of the recorded size (and checksum when `deep`)."""
-        rec, h5 = self.record(index), self.shard_path(index)
+        rec, h5 = self.record(shard_id), self.shard_path(shard_id)
         ok = (rec is not None and rec.get("planned") == planned and rec.get("fingerprint") == fingerprint
               and h5.is_file() and h5.stat().st_size == rec.get("bytes"))
         return ok and (not deep or file_sha256(h5) == rec.get("sha256"))
 
-    def claim(self, index: int) -> bool:
-        """Take shard `index` for this process (a lock file, created atomically); False if another live
+    def remove_leftovers(self) -> list[Path]:
+        """Temporary files of killed runs (a run that starts on this cache calls it)."""
+        return remove_leftovers(self.path)
+
+    def claim(self, shard_id: int) -> bool:
+        """Take shard `shard_id` for this process (a lock file, created atomically); False if another live
         process holds it. A lock left by a dead process on this host is taken over."""
-        lock = self.shard_path(index).with_suffix(".lock")
+        lock = self.shard_path(shard_id).with_suffix(".lock")
         me = {"host": socket.gethostname(), "pid": os.getpid()}
         for _ in range(2):
             try:
@@ -151,7 +174,7 @@ class CacheDir:
                     holder = {}
                 if holder == me:
                     return True
-                if holder.get("host") == me["host"] and not _alive(holder.get("pid")):
+                if holder.get("host") == me["host"] and not pid_alive(holder.get("pid")):
                     lock.unlink(missing_ok=True)  # stale: its process was killed
                     continue
                 return False
@@ -160,21 +183,12 @@ class CacheDir:
             return True
         return False
 
-    def release(self, index: int) -> None:
-        self.shard_path(index).with_suffix(".lock").unlink(missing_ok=True)
+    def release(self, shard_id: int) -> None:
+        self.shard_path(shard_id).with_suffix(".lock").unlink(missing_ok=True)
 
-    def records(self) -> list[dict]:
-        out = []
-        for p in sorted(self.shards.glob("shard-*.json")):
-            try:
-                out.append(json.loads(p.read_text()))
-            except (OSError, ValueError):
-                continue
-        return out
-
-    def write_manifest(self, config: dict, plan: list[list[str]], listed_missing: list[str]) -> dict:
+    def write_manifest(self, config: CacheConfig, plan: list[list[str]], listed_missing: list[str]) -> dict:
         """Assemble the manifest from the complete shards on disk (written last, atomically)."""
-        fp = config["fingerprint"]
+        fp = config.fingerprint
         shards, done, failed = [], [], []
         for i, keys in enumerate(plan):
             if self.is_complete(i, keys, fp):
@@ -186,7 +200,7 @@ class CacheDir:
         not_extracted = [k for keys in plan for k in keys if k not in finished]
         manifest = {
             "format_version": FORMAT_VERSION, "package_version": __version__, "fingerprint": fp,
-            "config": config, "shards": shards, "n_shards_planned": len(plan), "videos": len(done),
+            "config": config.to_dict(), "shards": shards, "n_shards_planned": len(plan), "videos": len(done),
             "failed": failed, "missing_on_disk": listed_missing, "not_extracted": not_extracted,
             "complete": not not_extracted, "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
         }
@@ -194,26 +208,9 @@ class CacheDir:
         return manifest
 
 
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
-    """labels.csv: key, mos, split, path for every listed video (labels are joined by key, never position)."""
-    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
-    with open(tmp, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["key", "mos", "split", "path"])
-        w.writerows(rows)
-    os.replace(tmp, path)
+def plan_shards(keys: list[str], shard_size: int) -> list[list[str]]:
+    """Shard i holds the videos at positions [i*shard_size, (i+1)*shard_size) of the label order."""
+    return [keys[i:i + shard_size] for i in range(0, len(keys), shard_size)]
 
 
 # ---------------------------------------------------------------- reading
@@ -233,14 +230,52 @@ def find_cache_dir(path: Path | str) -> Path:
                      f"{', ...' if len(found) > 4 else ''}); pass one of them")
 
 
+@dataclass
+class ShardArrays:
+    """One shard read in big contiguous reads: the selected parts over all its rows."""
+
+    file: Path
+    keys: list[str]
+    row_start: np.ndarray  # (V,) first row of each video
+    frame_index: np.ndarray  # (R,)
+    branches: dict[str, BranchFeatures]  # arrays over all rows (R, K, ...)
+    crop_origin: np.ndarray | None = None
+    rows: list[slice] = field(init=False)
+
+    def __post_init__(self):
+        ends = np.append(self.row_start[1:], len(self.frame_index))
+        self.rows = [slice(int(s), int(e)) for s, e in zip(self.row_start, ends)]
+
+    def video(self, i: int) -> VideoFeatures:
+        r = self.rows[i]
+        return VideoFeatures(self.keys[i], self.frame_index[r], {b: v.map(lambda a: a[r]) for b, v in self.branches.items()},
+                             None if self.crop_origin is None else self.crop_origin[r])
+
+    def check_finite(self) -> None:
+        """One pass over each float array; names the first video with a NaN or Inf."""
+        for b, parts in self.branches.items():
+            for name, a in named_parts(b, parts):
+                if a.dtype.kind != "f":
+                    continue
+                flat = a.reshape(len(a), -1)
+                if a.dtype == np.float16:  # exponent bits all ones = Inf/NaN; ~3x faster than np.isfinite on fp16
+                    bad = ((flat.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+                else:
+                    bad = ~np.isfinite(flat).all(axis=1)
+                if bad.any():
+                    k = self.keys[int(np.searchsorted(self.row_start, int(np.flatnonzero(bad)[0]), side="right")) - 1]
+                    raise CacheError(f"{self.file}: video {k!r} has NaN/Inf features ({name}); re-extract it (delete "
+                                     f"{Path(self.file).name} and rerun extract) or drop it from the labels")
+
+
 class FeatureCache:
     """Read access to a cache: by video id, shard by shard, without importing diffusers."""
 
     def __init__(self, path: Path | str):
         self.path = find_cache_dir(path)
         self.dir = CacheDir(self.path)
-        self.config = json.loads((self.path / "config.json").read_text())
-        self.fingerprint = self.config["fingerprint"]
+        self.config = CacheConfig.load(self.path / "config.json")
+        self.fingerprint = self.config.fingerprint
         mpath = self.path / "manifest.json"
         if not mpath.is_file():
             raise CacheError(f"{self.path}: no manifest.json, extraction has not finished a single pass; "
@@ -280,13 +315,13 @@ class FeatureCache:
         if not self.manifest["complete"]:
             n = len(self.manifest["not_extracted"])
             raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
-                             "finish the extract run (all --shard-index parts) before fitting")
+                             "finish the extract run (all parts) before fitting")
 
     def shard_files(self) -> list[Path]:
         return [self.dir.shards / s["file"] for s in self.manifest["shards"]]
 
-    def read(self, key: str) -> dict[str, np.ndarray]:
-        """All arrays of one video ("frame_index", "S/latent", "S/ms0", ..., "D/crop_origin"), by id."""
+    def read(self, key: str) -> VideoFeatures:
+        """All arrays of one video, by id."""
         import h5py
 
         if key not in self._where:
@@ -294,31 +329,37 @@ class FeatureCache:
         file, i = self._where[key]
         with h5py.File(self.dir.shards / file, "r") as f:
             start, n = int(f["row_start"][i]), int(f["n_frames"][i])
-            return {name: f[name][start:start + n] for name in _row_datasets(f)}
+            return VideoFeatures.from_flat(key, {name: f[name][start:start + n] for name in _row_datasets(f)})
 
-    def read_shard(self, file: Path, names: list[str] | None = None) -> tuple[list[str], np.ndarray, dict]:
-        """One shard in big contiguous reads: (keys, row_start, {name: array over all rows})."""
+    def read_shard(self, file: Path, parts: BranchFeatures = ALL_PARTS, branches: str = "".join(BRANCHES)) -> ShardArrays:
+        """One shard in big contiguous reads, the parts selected in `parts` (non-None) of `branches`."""
         import h5py
 
         try:
             with h5py.File(file, "r") as f:
                 keys = [k.decode() if isinstance(k, bytes) else k for k in f["keys"][:]]
-                wanted = names or _row_datasets(f)
-                return keys, f["row_start"][:], {n: f[n][:] for n in wanted}
+                names = [n for b in branches for n in part_names(b, parts) if n in f]
+                arrays = {n: f[n][:] for n in names + ["frame_index"] + (["D/crop_origin"] if "D/crop_origin" in f else [])}
+                starts = f["row_start"][:]
         except OSError as exc:
             raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
                              "rerun extract to recompute it") from None
+        video = VideoFeatures.from_flat("", arrays)
+        return ShardArrays(Path(file), keys, starts, video.frame_index, video.branches, video.crop_origin)
 
-    def iter_videos(self) -> Iterator[tuple[str, dict[str, np.ndarray]]]:
+    def iter_videos(self) -> Iterator[VideoFeatures]:
         """Every video's arrays, shard by shard (one read per shard)."""
         for file in self.shard_files():
-            keys, starts, arrays = self.read_shard(file)
-            n = np.diff(np.append(starts, len(arrays["frame_index"])))
-            for k, s, m in zip(keys, starts, n):
-                yield k, {name: a[s:s + m] for name, a in arrays.items()}
+            shard = self.read_shard(file)
+            for i in range(len(shard.keys)):
+                yield shard.video(i)
 
-    def feature_shapes(self) -> dict[str, dict]:
-        """name -> per-frame shape and dtype, read from the first shard."""
+    def part_shapes(self) -> dict[str, BranchFeatures]:
+        """Per-frame shapes (K, C, h, w) of every part of each branch, read from the first shard."""
+        flat = self._dataset_shapes()
+        return {b: v for b in BRANCHES if (v := _branch_from({n: tuple(s["shape"]) for n, s in flat.items()}, b))}
+
+    def _dataset_shapes(self) -> dict[str, dict]:
         import h5py
 
         files = self.shard_files()
@@ -330,9 +371,9 @@ class FeatureCache:
     def info(self) -> dict:
         m = self.manifest
         return {
-            "path": str(self.path), "fingerprint": self.fingerprint, "config": self.config, "videos": m["videos"],
+            "path": str(self.path), "fingerprint": self.fingerprint, "config": self.config.to_dict(), "videos": m["videos"],
             "failed": m["failed"], "missing": m["missing_on_disk"] + m["not_extracted"], "complete": m["complete"],
-            "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self.feature_shapes(),
+            "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self._dataset_shapes(),
             "bytes": sum(s["bytes"] for s in m["shards"]),
         }
 
@@ -379,14 +420,16 @@ def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -
     import shutil
 
     dirs = [find_cache_dir(p) for p in parts]
-    configs = [json.loads((d / "config.json").read_text()) for d in dirs]
-    fps = {c["fingerprint"] for c in configs}
+    configs = [CacheConfig.load(d / "config.json") for d in dirs]
+    fps = {c.fingerprint for c in configs}
     if len(fps) > 1:
         raise CacheError("parts have different fingerprints (extracted with other settings): "
-                         + ", ".join(f"{d} ({c['fingerprint']})" for d, c in zip(dirs, configs)))
+                         + ", ".join(f"{d} ({c.fingerprint})" for d, c in zip(dirs, configs)))
     config = configs[0]
-    target = Path(out) / config["dataset"] / config["fingerprint"]
+    target = Path(out) / config.dataset / config.fingerprint
     (target / SHARD_DIR).mkdir(parents=True, exist_ok=True)
+    dest = CacheDir(target)
+    dest.remove_leftovers()
     for name in ("config.json", "labels.csv"):
         if not (target / name).is_file():
             shutil.copy2(dirs[0] / name, target / name)
@@ -401,18 +444,15 @@ def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -
     with open(dirs[0] / "labels.csv", newline="") as f:
         gone = set(missing)
         keys = [row["key"] for row in csv.DictReader(f) if row["key"] not in gone]
-    size = int(config["extract"]["shard_size"])
-    plan = [keys[i:i + size] for i in range(0, len(keys), size)]
-    dest = CacheDir(target)
+    plan = plan_shards(keys, config.extract.shard_size)
     for d in dirs:
         if d.resolve() == target.resolve():
             continue
         src = CacheDir(d)
         for i, planned in enumerate(plan):
-            if dest.is_complete(i, planned, config["fingerprint"]) or not src.is_complete(i, planned, config["fingerprint"]):
+            if dest.is_complete(i, planned, config.fingerprint) or not src.is_complete(i, planned, config.fingerprint):
                 continue
             for p in (src.shard_path(i), src.shard_path(i).with_suffix(".json")):  # record last: the completion mark
-                tmp = dest.shards / f"{p.name}.{os.getpid()}.incomplete"
-                (shutil.move if move else shutil.copy2)(p, tmp)
-                os.replace(tmp, dest.shards / p.name)
+                with atomic_path(dest.shards / p.name) as tmp:
+                    (shutil.move if move else shutil.copy2)(p, tmp)
     return target, dest.write_manifest(config, plan, missing)

@@ -7,13 +7,13 @@ the cache fingerprint it was trained on (loading refuses other features), and th
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from . import __version__
 from .errors import CacheError
+from .files import atomic_path
 
 FORMAT = "diffvqa-regressor-1"
 
@@ -23,11 +23,10 @@ def save_checkpoint(path: Path, model: torch.nn.Module, meta: dict) -> None:
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.incomplete")
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     full = {"format": FORMAT, "package_version": __version__, **meta}
-    save_file(state, str(tmp), metadata={"diffvqa": json.dumps(full, sort_keys=True)})
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"diffvqa": json.dumps(full, sort_keys=True)})
 
 
 def read_meta(path: Path) -> dict:

@@ -1,96 +1,222 @@
-"""Typed configuration of stage one (extraction). Saved beside every cache it produces."""
+"""Typed settings: the base every config dataclass shares, the settings of the stages that run SD
+(adapt, extract), and the identity of a cache.
+
+Each setting is declared once, with its help text (`setting(default, help)`): the CLI builds its options
+from these declarations (`cli_options.options_from`) and every artifact saves the dataclass beside itself.
+This module imports no torch, so `--help` stays fast.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+from . import __version__
+from .errors import UserInputError
 
 # Bump when a change to the extraction code changes the numbers it writes.
 EXTRACTOR_VERSION = "2"
 
-SCHEDULERS = ("ddim", "dpm", "euler")
+SAMPLERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
+TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
+NOISE_MODES = ("shared", "per-video")
+BACKENDS = ("auto", "decord", "pyav")
+
+
+def setting(default, help: str, **kwargs):
+    """A dataclass field with its help text (shown by the CLI option built from it)."""
+    if isinstance(default, (list, dict, set)):
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+class Config:
+    """Base of the settings dataclasses: `to_dict`/`from_dict` (JSON-able; unknown keys refused with
+    `UserInputError`), `save`/`load` (a JSON file), and `replace`. Validation lives in `__post_init__`
+    and raises `UserInputError` too."""
+
+    RENAMED: ClassVar[dict[str, str]] = {}  # old key -> field name, so files of older versions still load
+
+    def to_dict(self) -> dict:
+        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict, what: str | None = None):
+        if not isinstance(data, dict):
+            raise UserInputError(f"{what or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+        data = {cls.RENAMED.get(k, k): v for k, v in data.items()}
+        hints = typing.get_type_hints(cls)
+        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise UserInputError(f"unknown {what or cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+        values = {}
+        for name, value in data.items():
+            kind = hints[name]
+            if isinstance(kind, type) and issubclass(kind, Config) and isinstance(value, dict):
+                value = kind.from_dict(value, f"{what or cls.__name__}.{name}")
+            elif typing.get_origin(kind) is tuple and isinstance(value, list):
+                value = tuple(value)
+            values[name] = value
+        return cls(**values)
+
+    def save(self, path: Path | str) -> None:
+        from .files import write_json_atomic
+
+        write_json_atomic(path, self.to_dict())
+
+    @classmethod
+    def load(cls, path: Path | str):
+        try:
+            data = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"{path}: cannot read {cls.__name__} ({exc})") from None
+        return cls.from_dict(data, f"{cls.__name__} in {path}")
+
+    def replace(self, **changes):
+        return dataclasses.replace(self, **changes)
+
+
+def _plain(value):
+    """JSON-able form of a field value (nested configs as dicts, tuples as lists)."""
+    if isinstance(value, Config):
+        return value.to_dict()
+    if isinstance(value, (tuple, list)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def one_of(name: str, value, allowed: tuple) -> None:
+    if value not in allowed:
+        raise UserInputError(f"{name} must be one of {allowed}, got {value!r}")
+
+
+def at_least(owner: Config, names: tuple[str, ...], low: float) -> None:
+    for name in names:
+        if getattr(owner, name) < low:
+            raise UserInputError(f"{name} must be >= {low}, got {getattr(owner, name)}")
 
 
 @dataclass
-class ExtractConfig:
-    """What stage one computes. Fields in `NOT_FINGERPRINTED` change speed or placement, never numbers."""
+class ExtractConfig(Config):
+    """What stage one computes. `NOT_FINGERPRINTED` fields change speed or placement only, or (model,
+    revision, controller) are identified by the hash of their weights instead of their name."""
 
-    model: str = "tiny"  # "tiny", a local diffusers folder, or a hub id
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    controller: str | None = None  # folder written by ControlNetModel.save_pretrained; None = zero-init
-    scheduler: str = "ddim"  # deterministic samplers only, so features do not depend on batch composition
-    steps: int = 50  # reverse-chain length; 1-4 are the fast variants
-    timestep_spacing: str = "trailing"  # "trailing": every chain starts at t=999; "leading"/"linspace" as diffusers
-    strength: float = 1.0  # 1: the paper's chain from pure noise; <1: start from z0 noised to t=strength*T
-    # "shared": start noise seeded by (seed, frame position, view, crop), the same for every video, so features
-    # depend on the pixels alone (a renamed video keeps its features and its score); "per-video" adds the id.
-    noise: str = "shared"
-    frames: int | None = 8  # uniform sampling of N frames per video ...
-    fps: float | None = None  # ... or a fixed rate (exactly one of frames / fps)
-    crops: int = 1  # cropped views per frame (the D branch)
-    view_size: int | None = None  # None = the backbone's native size (512 for SD base, 128 for tiny)
-    grid: int = 8  # F_MS maps average-pooled to grid x grid (maps smaller than that kept as they are)
-    pixel_size: int = 224  # side of the uint8 copy of each view kept for TCAB (capped at view_size)
-    seed: int = 0  # seeds crop positions and start noise, per (video, frame, view, crop)
-    dtype: str = "fp32"  # compute precision of the diffusion model: fp32, bf16, fp16
-    # Not fingerprinted: placement and throughput only.
-    batch_size: int = 8  # views per model pass
-    device: str = "auto"
-    shard_size: int = 32  # videos per HDF5 shard
-    decode_workers: int = 2  # threads decoding and making views ahead of the model
-    backend: str = "auto"  # video decoder: auto, decord, pyav
+    model: str = setting("tiny", "'tiny' (a small random test model), a local diffusers SD folder, or a hub id.")
+    revision: str | None = setting(None, "Hub revision of --model (branch, tag or commit).")
+    controller: str | None = setting(None, "Adapted Controller folder (from `adapt`); none = zero-init (plain SD).")
+    sampler: str = setting("ddim", "Reverse-chain sampler: ddim, dpm or euler (deterministic, so features do "
+                                   "not depend on batch composition).")
+    steps: int = setting(50, "Reverse-chain steps (1-4 are the fast variants).")
+    timestep_spacing: str = setting("trailing", "trailing (every chain starts at t=999), leading or linspace.")
+    strength: float = setting(1.0, "1: the paper's chain from pure noise; <1: start from z0 noised to "
+                                   "t=strength*T.")
+    noise: str = setting("shared", "Start noise: shared (seeded by frame position, view and crop, the same for "
+                                   "every video, so features depend on the pixels alone) or per-video.")
+    frames: int | None = setting(8, "Frames sampled uniformly per video (or use --fps).")
+    fps: float | None = setting(None, "Sample frames at a fixed rate instead of --frames.")
+    crops: int = setting(1, "Cropped views per frame (the D branch).")
+    view_size: int | None = setting(None, "View side in pixels (default: the model's native size, 512 for SD "
+                                          "base, 128 for tiny).")
+    grid: int = setting(8, "F_MS maps average-pooled to GRID x GRID (maps smaller than that are kept).")
+    pixel_size: int = setting(224, "Side of the uint8 view copy kept for TCAB (capped at the view size).")
+    seed: int = setting(0, "Seeds crop positions and start noise.")
+    dtype: str = setting("fp32", "Compute precision of the diffusion model: fp32, bf16 or fp16 (autocast).")
+    batch_size: int = setting(8, "Views per model pass.")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
+    shard_size: int = setting(32, "Videos per HDF5 shard.")
+    decode_workers: int = setting(2, "Threads decoding and cutting views ahead of the model.")
+    backend: str = setting("auto", "Video decoder: auto (decord for H.264/HEVC/MPEG-4, else PyAV), decord or pyav.")
 
-    NOT_FINGERPRINTED = ("model", "revision", "controller", "batch_size", "device", "shard_size",
-                         "decode_workers", "backend")
+    NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = (
+        "model", "revision", "controller", "batch_size", "device", "shard_size", "decode_workers", "backend")
+    RENAMED: ClassVar[dict[str, str]] = {"scheduler": "sampler"}
 
     def __post_init__(self) -> None:
         if (self.frames is None) == (self.fps is None):
-            raise ValueError(f"give exactly one of frames={self.frames!r} and fps={self.fps!r}")
-        if self.frames is not None and self.frames < 1:
-            raise ValueError(f"frames must be >= 1, got {self.frames}")
+            raise UserInputError(f"give exactly one of frames={self.frames!r} and fps={self.fps!r}")
         if self.fps is not None and self.fps <= 0:
-            raise ValueError(f"fps must be > 0, got {self.fps}")
-        if self.scheduler not in SCHEDULERS:
-            raise ValueError(f"scheduler must be one of {SCHEDULERS}, got {self.scheduler!r}")
-        if self.timestep_spacing not in ("trailing", "leading", "linspace"):
-            raise ValueError(f"timestep_spacing must be trailing, leading or linspace, got {self.timestep_spacing!r}")
-        if self.noise not in ("shared", "per-video"):
-            raise ValueError(f"noise must be shared or per-video, got {self.noise!r}")
+            raise UserInputError(f"fps must be > 0, got {self.fps}")
+        one_of("sampler", self.sampler, SAMPLERS)
+        one_of("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
+        one_of("noise", self.noise, NOISE_MODES)
+        one_of("dtype", self.dtype, DTYPES)
+        one_of("backend", self.backend, BACKENDS)
         if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"strength must be in (0, 1], got {self.strength}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        for name in ("steps", "crops", "grid", "pixel_size", "batch_size", "shard_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.view_size is not None and self.view_size % 8:
-            raise ValueError(f"view_size must be a multiple of 8 (the VAE's factor), got {self.view_size}")
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+            raise UserInputError(f"strength must be in (0, 1], got {self.strength}")
+        at_least(self, ("steps", "crops", "grid", "pixel_size", "batch_size", "shard_size", "decode_workers"), 1)
+        if self.frames is not None and self.frames < 1:
+            raise UserInputError(f"frames must be >= 1, got {self.frames}")
+        if self.view_size is not None and (self.view_size < 8 or self.view_size % 8):
+            raise UserInputError(f"view_size must be a multiple of 8 (the VAE's factor), got {self.view_size}")
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ExtractConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in names})
+    def from_options(cls, **values) -> "ExtractConfig":
+        """From command-line values: --fps replaces the default --frames."""
+        if values.get("fps") is not None:
+            values["frames"] = None
+        return cls(**values)
 
     def numeric_settings(self) -> dict:
-        """The settings that change the numbers (model identities are added by the fingerprint)."""
-        return {k: v for k, v in sorted(self.to_dict().items()) if k not in self.NOT_FINGERPRINTED}
+        """The settings that change the numbers, under the names fingerprints were first written with
+        (renaming a field must not orphan existing caches)."""
+        legacy = {new: old for old, new in self.RENAMED.items()}
+        return {legacy.get(k, k): v for k, v in sorted(self.to_dict().items()) if k not in self.NOT_FINGERPRINTED}
 
 
-def known_fields(cls, data: dict, what: str) -> dict:
-    """`data` if every key is a field of dataclass `cls`; else a one-line error naming the unknown ones."""
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        from .errors import UserInputError
+@dataclass
+class AdaptConfig(Config):
+    """How stage zero trains the Controller. `NOT_CHECKED` fields may change when a run is resumed."""
 
-        raise UserInputError(f"unknown {what} {unknown}; known: {sorted(known)}")
-    return dict(data)
+    model: str = setting("tiny", "'tiny', a local diffusers SD folder, or a hub id.")
+    revision: str | None = setting(None, "Hub revision of --model.")
+    controller: str | None = setting(None, "Start from this Controller folder (default: a zero-init copy of the UNet).")
+    frames: int = setting(8, "Frames sampled uniformly per video.")
+    crops: int = setting(1, "Cropped views per frame (besides the resized view).")
+    limit: int | None = setting(None, "Train on a seeded random subset of N videos.")
+    max_steps: int = setting(20000, "Optimizer steps.")
+    batch_size: int = setting(4, "Latents per micro-batch.")
+    grad_accum: int = setting(1, "Micro-batches per optimizer step.")
+    lr: float = setting(1e-4, "AdamW learning rate.")
+    warmup: int = setting(500, "Linear warm-up steps, then constant (as DiffBIR).")
+    weight_decay: float = setting(1e-2, "AdamW weight decay.")
+    max_grad_norm: float = setting(1.0, "Gradient clipping norm (0: none).")
+    seed: int = setting(0, "Seeds crops, the video subset, frame order, timesteps and noise.")
+    dtype: str = setting("fp32", "fp32, bf16 or fp16 (autocast, CUDA only; the CPU trains in fp32).")
+    gradient_checkpointing: bool = setting(False, "Trade compute for memory.")
+    save_every: int = setting(1000, "Checkpoint every N steps (0: only at the end).")
+    keep_checkpoints: int = setting(2, "Checkpoints kept in OUT/checkpoints.")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:1 ...")
+
+    NOT_CHECKED: ClassVar[tuple[str, ...]] = ("max_steps", "save_every", "keep_checkpoints", "device")
+
+    def __post_init__(self) -> None:
+        at_least(self, ("frames", "crops", "max_steps", "batch_size", "grad_accum", "keep_checkpoints"), 1)
+        at_least(self, ("warmup", "save_every", "max_grad_norm", "weight_decay"), 0)
+        if self.lr <= 0:
+            raise UserInputError(f"lr must be > 0, got {self.lr}")
+        if self.limit is not None and self.limit < 1:
+            raise UserInputError(f"limit must be >= 1, got {self.limit}")
+        one_of("dtype", self.dtype, DTYPES)
+
+    def checked(self) -> dict:
+        """The settings a resumed run must share with the run it continues."""
+        return {k: v for k, v in self.to_dict().items() if k not in self.NOT_CHECKED}
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which weights compute the features: content hashes, independent of where the files are."""
+
+    model_id: str  # VAE + UNet + text encoder: "sd-<hash>" or "tiny-<config hash>"
+    controller_id: str  # "ctrl-<hash>" of the Controller weights, or "zero-init"
+    native_size: int  # the model's native view side in pixels
 
 
 def fingerprint(cfg: ExtractConfig, model_id: str, controller_id: str, view_size: int) -> str:
@@ -105,12 +231,31 @@ def fingerprint(cfg: ExtractConfig, model_id: str, controller_id: str, view_size
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def stable_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts (strings, ints): identical on every machine and Python run."""
-    blob = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
+@dataclass(frozen=True)
+class CacheConfig(Config):
+    """A cache's identity and settings (its config.json): what was extracted, by which weights, of which
+    dataset. Written first, before any shard; `FeatureCache.config` returns it."""
 
+    fingerprint: str
+    extract: ExtractConfig
+    model_id: str
+    controller_id: str
+    view_size: int  # pixels, resolved from the model when extract's view_size is None
+    pixel_size: int  # side of the cached uint8 view copies
+    dataset: str
+    mos_range: tuple[float, float]
+    package_version: str = __version__
+    tiny_model: bool = False
 
-def noise_seed(cfg: "ExtractConfig", key: str, position: int, branch: str, crop: int) -> int:
-    """Seed of one view's start noise: shared by all videos at this (frame position, view, crop) by default."""
-    return stable_seed("noise", cfg.seed, *((key,) if cfg.noise == "per-video" else ()), position, branch, crop)
+    @classmethod
+    def create(cls, cfg: ExtractConfig, identity: ModelIdentity, dataset: str,
+               mos_range: tuple[float, float]) -> "CacheConfig":
+        view_size = cfg.view_size or identity.native_size
+        return cls(fingerprint=fingerprint(cfg, identity.model_id, identity.controller_id, view_size), extract=cfg,
+                   model_id=identity.model_id, controller_id=identity.controller_id, view_size=view_size,
+                   pixel_size=min(cfg.pixel_size, view_size), dataset=dataset,
+                   mos_range=tuple(float(x) for x in mos_range), tiny_model=cfg.model == "tiny")
+
+    @property
+    def identity(self) -> tuple[str, str]:
+        return self.model_id, self.controller_id

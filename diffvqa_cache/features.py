@@ -6,19 +6,17 @@ with forward hooks (the UNet's forward is never copied).
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
-import torch.nn.functional as F
 
 from .backbone import Backbone
+from .branches import N_LEVELS, BranchFeatures
+from .devices import autocast
+from .pooling import pool_to_grid
 
-N_LEVELS = 4
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
-
-def make_scheduler(name: str, config: dict, timestep_spacing: str = "trailing"):
+def make_sampler(name: str, config: dict, timestep_spacing: str = "trailing"):
     """A deterministic sampler from the model's own training schedule.
 
     "trailing" spacing starts the chain at the last training timestep whatever the number of steps, so
@@ -49,73 +47,60 @@ class _UpBlockTap:
             h.remove()
 
 
-def pool_to_grid(x: torch.Tensor, grid: int) -> torch.Tensor:
-    """Average-pool (..., H, W) maps to grid x grid; maps already that small are kept."""
-    if x.shape[-1] <= grid and x.shape[-2] <= grid:
-        return x
-    return F.adaptive_avg_pool2d(x, (min(grid, x.shape[-2]), min(grid, x.shape[-1])))
-
-
 class FeatureExtractor:
     """Turns a batch of views into F_Latent (z0_hat) and the four pooled F_MS maps."""
 
-    def __init__(self, backbone: Backbone, steps: int, scheduler: str = "ddim", grid: int = 8,
+    def __init__(self, backbone: Backbone, steps: int, sampler: str = "ddim", grid: int = 8,
                  dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing",
                  strength: float = 1.0):
         self.bb, self.steps, self.grid = backbone, steps, grid
         self.device = torch.device(device)
-        self.dtype = _DTYPES[dtype]
-        # Weights stay fp32; lower precision comes from autocast (only on CUDA, where it pays).
+        self.dtype = dtype  # weights stay fp32; a lower precision is autocast
         self.bb.to(self.device)
-        self.scheduler_name, self.timestep_spacing, self.strength = scheduler, timestep_spacing, strength
-        self.scheduler_config = backbone.scheduler_config
-
-    def _autocast(self):
-        if self.dtype == torch.float32:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+        self.sampler_name, self.timestep_spacing, self.strength = sampler, timestep_spacing, strength
 
     @torch.no_grad()
     def encode(self, views: torch.Tensor) -> torch.Tensor:
         """uint8 (N, H, W, 3) views -> scaled latents z0 (N, 4, H/8, W/8), deterministic (the posterior mean)."""
         x = views.to(self.device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        with self._autocast():
+        with autocast(self.device, self.dtype):
             z0 = self.bb.vae.encode(x).latent_dist.mean
         return z0.float() * self.bb.scaling_factor
 
     @torch.no_grad()
-    def __call__(self, views: torch.Tensor, noise_seeds: list[int]) -> dict[str, torch.Tensor | list]:
-        """views: uint8 (N, H, W, 3); one start-noise seed per view. Returns CPU float16 features."""
+    def __call__(self, views: torch.Tensor, noise_seeds: list[int]) -> BranchFeatures:
+        """views: uint8 (N, H, W, 3); one start-noise seed per view. Returns CPU float16 F_Latent (N, 4, h, w)
+        and F_MS (N, C_l, g, g) per level (no pixels)."""
         # 1. encode the clean latent z0: the Controller's condition at every step
         z0 = self.encode(views)
         # 2. seeded start noise, drawn on the CPU so it is the same on every device and batch split
         noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in noise_seeds]).to(self.device)
-        scheduler = make_scheduler(self.scheduler_name, self.scheduler_config, self.timestep_spacing)
+        sampler = make_sampler(self.sampler_name, self.bb.noise_schedule, self.timestep_spacing)
         if self.strength >= 1.0:  # the paper's chain: from pure noise z_T
-            scheduler.set_timesteps(self.steps, device=self.device)
-            timesteps = scheduler.timesteps
-            z = noise * scheduler.init_noise_sigma
+            sampler.set_timesteps(self.steps, device=self.device)
+            timesteps = sampler.timesteps
+            z = noise * sampler.init_noise_sigma
         else:  # img2img-style: from z0 noised to t = strength * T, over the last `steps` timesteps
-            scheduler.set_timesteps(math.ceil(self.steps / self.strength), device=self.device)
-            timesteps = scheduler.timesteps[-self.steps:]
-            if hasattr(scheduler, "set_begin_index"):
-                scheduler.set_begin_index(len(scheduler.timesteps) - self.steps)
-            z = scheduler.add_noise(z0, noise, timesteps[:1])
+            sampler.set_timesteps(math.ceil(self.steps / self.strength), device=self.device)
+            timesteps = sampler.timesteps[-self.steps:]
+            if hasattr(sampler, "set_begin_index"):
+                sampler.set_begin_index(len(sampler.timesteps) - self.steps)
+            z = sampler.add_noise(z0, noise, timesteps[:1])
         text = self.bb.null_text.expand(len(views), -1, -1)
         tap = _UpBlockTap(self.bb.unet, self.grid)
         try:
             # 3. reverse chain z_T ... z_0_hat, Controller conditioned on z0; F_MS tapped at the final step
             for i, t in enumerate(timesteps):
                 tap.armed = i == len(timesteps) - 1
-                z_in = scheduler.scale_model_input(z, t)
-                with self._autocast():
+                z_in = sampler.scale_model_input(z, t)
+                with autocast(self.device, self.dtype):
                     down, mid = self.bb.controller(z_in, t, encoder_hidden_states=text, controlnet_cond=z0,
                                                    return_dict=False)
                     eps = self.bb.unet(z_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                        mid_block_additional_residual=mid, return_dict=False)[0]
-                z = scheduler.step(eps.float(), t, z, return_dict=False)[0]
+                z = sampler.step(eps.float(), t, z, return_dict=False)[0]
         finally:
             tap.remove()
         # 4. move compact fp16 features to the host
-        return {"latent": z.half().cpu(), "ms": [m.half().cpu() for m in tap.maps]}
+        return BranchFeatures(latent=z.half().cpu(), ms=tuple(m.half().cpu() for m in tap.maps))

@@ -1,10 +1,13 @@
-"""PNG plots of a run: prediction vs MOS scatter and learning curves (matplotlib, headless)."""
+"""PNG plots (matplotlib, headless, written atomically): a fit's scatter and learning curves, a sweep's
+summary, an adaptation's loss curve."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import numpy as np
+
+from .files import atomic_path
 
 
 def _plt():
@@ -14,6 +17,12 @@ def _plt():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _save(fig, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    _plt().close(fig)
 
 
 def scatter(path: Path, pred: np.ndarray, mos: np.ndarray, groups: list[str], title: str) -> None:
@@ -30,8 +39,7 @@ def scatter(path: Path, pred: np.ndarray, mos: np.ndarray, groups: list[str], ti
     if len(set(groups)) <= 12:
         ax.legend(fontsize=6, markerscale=1.5)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
 
 
 def learning_curves(path: Path, histories: dict[str, list[dict]]) -> None:
@@ -49,5 +57,42 @@ def learning_curves(path: Path, histories: dict[str, list[dict]]) -> None:
     if len(histories) <= 12:
         axes[0, 0].legend(fontsize=6)
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    _save(fig, path)
+
+
+def sweep_summary(path: Path, summary: list[dict], title: str) -> None:
+    """Median SRCC and PLCC per configuration, best at the top."""
+    plt = _plt()
+    names = [s["config"] for s in summary][::-1]
+    srcc = np.nan_to_num([s["srcc_median"] for s in summary][::-1])
+    plcc = np.nan_to_num([s["plcc_median"] for s in summary][::-1])
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(names)), dpi=110)
+    ax.barh(y + 0.2, srcc, height=0.4, label="median SRCC")
+    ax.barh(y - 0.2, plcc, height=0.4, label="median PLCC")
+    ax.set_yticks(y, names, fontsize=8)
+    ax.set_xlim(min(0.0, float(min(srcc.min(), plcc.min()))), 1.0)
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
+def loss_curve(path: Path, rows: list[dict]) -> None:
+    """An adaptation's loss per step (raw and a running mean), log scale."""
+    plt = _plt()
+    steps = np.array([r["step"] for r in rows])
+    loss = np.array([r["loss"] for r in rows])
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax.plot(steps, loss, lw=0.6, alpha=0.5, label="loss")
+    w = max(1, len(loss) // 50)
+    if w > 1:
+        smooth = np.convolve(loss, np.ones(w) / w, mode="valid")
+        ax.plot(steps[w - 1:], smooth, lw=1.5, label=f"mean of {w}")
+    ax.set_xlabel("step")
+    ax.set_ylabel("noise-prediction MSE")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, path)

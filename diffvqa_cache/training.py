@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .config import known_fields
+from .config import Config
 from .data import VideoTable
-from .devices import resolve_device
+from .devices import autocast, resolve_device, training_dtype
 from .errors import UserInputError
 from .losses import LOSSES, quality_loss
 from .metrics import compute_metrics_ids
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Config):
     epochs: int = 30
     batch_size: int = 16  # videos per step
     lr: float = 1e-3
@@ -42,19 +41,8 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 2:
             raise UserInputError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "TrainConfig":
-        return cls(**known_fields(cls, d, "train settings"))
-
-
-
-def _autocast(device: torch.device, amp: bool):
-    if amp and device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    def precision(self, device: torch.device) -> str:
+        return training_dtype(device, "bf16" if self.amp else "fp32")
 
 
 @torch.no_grad()
@@ -67,7 +55,7 @@ def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, dev
         idx = np.arange(s, min(s + cfg.eval_batch_size, len(table)))
         acc = 0.0
         for c in range(n_crops):
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.precision(device)):
                 acc = acc + model(table.batch(idx, c, device))["score"].float().cpu().numpy()
         out[idx] = acc / n_crops
     return out
@@ -118,7 +106,7 @@ def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, see
             # one crop per (video, frame), drawn anew every epoch
             crop = gen.integers(0, n_crops, size=(len(idx), 1)) if n_crops > 1 else 0
             batch = train_table.batch(idx, crop, device)
-            with _autocast(device, cfg.amp):
+            with autocast(device, cfg.precision(device)):
                 pred = model(batch)["score"].float()
             loss = quality_loss(cfg.loss, pred, mos_z[idx].to(device), cfg.rank_weight)
             opt.zero_grad(set_to_none=True)

@@ -243,6 +243,8 @@ def write_clip(
     try:
         stream = container.add_stream(codec, rate=fps, options=options)
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if "threads" in options:  # PyAV sets its own thread count, which overrides the codec option
+            stream.codec_context.thread_count = int(options["threads"])
         if rotation:
             stream.set_display_rotation(rotation)
         for arr in frames:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .config import stable_seed
+from .seeds import stable_seed
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import DatasetError
-from .records import VIDEO_EXT, DatasetIndex, VideoRecord, safe_key
+from .records import VIDEO_EXT, Dataset, VideoRecord, safe_key
 
 DATASETS: tuple[str, ...] = ("kvd", "lvqc", "ytugc", "lsvq", "csv", "labels_txt", "sample")
 
@@ -126,7 +126,7 @@ _SPECS: dict[str, _Spec] = {
 
 def load_dataset(name: str, root: Path | str | None, labels: Path | str | None = None, limit: int | None = None,
                  video_column: str | None = None, mos_column: str | None = None,
-                 split_column: str | None = None) -> DatasetIndex:
+                 split_column: str | None = None) -> Dataset:
     """Read a dataset's labels and check which of its videos are on disk (no decoding).
 
     name: one of DATASETS; root: the dataset folder; labels: a label file to use instead of the one
@@ -140,10 +140,10 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
         from .sample import ensure_sample  # lazy: only the sample command needs it
 
         folder = ensure_sample(Path(root) if root is not None else None)
-        index = load_dataset("csv", folder, folder / "labels.csv", limit, video_column, mos_column, split_column)
-        index.name = "sample"
-        index.mos_range = (1.0, 5.0)  # the sample's synthetic MOS scale
-        return index
+        dataset = load_dataset("csv", folder, folder / "labels.csv", limit, video_column, mos_column, split_column)
+        dataset.name = "sample"
+        dataset.mos_range = (1.0, 5.0)  # the sample's synthetic MOS scale
+        return dataset
 
     spec = _SPECS[name]
     if root is None:
@@ -375,10 +375,10 @@ def _is_number(text: str) -> bool:
     return True
 
 
-# ---------------------------------------------------------------- building the index
+# ---------------------------------------------------------------- building the Dataset
 
 def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row],
-           limit: int | None) -> DatasetIndex:
+           limit: int | None) -> Dataset:
     """Sort rows into records (on disk), missing videos and problems (bad MOS, duplicated keys)."""
     records: list[VideoRecord] = []
     problems: list[str] = []
@@ -425,7 +425,7 @@ def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row
     found_count = len(records)
     if limit is not None:
         records = records[:limit]
-    return DatasetIndex(name=name, root=root, labels_file=labels_file, records=records, missing=missing,
+    return Dataset(name=name, root=root, labels_file=labels_file, records=records, missing=missing,
                         problems=problems, mos_range=mos_range, listed=len(rows), found=found_count)
 
 

@@ -1,4 +1,4 @@
-"""Plain records for a dataset's label file: one VideoRecord per usable row, plus a DatasetIndex."""
+"""Plain records for a dataset's label file: one VideoRecord per usable row, plus a Dataset."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ class VideoRecord:
 
 
 @dataclass
-class DatasetIndex:
+class Dataset:
     """What a label file lists, split into usable records, missing videos and problems."""
 
     name: str

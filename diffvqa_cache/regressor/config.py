@@ -7,16 +7,16 @@ switches used for ablations. All defaults are deliberately small.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
-from ..config import known_fields
+from ..config import Config
 from ..errors import UserInputError
 
 _BRANCHES = ("S", "D", "SD")
 
 
 @dataclass
-class RegressorConfig:
+class RegressorConfig(Config):
     branches: str = "SD"  # which cached views feed the head: "S", "D" or both ("SD": S weights, D quality)
     use_tcab: bool = True  # Mamba temporal-coherence block over view pixels
     use_tdm: bool = True  # temporal difference module (doubles the per-frame channels when on)
@@ -47,17 +47,3 @@ class RegressorConfig:
                 raise UserInputError(f"{name} must be a positive integer, got {value!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise UserInputError(f"dropout must be in [0, 1), got {self.dropout!r}")
-
-    def to_dict(self) -> dict:
-        """Plain JSON-able dict (tuples become lists)."""
-        out = asdict(self)
-        out["ms_levels"] = list(self.ms_levels)
-        return out
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "RegressorConfig":
-        """Inverse of `to_dict`; unknown keys are an error, not ignored."""
-        data = known_fields(cls, data, "RegressorConfig keys")
-        if "ms_levels" in data:
-            data["ms_levels"] = tuple(data["ms_levels"])
-        return cls(**data)

@@ -7,7 +7,8 @@ provides: ms_channels, latent_channels, grid, pixel_size, num_frames), which tog
 all that is needed to rebuild it from a checkpoint. `forward_features` / `forward_head` are the seam
 between the per-branch backbone and the head (timm style).
 
-Batch layout: batch[branch] = {"latent": (B,T,4,g,g), "ms": [L x (B,T,C_l,g,g)], "pixels": (B,T,3,P,P) uint8}.
+Batch layout: batch[branch] = BranchFeatures(latent (B,T,4,g,g), ms (L x (B,T,C_l,g_l,g_l) or None),
+pixels (B,T,3,P,P) uint8); DFF brings every level to the grid `g`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from ..branches import BranchFeatures
 from ..errors import UserInputError
 from .config import RegressorConfig
 from .dff import DFF
@@ -42,12 +44,12 @@ class BranchEncoder(nn.Module):
                      if config.use_tcab else None)
         self.feature_dim = config.fff_dim + (config.tcab_d_model if config.use_tcab else 0)
 
-    def forward(self, view: dict) -> torch.Tensor:
+    def forward(self, view: BranchFeatures) -> torch.Tensor:
         # 1. DFF -> TDM -> FFF on the diffusion features
-        features = self.fff(self.tdm(self.dff(view.get("latent"), view.get("ms", []))))
+        features = self.fff(self.tdm(self.dff(view.latent, view.ms)))
         # 2. TCAB on the view pixels, concatenated per frame
         if self.tcab is not None:
-            features = torch.cat([features, self.tcab(view["pixels"])], dim=-1)
+            features = torch.cat([features, self.tcab(view.pixels)], dim=-1)
         return features
 
 
@@ -69,7 +71,7 @@ class DiffVQARegressor(nn.Module):
                          self.branches["S"].feature_dim if config.branches == "SD" else None,
                          hidden=config.head_hidden, dropout=config.dropout)
 
-    def forward_features(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward_features(self, batch: dict[str, BranchFeatures]) -> dict[str, torch.Tensor]:
         """Per-branch per-frame features {branch: (B, T, feature_dim)} (concat of F_FFF and F_TCAB)."""
         return {name: encoder(batch[name]) for name, encoder in self.branches.items()}
 
@@ -79,7 +81,7 @@ class DiffVQARegressor(nn.Module):
             return self.head(features["D"], features["S"])
         return self.head(features[self.config.branches])
 
-    def forward(self, batch: dict) -> dict[str, torch.Tensor]:
+    def forward(self, batch: dict[str, BranchFeatures]) -> dict[str, torch.Tensor]:
         # 1. per-branch backbone (DFF -> TDM -> FFF, TCAB)
         features = self.forward_features(batch)
         # 2. head: score (B,), frame_quality (B, T), frame_weight (B, T)
