@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import functools
+import inspect
 import json
 import logging
 import os
+import types
+import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from diffvqa_cache.config import AdaptConfig, ExtractConfig
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -29,6 +34,51 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a t
 ModelOpt = Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")]
 RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision of --model.")]
 DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
+VideoColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the video path column.")]
+MosColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the MOS column.")]
+WorkersOpt = Annotated[Optional[int], typer.Option(help="Run the tasks on a local dask cluster of N worker processes.")]
+DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on this running dask scheduler "
+                                                              "(tcp://host:8786).")]
+
+
+def options_from(cls, panel: str, skip: tuple[str, ...] = ()):
+    """Give a command one option per field of the config dataclass `cls` (help text from the field's
+    declaration) and pass them to it built into `cfg` (through `cls.from_options` when defined), so a new
+    setting is declared once, in the dataclass."""
+
+    def optional(kind):
+        args = typing.get_args(kind)
+        if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
+            return Optional[next(a for a in args if a is not type(None))]
+        return kind
+
+    def decorate(fn):
+        own = inspect.signature(fn, eval_str=True)
+        hints = typing.get_type_hints(cls)
+        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters]
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                   annotation=Annotated[optional(hints[f.name]), typer.Option(help=f.metadata.get("help"),
+                                                                                         rich_help_panel=panel)])
+                 for f in fields]
+        build = getattr(cls, "from_options", cls)
+
+        @functools.wraps(fn)
+        def command(**kwargs):
+            from diffvqa_cache.errors import UserInputError
+
+            values = {f.name: kwargs.pop(f.name) for f in fields}
+            try:
+                cfg = build(**values)
+            except UserInputError:
+                raise
+            except (TypeError, ValueError) as exc:
+                raise UserInputError(str(exc)) from None
+            return fn(cfg=cfg, **kwargs)
+
+        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != "cfg"] + added)
+        return command
+
+    return decorate
 
 
 def known_errors(fn):
@@ -61,110 +111,54 @@ def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
-def _load_index(dataset: str, root: Optional[Path], labels: Optional[Path], limit: Optional[int],
-                video_column: Optional[str] = None, mos_column: Optional[str] = None, allow_problems: bool = False):
+def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], limit: Optional[int],
+                  video_column: Optional[str] = None, mos_column: Optional[str] = None, allow_problems: bool = False):
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.progress import err
 
-    index = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
-    index.check(allow_problems)
-    err.print(index.summary())
-    for line in index.problems[:20]:
+    data = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
+    data.check(allow_problems)
+    err.print(data.summary())
+    for line in data.problems[:20]:
         err.print(f"[yellow]problem[/] {line}")
-    if len(index.problems) > 20:
-        err.print(f"[yellow]... and {len(index.problems) - 20} more problems[/]")
-    return index
-
-
-@contextlib.contextmanager
-def _dask_client(workers: Optional[int], scheduler: Optional[str], gpu: bool = False):
-    """None (no dask), a Client of a LocalCluster of `workers` processes (each offering one GPU resource
-    with `gpu`), or one joined to `scheduler`."""
-    if workers is None and scheduler is None:
-        yield None
-        return
-    from diffvqa_cache.errors import UserInputError
-
-    if workers is not None and scheduler is not None:
-        raise UserInputError("give --workers (a local cluster) or --dask-scheduler (an existing one), not both")
-    from distributed import Client, LocalCluster
-
-    if scheduler is not None:
-        with Client(scheduler) as client:
-            yield client
-        return
-    if workers < 1:
-        raise UserInputError(f"--workers must be >= 1, got {workers}")
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=":0",
-                      resources={"GPU": 1} if gpu else None) as cluster, \
-            Client(cluster) as client:
-        yield client
+    if len(data.problems) > 20:
+        err.print(f"[yellow]... and {len(data.problems) - 20} more problems[/]")
+    return data
 
 
 @app.command()
 @known_errors
+@options_from(ExtractConfig, "Extraction settings (recorded in the cache)")
 def extract(
+    cfg: ExtractConfig,
     dataset: DatasetOpt = "sample",
     root: RootOpt = None,
     labels: LabelsOpt = None,
     out: Annotated[Path, typer.Option(help="Cache root; the cache goes to OUT/<dataset>/<fingerprint>.")] = Path("cache"),
-    model: ModelOpt = "tiny",
-    revision: RevisionOpt = None,
-    controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
-    frames: Annotated[Optional[int], typer.Option(help="Frames sampled uniformly per video.")] = 8,
-    fps: Annotated[Optional[float], typer.Option(help="Sample at a fixed rate instead of --frames.")] = None,
-    steps: Annotated[int, typer.Option(help="Reverse-chain steps (1-4 are the fast variants).")] = 50,
-    scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
-    timestep_spacing: Annotated[str, typer.Option(help="trailing (chains start at t=999), leading or linspace.")] = "trailing",
-    strength: Annotated[float, typer.Option(help="1: chain from pure noise (the paper); <1: from the noised input.")] = 1.0,
-    noise: Annotated[str, typer.Option(help="Start noise: shared (same for every video) or per-video.")] = "shared",
-    crops: Annotated[int, typer.Option(help="Cropped views per frame.")] = 1,
-    grid: Annotated[int, typer.Option(help="F_MS maps pooled to GRID x GRID.")] = 8,
-    view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
-    pixel_size: Annotated[int, typer.Option(help="Side of the view pixel copy kept for TCAB.")] = 224,
-    seed: Annotated[int, typer.Option(help="Seeds crops and start noise.")] = 0,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
-    batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
-    device: DeviceOpt = "auto",
-    shard_size: Annotated[int, typer.Option(help="Videos per HDF5 shard.")] = 32,
-    num_shards: Annotated[int, typer.Option(help="Split the shards into N parts (job arrays).")] = 1,
-    shard_index: Annotated[Optional[int], typer.Option(help="Which part to run (default $SLURM_ARRAY_TASK_ID or 0).")] = None,
+    num_parts: Annotated[int, typer.Option("--num-parts", "--num-shards",
+                                           help="Split the shards into N parts (job arrays): shard i is in part i % N.")] = 1,
+    part: Annotated[Optional[int], typer.Option("--part", "--shard-index",
+                                                help="Which part to run (default $SLURM_ARRAY_TASK_ID or 0).")] = None,
     limit: LimitOpt = None,
     allow_problems: AllowProblemsOpt = False,
     retry_failed: Annotated[bool, typer.Option(help="Recompute shards that recorded failed videos.")] = False,
     verify: Annotated[bool, typer.Option(help="Re-hash complete shards and recompute any that changed on disk.")] = False,
-    video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
-    mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Run shards as dask tasks on a local cluster of N worker "
-                                                        "processes.")] = None,
-    dask_scheduler: Annotated[Optional[str], typer.Option(help="Run shards as dask tasks on this dask scheduler "
-                                                               "(tcp://host:8786); GPU workers need --resources GPU=1.")] = None,
+    video_column: VideoColumnOpt = None,
+    mos_column: MosColumnOpt = None,
+    workers: WorkersOpt = None,
+    dask_scheduler: DaskSchedulerOpt = None,
 ) -> None:
     """Run the adapted SD once per video and write features into a sharded HDF5 cache."""
-    from diffvqa_cache.config import ExtractConfig
-    from diffvqa_cache.errors import UserInputError
-    from pipelines.extract import run_extract
-
-    if fps is not None:
-        frames = None
-    try:
-        cfg = ExtractConfig(model=model, revision=revision, controller=controller, scheduler=scheduler, steps=steps,
-                            timestep_spacing=timestep_spacing, strength=strength, noise=noise, frames=frames, fps=fps, crops=crops, view_size=view_size, grid=grid,
-                            pixel_size=pixel_size, seed=seed, dtype=dtype, batch_size=batch_size, device=device,
-                            shard_size=shard_size)
-    except ValueError as exc:
-        raise UserInputError(str(exc)) from None
-    if shard_index is None:
-        array_id = os.environ.get("SLURM_ARRAY_TASK_ID", os.environ.get("PBS_ARRAY_INDEX", 0))
-        shard_index = int(array_id) if num_shards > 1 else 0
-    if not 0 <= shard_index < num_shards:
-        raise UserInputError(f"--shard-index {shard_index} must be in 0..{num_shards - 1} for --num-shards {num_shards}")
-    index = _load_index(dataset, root, labels, limit, video_column, mos_column, allow_problems)
+    from diffvqa_cache.dask_cluster import check_dask_args, dask_client
     from diffvqa_cache.devices import resolve_device
+    from pipelines.extract import resolve_part, run_extract
 
-    with _dask_client(workers, dask_scheduler, gpu=resolve_device(device).type == "cuda") as client:
-        result = run_extract(index, cfg, out, num_shards=num_shards, shard_index=shard_index,
-                             retry_failed=retry_failed, client=client, verify=verify)
+    check_dask_args(workers, dask_scheduler)
+    part = resolve_part(num_parts, part)
+    data = _load_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
+    with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
+        result = run_extract(data, cfg, out, num_parts=num_parts, part=part, retry_failed=retry_failed, client=client,
+                             verify=verify)
     typer.echo(str(result.cache_dir))
     typer.echo(result.summary(), err=True)
     if result.failed:
@@ -178,15 +172,16 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
     """What a cache holds: fingerprint, settings, videos done, failed and missing, feature shapes."""
     from diffvqa_cache.cache import FeatureCache
 
-    info = FeatureCache(path).info()
+    cache = FeatureCache(path)
+    info = cache.info()
     if as_json:
         typer.echo(json.dumps(info, indent=1, default=str))
         return
-    ex = info["config"]["extract"]
+    config, ex = cache.config, cache.config.extract
     typer.echo(f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
-               f"model        {ex['model']} ({info['config']['model_id']}), controller {info['config']['controller_id']}\n"
-               f"settings     steps={ex['steps']} scheduler={ex['scheduler']} frames={ex['frames']} fps={ex['fps']} "
-               f"crops={ex['crops']} grid={ex['grid']} view={info['config']['view_size']} seed={ex['seed']} dtype={ex['dtype']}\n"
+               f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
+               f"settings     steps={ex.steps} sampler={ex.sampler} frames={ex.frames} fps={ex.fps} "
+               f"crops={ex.crops} grid={ex.grid} view={config.view_size} seed={ex.seed} dtype={ex.dtype}\n"
                f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
                f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB")
     for name, f in info["features"].items():
@@ -240,50 +235,23 @@ def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and
 
 @app.command()
 @known_errors
+@options_from(AdaptConfig, "Adaptation settings (recorded in OUT/adapt_config.json)")
 def adapt(
+    cfg: AdaptConfig,
     dataset: DatasetOpt = "sample",
     root: RootOpt = None,
     labels: LabelsOpt = None,
     out: Annotated[Path, typer.Option(help="Output Controller folder (pass it to extract --controller).")] = Path("controller"),
-    model: ModelOpt = "tiny",
-    revision: RevisionOpt = None,
-    controller: Annotated[Optional[str], typer.Option(help="Start from this Controller folder (default: zero-init).")] = None,
-    frames: Annotated[int, typer.Option(help="Frames sampled uniformly per video.")] = 8,
-    crops: Annotated[int, typer.Option(help="Cropped views per frame (besides the resized view).")] = 1,
-    limit: Annotated[Optional[int], typer.Option(help="Train on a seeded random subset of N videos.")] = None,
-    max_steps: Annotated[int, typer.Option(help="Optimizer steps.")] = 20000,
-    batch_size: Annotated[int, typer.Option(help="Latents per micro-batch.")] = 4,
-    grad_accum: Annotated[int, typer.Option(help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float, typer.Option(help="AdamW learning rate.")] = 1e-4,
-    warmup: Annotated[int, typer.Option(help="Linear warm-up steps.")] = 500,
-    weight_decay: Annotated[float, typer.Option(help="AdamW weight decay.")] = 1e-2,
-    max_grad_norm: Annotated[float, typer.Option(help="Gradient clipping norm (0: none).")] = 1.0,
-    save_every: Annotated[int, typer.Option(help="Checkpoint every N steps (0: only at the end).")] = 1000,
-    keep_checkpoints: Annotated[int, typer.Option(help="Checkpoints kept in OUT/checkpoints.")] = 2,
     resume: Annotated[bool, typer.Option(help="Continue from the latest checkpoint in --out.")] = False,
-    seed: Annotated[int, typer.Option(help="Seeds crops, video subset, frame order, timesteps and noise.")] = 0,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast, CUDA only).")] = "fp32",
-    gradient_checkpointing: Annotated[bool, typer.Option(help="Trade compute for memory.")] = False,
-    device: DeviceOpt = "auto",
-    video_column: Annotated[Optional[str], typer.Option(help="csv: the video path column.")] = None,
-    mos_column: Annotated[Optional[str], typer.Option(help="csv: the MOS column.")] = None,
+    video_column: VideoColumnOpt = None,
+    mos_column: MosColumnOpt = None,
     allow_problems: AllowProblemsOpt = False,
 ) -> None:
     """Stage zero: train the Controller so SD reconstructs a dataset's frames (only the Controller learns)."""
-    from diffvqa_cache.adaptation import AdaptConfig
-    from diffvqa_cache.errors import UserInputError
     from pipelines.adapt import run_adapt
 
-    try:
-        cfg = AdaptConfig(model=model, revision=revision, controller=controller, frames=frames, crops=crops,
-                          limit=limit, max_steps=max_steps, batch_size=batch_size, grad_accum=grad_accum, lr=lr,
-                          warmup=warmup, weight_decay=weight_decay, max_grad_norm=max_grad_norm, seed=seed,
-                          dtype=dtype, gradient_checkpointing=gradient_checkpointing, save_every=save_every,
-                          keep_checkpoints=keep_checkpoints, device=device)
-    except ValueError as exc:
-        raise UserInputError(str(exc)) from None
-    index = _load_index(dataset, root, labels, None, video_column, mos_column, allow_problems)
-    result = run_adapt(index, cfg, out, resume=resume)
+    data = _load_dataset(dataset, root, labels, None, video_column, mos_column, allow_problems)
+    result = run_adapt(data, cfg, out, resume=resume)
     typer.echo(str(result.out))
     typer.echo(result.summary(), err=True)
 
@@ -299,7 +267,7 @@ def reconstruct(
     frames: Annotated[int, typer.Option(help="Frames sampled uniformly (one row each).")] = 1,
     steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
     strength: Annotated[float, typer.Option(help="As extract --strength.")] = 1.0,
-    scheduler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
+    sampler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
     seed: Annotated[int, typer.Option(help="As extract --seed (start noise).")] = 0,
     key: Annotated[Optional[str], typer.Option(help="The video's key in the dataset (seeds the noise as extract "
                                                     "does; default: the file name without extension).")] = None,
@@ -311,7 +279,7 @@ def reconstruct(
     from pipelines.reconstruct import run_reconstruct
 
     result = run_reconstruct(video, out, model=model, controller=controller, revision=revision, frames=frames,
-                             steps=steps, scheduler=scheduler, seed=seed, key=key, view_size=view_size, strength=strength,
+                             steps=steps, sampler=sampler, seed=seed, key=key, view_size=view_size, strength=strength,
                              dtype=dtype, device=device)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
@@ -349,7 +317,8 @@ def fit(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
 ) -> None:
     """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
-    from pipelines.fit import format_summary, load_fit_config, run_fit
+    from diffvqa_cache.fitting import load_fit_config
+    from pipelines.fit import format_summary, run_fit
 
     overrides = _parse_sets(set_)
     for name, value in (("protocol", protocol), ("splits", splits), ("train.epochs", epochs), ("seed", seed),
@@ -404,26 +373,25 @@ def sweep(
     grid: Annotated[Path, typer.Option(help="YAML of configurations: a list of named overrides or a grid "
                                             "(setting: [values]); see pipelines/ablations.yaml.")],
     out: Annotated[Path, typer.Option(help="Sweep directory (tasks/, results.csv, summary.*).")],
-    workers: Annotated[Optional[int], typer.Option(help="Local cluster worker processes (default: one per core, "
-                                                        "at most one per task).")] = None,
-    scheduler: Annotated[Optional[str], typer.Option("--scheduler", "--dask-scheduler",
-                                                     help="Join an existing dask scheduler (tcp://host:8786).")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Local dask cluster of N worker processes (default: one "
+                                                        "per core, at most one per task).")] = None,
+    dask_scheduler: Annotated[Optional[str], typer.Option("--dask-scheduler", "--scheduler",
+                                                          help="Run the tasks on this running dask scheduler "
+                                                               "(tcp://host:8786).")] = None,
     serial: Annotated[bool, typer.Option(help="No dask: run the tasks one by one in this process.")] = False,
     splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of splits (default 10).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seeds splits and training (split i uses seed + i).")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of every configuration.")] = None,
 ) -> None:
     """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
-    from diffvqa_cache.errors import UserInputError
     from pipelines.sweep import format_summary, run_sweep
 
-    if workers is not None and scheduler is not None:
-        raise UserInputError("give --workers (a local cluster) or --scheduler (an existing one), not both")
     overrides = _parse_sets(set_)
     for name, value in (("splits", splits), ("seed", seed)):
         if value is not None:
             overrides[name] = value
-    result = run_sweep(cache, grid, out, workers=workers, scheduler=scheduler, serial=serial, overrides=overrides)
+    result = run_sweep(cache, grid, out, workers=workers, scheduler_address=dask_scheduler, serial=serial,
+                       overrides=overrides)
     typer.echo(format_summary(result))
     if result.failed:
         typer.echo(f"{len(result.failed)} task(s) failed (see {out}/summary.md); a rerun retries only those", err=True)

@@ -15,14 +15,16 @@ import numpy as np
 import torch
 
 from diffvqa_cache import __version__
-from diffvqa_cache.adaptation import AdaptConfig, Adapter, list_checkpoints, plot_losses
-from diffvqa_cache.cache import write_json_atomic
-from diffvqa_cache.config import stable_seed
-from diffvqa_cache.datasets import DatasetIndex
+from diffvqa_cache.adaptation import Adapter, list_checkpoints
+from diffvqa_cache.config import AdaptConfig
+from diffvqa_cache.datasets import Dataset
+from diffvqa_cache.devices import resolve_device, training_dtype
 from diffvqa_cache.errors import DiffVQAError, UserInputError
+from diffvqa_cache.extraction import decode_views
+from diffvqa_cache.files import remove_leftovers, write_json_atomic, write_text_atomic
+from diffvqa_cache.plots import loss_curve
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.devices import resolve_device
-from pipelines.extract import decode_views
+from diffvqa_cache.seeds import stable_seed
 
 
 @dataclass
@@ -43,9 +45,9 @@ class AdaptResult:
                 f"final loss {np.mean(last):.4g} (mean of last {len(last)}) in {self.seconds:.1f} s")
 
 
-def pick_records(index: DatasetIndex, limit: int | None, seed: int) -> list:
+def pick_records(dataset: Dataset, limit: int | None, seed: int) -> list:
     """All usable records, or a seeded random subset of `limit` of them (in label-file order)."""
-    records = index.records
+    records = dataset.records
     if limit is None or limit >= len(records):
         return list(records)
     rng = np.random.default_rng(stable_seed("adapt-videos", seed))
@@ -58,13 +60,13 @@ def encode_dataset(records: list, fx, size: int, cfg: AdaptConfig, progress: boo
     latents, failed = [], []
     with bar("decode + encode", len(records), progress) as pbar:
         for rec in records:
-            _key, _indices, views, reason = decode_views(rec, size, cfg.crops, cfg.seed, cfg.frames)
-            if reason is not None:  # one bad video never stops the others
-                failed.append({"video": rec.key, "reason": reason})
-                err.print(f"[red]failed[/] {rec.key}: {reason}")
+            video = decode_views(rec, size, cfg.crops, cfg.seed, cfg.frames)
+            if video.error is not None:  # one bad video never stops the others
+                failed.append({"video": rec.key, "reason": video.error})
+                err.print(f"[red]failed[/] {rec.key}: {video.error}")
                 pbar.update(advance=1)
                 continue
-            imgs = np.concatenate([views["S"], views["D"].reshape(-1, size, size, 3)])
+            imgs = np.concatenate([video.views["S"], video.views["D"].reshape(-1, size, size, 3)])
             for i in range(0, len(imgs), cfg.batch_size):
                 latents.append(fx.encode(torch.from_numpy(imgs[i:i + cfg.batch_size])).cpu())
             pbar.update(advance=1)
@@ -80,7 +82,7 @@ def _read_log(path: Path, upto: int) -> list[dict]:
     return [r for r in rows if r["step"] <= upto]
 
 
-def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = False,
+def run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool = False,
               progress: bool = True) -> AdaptResult:
     """Train the Controller for cfg.max_steps steps into OUT (resuming from OUT's latest checkpoint if asked)."""
     from diffvqa_cache.backbone import load_backbone
@@ -96,7 +98,7 @@ def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = F
     state = None
     if resume and ckpts:
         state = json.loads((ckpts[-1] / "state.json").read_text())
-        old = AdaptConfig(**state["config"])
+        old = AdaptConfig.from_dict(state["config"], f"the checkpointed run's settings ({ckpts[-1]})")
         diff = {k: (old.checked()[k], v) for k, v in cfg.checked().items() if old.checked().get(k) != v}
         if diff:
             raise UserInputError(f"--resume: settings differ from the checkpointed run ({diff}); "
@@ -107,6 +109,7 @@ def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = F
     if start >= cfg.max_steps:
         raise UserInputError(f"--resume: the checkpoint is already at step {start} >= --max-steps {cfg.max_steps}")
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
 
     # 2. the backbone, and the dataset's latents z0 (computed once, kept in memory)
     device = resolve_device(cfg.device)
@@ -115,8 +118,8 @@ def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = F
     bb = load_backbone(cfg.model, cfg.controller, cfg.revision)
     if bb.is_tiny:
         err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only[/]")
-    fx = FeatureExtractor(bb, steps=1, dtype=cfg.dtype if device.type == "cuda" else "fp32", device=device)
-    records = pick_records(index, cfg.limit, cfg.seed)
+    fx = FeatureExtractor(bb, steps=1, dtype=training_dtype(device, cfg.dtype), device=device)
+    records = pick_records(dataset, cfg.limit, cfg.seed)
     latents, failed = encode_dataset(records, fx, bb.native_size, cfg, progress)
     err.print(f"{len(latents)} views of {len(records) - len(failed)} videos encoded "
               f"({latents.numel() * 4 / 1e6:.0f} MB of latents in memory)")
@@ -130,7 +133,7 @@ def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = F
         seconds = float(state.get("seconds", 0.0))
         err.print(f"resuming from {ckpts[-1]} (step {start})")
     rows = _read_log(log_path, start)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    write_text_atomic(log_path, "".join(json.dumps(r) + "\n" for r in rows))
 
     # 4. the training loop: one log line per step, a checkpoint every save_every steps
     result = AdaptResult(out, start, start, videos=len(records) - len(failed), views=len(latents), failed=failed)
@@ -157,12 +160,12 @@ def run_adapt(index: DatasetIndex, cfg: AdaptConfig, out: Path, resume: bool = F
     bb.controller.save_pretrained(out)
     tail = [r["loss"] for r in rows[-100:]]
     write_json_atomic(out / "adapt_config.json", {
-        **cfg.to_dict(), "model_id": bb.model_id, "init_controller_id": bb.controller_id, "dataset": index.name,
-        "dataset_root": str(index.root), "videos": result.videos, "views": result.views, "failed": failed,
+        **cfg.to_dict(), "model_id": bb.model_id, "init_controller_id": bb.controller_id, "dataset": dataset.name,
+        "dataset_root": str(dataset.root), "videos": result.videos, "views": result.views, "failed": failed,
         "steps": cfg.max_steps, "final_loss": rows[-1]["loss"], "final_loss_mean100": float(np.mean(tail)),
         "prediction_type": trainer.prediction, "seconds": el, "package_version": __version__,
         "device": str(device), "torch_version": torch.__version__,
     })
-    plot_losses(rows, out / "loss.png")
+    loss_curve(out / "loss.png", rows)
     result.seconds = time.perf_counter() - t0
     return result

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from diffvqa_cache.config import ExtractConfig
 from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.files import write_text_atomic
 from diffvqa_cache.progress import err
 
 # Fit settings that suit the sample's 96 short clips on a 2-core CPU; TCAB (the Mamba block) is the
@@ -44,20 +45,21 @@ class DemoResult:
 
 def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 40, sweep: bool = True,
              workers: int | None = None, progress: bool = True) -> DemoResult:
-    from diffvqa_cache.adaptation import AdaptConfig
+    from diffvqa_cache.config import AdaptConfig
+    from diffvqa_cache.fitting import FitConfig
     from pipelines.adapt import run_adapt
     from pipelines.extract import run_extract
-    from pipelines.fit import FitConfig, run_fit
+    from pipelines.fit import run_fit
 
     out = Path(out)
     seconds = {}
-    index = load_dataset("sample", None)
+    dataset = load_dataset("sample", None)
     # 1. a short Controller adaptation (skipped when a finished one is there)
     t = time.perf_counter()
     controller = out / "controller"
     if not (controller / "adapt_config.json").is_file():
         err.print("[bold]1/4 adapt[/]: training the Controller to reconstruct the sample's frames")
-        run_adapt(index, AdaptConfig(model="tiny", frames=2, limit=12, max_steps=adapt_steps, batch_size=4,
+        run_adapt(dataset, AdaptConfig(model="tiny", frames=2, limit=12, max_steps=adapt_steps, batch_size=4,
                                      lr=2e-3, warmup=5, save_every=0), controller, resume=False, progress=progress)
     seconds["adapt"] = time.perf_counter() - t
     # 2. features once per video into the cache
@@ -66,7 +68,7 @@ def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 
     # strength 0.5: the tiny random model's features then follow the pixels (see README, "The demo")
     cfg = ExtractConfig(model="tiny", controller=str(controller), steps=2, strength=0.5, frames=4, crops=1, grid=4,
                         pixel_size=64, batch_size=16, shard_size=16)
-    cache_dir = run_extract(index, cfg, out / "cache", progress=progress).cache_dir
+    cache_dir = run_extract(dataset, cfg, out / "cache", progress=progress).cache_dir
     seconds["extract"] = time.perf_counter() - t
     # 3. the regressor under the random-split protocol
     t = time.perf_counter()
@@ -83,7 +85,7 @@ def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 
         err.print("[bold]4/4 sweep[/]: ablations over the same cache, no re-extraction")
         sweep_dir = out / "sweep"
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        (sweep_dir / "ablations.yaml").write_text(DEMO_ABLATIONS)
+        write_text_atomic(sweep_dir / "ablations.yaml", DEMO_ABLATIONS)
         rows = run_sweep(cache_dir, sweep_dir / "ablations.yaml", sweep_dir, workers=workers, serial=not workers,
                          overrides={"splits": min(splits, 2)}, progress=progress).summary
         seconds["sweep"] = time.perf_counter() - t

@@ -6,17 +6,16 @@ and the score is their mean. The same video gives the same score every time (see
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
-from diffvqa_cache.config import ExtractConfig, fingerprint
 from diffvqa_cache.data import LoadSpec, VideoTable, video_tensors
 from diffvqa_cache.datasets import VideoRecord, safe_key
-from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.progress import bar, err
 from diffvqa_cache.devices import resolve_device
+from diffvqa_cache.errors import CacheError, UserInputError
+from diffvqa_cache.fitting import RunConfig, load_run_models
+from diffvqa_cache.progress import bar, err
 from diffvqa_cache.training import TrainConfig, predict_raw
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
@@ -43,28 +42,24 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
                 device: str = "auto", batch_size: int = 8, progress: bool = True) -> list[dict]:
     """[{video, path, score} or {video, path, error}] for every input video."""
     from diffvqa_cache.backbone import identify
-    from pipelines.extract import ViewEncoder, decode_views
-    from pipelines.fit import open_run_model
+    from diffvqa_cache.config import CacheConfig
+    from diffvqa_cache.extraction import ViewEncoder, decode_views
 
-    run = Path(run)
-    try:
-        run_cfg = json.loads((run / "config.json").read_text())
-    except OSError:
-        raise UserInputError(f"--run {run}: no config.json; pass a run directory written by `diffvqa-cache fit`") from None
-    ext = run_cfg["extract"]
+    run_cfg = RunConfig.read(run)
     # 1. the extraction settings the run was trained on; the model files must be the same ones
-    cfg = ExtractConfig.from_dict({**ext["extract"], "device": device, "batch_size": batch_size,
-                                   **({"model": model} if model else {}),
-                                   **({"controller": controller} if controller else {})})
-    model_id, controller_id, native = identify(cfg.model, cfg.controller, cfg.revision)
-    if fingerprint(cfg, model_id, controller_id, ext["view_size"]) != run_cfg["fingerprint"]:
+    recorded = run_cfg.cache
+    cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
+                                   controller=controller or recorded.extract.controller)
+    config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
+                                recorded.mos_range)
+    if config.fingerprint != run_cfg.fingerprint:
         raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was trained "
-                         f"with ({ext['model_id']}, {ext['controller_id']}); pass those with --model/--controller")
+                         f"with ({recorded.model_id}, {recorded.controller_id}); pass those with --model/--controller")
     dev = resolve_device(device)
-    models = open_run_model(run, run_cfg["fingerprint"], dev)
-    load_spec = LoadSpec(**{**models[0][1]["load_spec"], "ms_levels": tuple(models[0][1]["load_spec"]["ms_levels"])})
+    models = load_run_models(run, run_cfg.fingerprint, dev)
+    load_spec = LoadSpec.from_dict(models[0][1]["load_spec"])
     spec = models[0][1]["feature_spec"]
-    encoder = ViewEncoder(cfg, ext, dev)
+    encoder = ViewEncoder(config, dev)
     train_cfg = TrainConfig(device=str(dev))
     # 2. one video at a time: decode, features, ensemble score on the MOS scale
     results = []
@@ -72,20 +67,15 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
     with bar("predict", len(files), progress) as pb:
         for path in files:
             key = safe_key(path.name)
-            record = VideoRecord(key, path, float("nan"))
-            _, fidx, views, reason = decode_views(record, ext["view_size"], cfg.crops, cfg.seed, cfg.frames, cfg.fps,
-                                                  cfg.backend)
-            if reason is not None:
-                results.append({"video": key, "path": str(path), "error": reason})
-                err.print(f"[red]failed[/] {path}: {reason}")
+            decoded = decode_views(VideoRecord(key, path, float("nan")), config.view_size, cfg.crops, cfg.seed,
+                                   cfg.frames, cfg.fps, cfg.backend)
+            if decoded.error is not None:
+                results.append({"video": key, "path": str(path), "error": decoded.error})
+                err.print(f"[red]failed[/] {path}: {decoded.error}")
                 pb.update(advance=1)
                 continue
-            feats = encoder.encode_stream([(key, fidx, views)])[0]
-            arrays = {"frame_index": feats.frame_index, **feats.arrays}
-            tensors = video_tensors(arrays, load_spec, spec["grid"], spec["num_frames"])
-            table = VideoTable([key], np.array([np.nan]), [""],
-                               {b: {n: ([None if m is None else m[None] for m in t] if n == "ms" else t[None]) for n, t in v.items()}
-                                for b, v in tensors.items()})
+            feats = encoder.encode_stream([decoded])[0]
+            table = VideoTable.of_video(key, video_tensors(feats, load_spec, spec["grid"], spec["num_frames"]))
             scores = [predict_raw(m, table, train_cfg, dev)[0] * meta["scale"][0] + meta["scale"][1]
                       for m, meta in models]
             results.append({"video": key, "path": str(path), "score": float(np.mean(scores))})

@@ -16,14 +16,15 @@ import torch
 
 from diffvqa_cache import __version__
 from diffvqa_cache.adaptation import psnr, ssim
-from diffvqa_cache.cache import write_json_atomic
-from diffvqa_cache.config import DTYPES, SCHEDULERS, ExtractConfig, noise_seed
+from diffvqa_cache.config import DTYPES, NOISE_MODES, SAMPLERS, one_of
 from diffvqa_cache.datasets import safe_key
+from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.files import atomic_path, write_json_atomic
 from diffvqa_cache.progress import err
+from diffvqa_cache.seeds import noise_seed
 from diffvqa_cache.video import load_video_frames
 from diffvqa_cache.views import make_views
-from diffvqa_cache.devices import resolve_device
 
 ERROR_GAIN = 4.0  # the error map shows min(255, 4 * |view - reconstruction|), channel mean, as a heat map
 
@@ -59,7 +60,7 @@ def decode_latents(bb, z: torch.Tensor, device: torch.device) -> np.ndarray:
 
 
 def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str | None = None,
-                    revision: str | None = None, frames: int = 1, steps: int = 50, scheduler: str = "ddim",
+                    revision: str | None = None, frames: int = 1, steps: int = 50, sampler: str = "ddim",
                     seed: int = 0, key: str | None = None, view_size: int | None = None, dtype: str = "fp32",
                     device: str = "auto", strength: float = 1.0, noise: str = "shared") -> ReconstructResult:
     """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json."""
@@ -68,10 +69,9 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     from diffvqa_cache.backbone import load_backbone
     from diffvqa_cache.features import FeatureExtractor
 
-    if scheduler not in SCHEDULERS:
-        raise UserInputError(f"--scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-    if dtype not in DTYPES:
-        raise UserInputError(f"--dtype must be one of {DTYPES}, got {dtype!r}")
+    one_of("--sampler", sampler, SAMPLERS)
+    one_of("--dtype", dtype, DTYPES)
+    one_of("--noise", noise, NOISE_MODES)
     if frames < 1 or steps < 1:
         raise UserInputError("--frames and --steps must be >= 1")
     out = Path(out)
@@ -87,10 +87,9 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     pixels, indices, _info, _ = load_video_frames(video, n_frames=frames)
     views = make_views(pixels, indices, key, size, 1, seed)["S"]
     # 2. stage one's reverse chain with stage one's start-noise seeds; decode z0_hat
-    fx = FeatureExtractor(bb, steps=steps, scheduler=scheduler, grid=1, dtype=dtype, device=dev, strength=strength)
-    seed_cfg = ExtractConfig(seed=seed, noise=noise, frames=frames)
-    seeds = [noise_seed(seed_cfg, key, t, "S", 0) for t in range(len(indices))]
-    latents = fx(torch.from_numpy(views), seeds)["latent"]
+    fx = FeatureExtractor(bb, steps=steps, sampler=sampler, grid=1, dtype=dtype, device=dev, strength=strength)
+    seeds = [noise_seed(seed, noise, key, t, "S", 0) for t in range(len(indices))]
+    latents = fx(torch.from_numpy(views), seeds).latent
     recon = decode_latents(bb, latents, dev)
     # the VAE alone (decode(z0)) bounds what any chain can reach: report it, and the chain's error against it
     z0 = fx.encode(torch.from_numpy(views)).cpu()
@@ -103,10 +102,11 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
                           "vae_psnr": psnr(v, vae_only[n]), "psnr_vs_vae": psnr(vae_only[n], r),
                           "latent_mse": float(((latents[n].float() - z0[n]) ** 2).mean())})
     out.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.concatenate(rows, axis=0)).save(out)
+    with atomic_path(out) as tmp:
+        Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
     report = {
         "video": str(video), "key": key, "model": model, "model_id": bb.model_id, "controller": controller,
-        "controller_id": bb.controller_id, "steps": steps, "scheduler": scheduler, "seed": seed,
+        "controller_id": bb.controller_id, "steps": steps, "sampler": sampler, "seed": seed,
         "view_size": size, "dtype": dtype, "error_gain": ERROR_GAIN, "frames": per_frame,
         "mean": {m: float(np.mean([f[m] for f in per_frame])) for m in per_frame[0] if m != "frame_index"},
         "columns": ["view", "reconstruction", "abs error"], "package_version": __version__,

@@ -8,7 +8,6 @@ retried). Results: `results.csv` (one row per task), `summary.csv`, `summary.md`
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import itertools
 import json
@@ -21,10 +20,15 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffvqa_cache.cache import FeatureCache, write_json_atomic
+from diffvqa_cache.cache import FeatureCache
+from diffvqa_cache.dask_cluster import check_dask_args, dask_client, default_workers
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
+from diffvqa_cache.fitting import FitConfig, fit_split
 from diffvqa_cache.metrics import METRIC_KEYS
+from diffvqa_cache.plots import sweep_summary
 from diffvqa_cache.progress import bar, err
+from diffvqa_cache.protocols import Split, plan_splits
 
 # Settings that define the splits: the same for every configuration (set them in `base:` or on the CLI).
 SPLIT_SETTINGS = ("protocol", "splits", "test_fraction", "seed")
@@ -101,18 +105,18 @@ class SweepTask:
     config: str  # configuration name
     overrides: dict  # the configuration's own overrides
     base: dict  # overrides applied to every configuration (grid `base:`, CLI)
-    split: dict  # {"name", "train", "test": {name: keys}}
+    split: Split
     seed: int  # as fit: split i trains with seed + i
     fingerprint: str
 
     @property
     def file(self) -> str:
-        return f"{self.config}__{self.split['name']}.json"
+        return f"{self.config}__{self.split.name}.json"
 
     @property
     def task_id(self) -> str:
         """Changes whenever anything the result depends on changes (then a rerun recomputes it)."""
-        blob = json.dumps([self.base, self.overrides, self.split, self.seed, self.fingerprint], sort_keys=True,
+        blob = json.dumps([self.base, self.overrides, self.split.to_dict(), self.seed, self.fingerprint], sort_keys=True,
                           default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -136,17 +140,15 @@ def cached_table(cache_path: str, spec):
 
 def run_task(cache_path: str, task: SweepTask, out: Path) -> dict:
     """Fit one (configuration, split) and write its result file; errors are recorded, never raised."""
-    from pipelines.fit import FitConfig, fit_split
-
     t0 = time.perf_counter()
-    result = {"config": task.config, "split": task.split["name"], "overrides": task.overrides, "base": task.base,
+    result = {"config": task.config, "split": task.split.name, "overrides": task.overrides, "base": task.base,
               "seed": task.seed, "task_id": task.task_id, "n_train": None, "best_epoch": None, "metrics": {},
               "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         cfg = FitConfig().with_overrides({**task.base, **task.overrides})
         fitted = fit_split(cached_table(cache_path, cfg.load_spec()), task.split, cfg, task.seed)
         result.update(n_train=fitted.entry["n_train"], best_epoch=fitted.entry["best_epoch"],
-                      metrics={t: fitted.entry[t] for t in task.split["test"]})
+                      metrics={t: fitted.entry[t] for t in task.split.test})
     except Exception as exc:  # one bad configuration never stops the others
         result["error"] = f"{type(exc).__name__}: {exc}"
     result["seconds"] = round(time.perf_counter() - t0, 3)
@@ -168,12 +170,11 @@ def read_task_result(out: Path, task: SweepTask) -> dict | None:
 
 def plan_tasks(cache_path: Path, base: dict, configs: list[tuple[str, dict]]) -> tuple[FeatureCache, str, list[SweepTask]]:
     """The cache's protocol and splits (planned as `fit` does, from the base settings) x configurations."""
-    from pipelines.fit import FitConfig, plan_splits
-
     cache = FeatureCache(cache_path)
     base_cfg = FitConfig().with_overrides(base)
     cache.check_complete(base_cfg.verify)  # once, in the driver: the tasks then trust the checksummed shards
-    protocol, splits = plan_splits(base_cfg, cache, None)
+    protocol, splits = plan_splits(base_cfg.protocol, cache, None, base_cfg.splits, base_cfg.test_fraction,
+                                   base_cfg.seed)
     tasks = [SweepTask(name, overrides, base, split, base_cfg.seed + i, cache.fingerprint)
              for name, overrides in configs for i, split in enumerate(splits)]
     return cache, protocol, tasks
@@ -191,22 +192,20 @@ class SweepResult:
     seconds: float = 0.0
 
 
-def default_workers(n_tasks: int) -> int:
-    return max(1, min(n_tasks, os.cpu_count() or 1))
-
-
-def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = None, scheduler: str | None = None,
+def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = None, scheduler_address: str | None = None,
               serial: bool = False, overrides: dict | None = None, progress: bool = True) -> SweepResult:
     """Run every (configuration, split) task not done yet, serially or on a dask cluster; write summaries."""
+    check_dask_args(workers, scheduler_address)
     t0 = time.perf_counter()
     out = Path(out)
     base, configs = load_grid(grid)
     base = {**base, **(overrides or {})}
     cache, protocol, tasks = plan_tasks(cache_path, base, configs)
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(out)
     write_json_atomic(out / "sweep.json", {
         "cache": str(cache.path), "fingerprint": cache.fingerprint, "grid": str(grid), "protocol": protocol,
-        "base": base, "configs": dict(configs), "splits": [t.split for t in tasks[:len(tasks) // len(configs)]]})
+        "base": base, "configs": dict(configs), "splits": [t.split.to_dict() for t in tasks[:len(tasks) // len(configs)]]})
 
     def done(t: SweepTask) -> bool:
         r = read_task_result(out, t)
@@ -221,8 +220,8 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
             for t in todo:
                 _report(run_task(cache_str, t, out), pbar)
         else:
-            _run_on_cluster(cache_str, todo, out, workers, scheduler, pbar)
-    results = [read_task_result(out, t) or {"config": t.config, "split": t.split["name"], "overrides": t.overrides,
+            _run_on_cluster(cache_str, todo, out, workers, scheduler_address, pbar)
+    results = [read_task_result(out, t) or {"config": t.config, "split": t.split.name, "overrides": t.overrides,
                                             "error": "no result written", "metrics": {}} for t in tasks]
     summary = write_results(out, results, [n for n, _ in configs], protocol, cache)
     return SweepResult(out, protocol, len(todo), len(tasks) - len(todo), [r for r in results if r.get("error")],
@@ -235,34 +234,23 @@ def _report(result: dict, pbar) -> None:
     pbar.update(advance=1, info=f"{result['config']} {result['split']}")
 
 
-def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler: str | None,
+def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler_address: str | None,
                     pbar) -> None:
-    """Submit one task per (configuration, split) to a LocalCluster or the scheduler at `scheduler`."""
-    from distributed import Client, LocalCluster, as_completed
+    """Submit one task per (configuration, split) to a LocalCluster or the scheduler at `scheduler_address`."""
+    from distributed import as_completed
 
-    cluster = None
-    if scheduler:
-        client = Client(scheduler)
-    else:
-        cluster = LocalCluster(n_workers=workers or default_workers(len(todo)), threads_per_worker=1,
-                               processes=True, dashboard_address=":0")
-        client = Client(cluster)
-    try:
-        futures = {client.submit(run_task, cache_path, t, out, pure=False, key=f"sweep-{t.config}-{t.split['name']}-{t.task_id}"): t
-                   for t in todo}
+    with dask_client(None if scheduler_address else workers or default_workers(len(todo)), scheduler_address) as client:
+        futures = {client.submit(run_task, cache_path, t, out, pure=False,
+                                 key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
         for fut in as_completed(futures):
             t = futures[fut]
             try:
                 result = fut.result()
             except Exception as exc:  # the worker died (memory?): record it like any failure
-                result = {"config": t.config, "split": t.split["name"], "overrides": t.overrides, "base": t.base,
+                result = {"config": t.config, "split": t.split.name, "overrides": t.overrides, "base": t.base,
                           "task_id": t.task_id, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}
                 write_task_result(out, t, result)
             _report(result, pbar)
-    finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
 
 
 # ---------------------------------------------------------------- results
@@ -288,7 +276,7 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
         for t, ms in r.get("metrics", {}).items():
             row.update({(m if t == primary else f"{t}_{m}"): ms.get(m) for m in METRIC_KEYS})
         rows.append(row)
-    _write_csv(out / "results.csv", cols, rows)
+    write_csv_atomic(out / "results.csv", cols, rows)
     summary = []
     for name in order:
         mine = [r for r in results if r["config"] == name]
@@ -301,8 +289,8 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
             "error": next((r["error"] for r in mine if r.get("error")), ""),
         })
     summary.sort(key=lambda s: -s["srcc_median"] if not math.isnan(s["srcc_median"]) else math.inf)
-    _write_csv(out / "summary.csv", list(summary[0]) if summary else ["config"], summary)
-    lines = [f"# Sweep on {cache.config.get('dataset')} ({cache.fingerprint})", "",
+    write_csv_atomic(out / "summary.csv", list(summary[0]) if summary else ["config"], summary)
+    lines = [f"# Sweep on {cache.config.dataset} ({cache.fingerprint})", "",
              f"Protocol {protocol}, test set `{primary}`; medians over splits; sorted by median SRCC.", "",
              "| config | median SRCC | median PLCC | splits | failed | overrides |", "| --- | --- | --- | --- | --- | --- |"]
     lines += [f"| {s['config']} | {s['srcc_median']:.4f} | {s['plcc_median']:.4f} | {s['n_splits']} | {s['n_failed']} | "
@@ -310,40 +298,9 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
     failed = [s for s in summary if s["error"]]
     if failed:
         lines += ["", "Failures (first error per config):", ""] + [f"- {s['config']}: {s['error']}" for s in failed]
-    (out / "summary.md").write_text("\n".join(lines) + "\n")
-    _plot(out / "summary.png", summary, f"{cache.config.get('dataset')} {protocol}")
+    write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
+    sweep_summary(out / "summary.png", summary, f"{cache.config.dataset} {protocol}")
     return summary
-
-
-def _write_csv(path: Path, cols: list[str], rows: list[dict]) -> None:
-    tmp = path.with_name(path.name + ".incomplete")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _plot(path: Path, summary: list[dict], title: str) -> None:
-    import numpy as np
-
-    from diffvqa_cache.plots import _plt
-
-    plt = _plt()
-    names = [s["config"] for s in summary][::-1]
-    srcc = np.nan_to_num([s["srcc_median"] for s in summary][::-1])
-    plcc = np.nan_to_num([s["plcc_median"] for s in summary][::-1])
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(names)), dpi=110)
-    ax.barh(y + 0.2, srcc, height=0.4, label="median SRCC")
-    ax.barh(y - 0.2, plcc, height=0.4, label="median PLCC")
-    ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlim(min(0.0, float(min(srcc.min(), plcc.min()))), 1.0)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
 
 
 def format_summary(result: SweepResult) -> str:

@@ -1,0 +1,142 @@
+"""Stage one's per-video work, shared by extract, adapt and predict: decode a video and cut its views
+(`decode_views`, `decode_ahead`), and run views of several videos through the adapted SD in shared
+batches (`ViewEncoder`)."""
+
+from __future__ import annotations
+
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .branches import BranchFeatures
+from .cache import VideoFeatures
+from .config import CacheConfig
+from .errors import DiffVQAError
+from .progress import err
+from .seeds import noise_seed
+from .video import load_video_frames
+from .views import make_views, resize_frames
+
+
+@dataclass
+class DecodedVideo:
+    """One video's sampled frames cut into views, or the reason it could not be."""
+
+    key: str
+    frame_index: np.ndarray | None  # (T,) indices into the decoded video
+    views: dict | None  # "S" (T, size, size, 3), "D" (T, K, size, size, 3), "crop_origin" (T, K, 2)
+    error: str | None = None
+
+
+def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
+                 backend: str = "auto") -> DecodedVideo:
+    """Decode one video's sampled frames and cut both views; a failure is returned, never raised."""
+    try:
+        pixels, indices, _info, _backend = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
+        return DecodedVideo(record.key, indices, make_views(pixels, indices, record.key, size, crops, seed))
+    except DiffVQAError as exc:
+        return DecodedVideo(record.key, None, None, str(exc))
+    except Exception as exc:  # one bad video never stops the others
+        return DecodedVideo(record.key, None, None, f"{record.path}: {type(exc).__name__}: {exc}")
+
+
+def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig) -> Iterator[DecodedVideo]:
+    """Decoded videos in `records` order, keeping `decode_workers + 2` in flight ahead of the consumer."""
+    cfg = config.extract
+
+    def decode(record):
+        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend)
+
+    ahead = deque(pool.submit(decode, r) for r in records[:cfg.decode_workers + 2])
+    nxt = len(ahead)
+    while ahead:
+        item = ahead.popleft().result()
+        if nxt < len(records):
+            ahead.append(pool.submit(decode, records[nxt]))
+            nxt += 1
+        yield item
+
+
+class ViewEncoder:
+    """Model side of stage one: batches views across videos and returns each video's features."""
+
+    def __init__(self, config: CacheConfig, device: torch.device):
+        from .backbone import load_backbone
+        from .features import FeatureExtractor
+
+        cfg = config.extract
+        bb = load_backbone(cfg.model, cfg.controller, cfg.revision)
+        if (bb.model_id, bb.controller_id) != config.identity:
+            raise DiffVQAError(f"the weights of --model {cfg.model} / --controller {cfg.controller} are not the ones "
+                               f"the features were made with ({config.model_id}, {config.controller_id})")
+        if bb.is_tiny:
+            err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only; "
+                      "its features say nothing about quality[/]")
+        self.fx = FeatureExtractor(bb, steps=cfg.steps, sampler=cfg.sampler, grid=cfg.grid, dtype=cfg.dtype,
+                                   device=device, timestep_spacing=cfg.timestep_spacing, strength=cfg.strength)
+        self.config, self.cfg = config, cfg
+
+    def encode_stream(self, videos: Iterable[DecodedVideo], on_video=None) -> list[VideoFeatures]:
+        """Consume decoded videos in order; views of consecutive videos share batches.
+
+        Batches never cross the iterable's end (one shard), so a shard recomputed alone gives the same bytes.
+        `on_video(n_frames)` is called as each video's features are complete.
+        """
+        cfg = self.cfg
+        pending: list[tuple] = []  # (video position, branch, frame row, crop, image)
+        meta: list[DecodedVideo] = []
+        outs: dict[tuple, BranchFeatures] = {}
+        last_job: list[int] = []  # running job count at which each video is complete
+        done = n_jobs = 0
+        for video in videos:
+            # 1. queue every view of this video (S, then its K crops, frame by frame)
+            v = len(meta)
+            meta.append(video)
+            for t in range(len(video.frame_index)):
+                pending.append((v, "S", t, 0, video.views["S"][t]))
+                pending += [(v, "D", t, k, video.views["D"][t, k]) for k in range(cfg.crops)]
+            n_jobs += len(video.frame_index) * (1 + cfg.crops)
+            last_job.append(n_jobs)
+            # 2. run full batches as soon as there are enough views
+            while len(pending) >= cfg.batch_size:
+                self._run(pending[:cfg.batch_size], meta, outs)
+                del pending[:cfg.batch_size]
+                done = _report(done, last_job, n_jobs - len(pending), meta, on_video)
+        if pending:
+            self._run(pending, meta, outs)
+            done = _report(done, last_job, n_jobs, meta, on_video)
+        # 3. assemble (T, K, ...) arrays per video
+        result = []
+        for v, video in enumerate(meta):
+            branches = {}
+            for b, n_views in (("S", 1), ("D", cfg.crops)):
+                per_frame = [BranchFeatures.stack([outs[(v, b, t, k)] for k in range(n_views)], np.stack)
+                             for t in range(len(video.frame_index))]
+                branches[b] = BranchFeatures.stack(per_frame, np.stack)
+            result.append(VideoFeatures(video.key, np.asarray(video.frame_index, dtype=np.int32), branches,
+                                        video.views["crop_origin"]))
+        return result
+
+    def _run(self, batch: list[tuple], meta: list[DecodedVideo], outs: dict) -> None:
+        """One model pass over a batch of views; each view's features go to `outs`."""
+        cfg, size, pixel_size = self.cfg, self.config.view_size, self.config.pixel_size
+        imgs = torch.from_numpy(np.stack([j[4] for j in batch]))
+        seeds = [noise_seed(cfg.seed, cfg.noise, meta[v].key, t, b, k) for v, b, t, k, _ in batch]
+        feats = self.fx(imgs, seeds)
+        pix = resize_frames(imgs.numpy(), pixel_size) if pixel_size != size else imgs.numpy()
+        for n, (v, b, t, k, _) in enumerate(batch):
+            one = feats.map(lambda x: x[n].numpy())
+            one.pixels = pix[n].transpose(2, 0, 1)
+            outs[(v, b, t, k)] = one
+
+
+def _report(done: int, last_job: list[int], finished_jobs: int, meta: list, on_video) -> int:
+    while done < len(last_job) and last_job[done] <= finished_jobs:
+        if on_video is not None:
+            on_video(len(meta[done].frame_index))
+        done += 1
+    return done

@@ -1,0 +1,166 @@
+"""One fit's settings (`FitConfig`), training and scoring one split (`fit_split`), and a fitted run's
+record (`RunConfig`, `load_run_models`): shared by fit, sweep and predict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from . import __version__
+from .checkpoint import load_checkpoint
+from .config import CacheConfig, Config
+from .data import LoadSpec, VideoTable
+from .devices import resolve_device
+from .errors import UserInputError
+from .metrics import compute_metrics_ids
+from .protocols import PROTOCOLS, Split, carve_validation
+from .regressor import DiffVQARegressor, RegressorConfig
+from .training import TrainConfig, check_finite, predict_raw, train
+
+SECTIONS = ("regressor", "train")
+
+
+@dataclass
+class FitConfig(Config):
+    """Everything a fit depends on; saved in the run's config.json."""
+
+    regressor: RegressorConfig = field(default_factory=RegressorConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with a test cache, else random
+    splits: int = 10  # random protocol: number of repeated splits
+    test_fraction: float = 0.2
+    seed: int = 0  # seeds splits, initialisation and batches (split i uses seed + i)
+    grid: int | None = None  # load-time pooling of F_MS / F_Latent (None: the cache's grid)
+    num_frames: int | None = None  # frames per video used (None: all cached)
+    pixel_size: int = 64  # TCAB input side (the cached view pixels are resized at load time)
+    memory_gb: float = 12.0  # in-memory budget for the feature tables
+    verify: bool = True  # re-hash every shard before training (catches silent corruption)
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise UserInputError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.splits < 1 or not 0 < self.test_fraction < 1:
+            raise UserInputError(f"need splits >= 1 and 0 < test_fraction < 1, got {self.splits}, {self.test_fraction}")
+
+    def load_spec(self) -> LoadSpec:
+        r = self.regressor
+        return LoadSpec(branches=r.branches, ms_levels=tuple(r.ms_levels), use_latent=r.use_latent,
+                        use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size, num_frames=self.num_frames)
+
+    def with_overrides(self, overrides: dict) -> "FitConfig":
+        """Apply {'train.epochs': 5, 'use_tcab': False, ...}; a bare name must match one field."""
+        d = self.to_dict()
+        for key, value in overrides.items():
+            if "." in key:
+                sec, name = key.split(".", 1)
+                if sec not in SECTIONS or name not in d[sec]:
+                    raise UserInputError(f"unknown setting {key!r}")
+                d[sec][name] = value
+            elif key in d and key not in SECTIONS:
+                d[key] = value
+            else:
+                hits = [s for s in SECTIONS if key in d[s]]
+                if len(hits) != 1:
+                    raise UserInputError(f"unknown setting {key!r}; use regressor.<name>, train.<name> or a top-level name")
+                d[hits[0]][key] = value
+        return FitConfig.from_dict(d)
+
+
+def load_fit_config(path: Path | None, overrides: dict) -> FitConfig:
+    """Defaults, then a YAML file, then explicit overrides."""
+    import yaml
+
+    cfg = FitConfig()
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise UserInputError(f"--config {path}: cannot read it ({str(exc).splitlines()[0]})") from None
+        if not isinstance(data, dict):
+            raise UserInputError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
+        flat = {}
+        for k, v in data.items():
+            if k in SECTIONS and isinstance(v, dict):
+                flat.update({f"{k}.{n}": x for n, x in v.items()})
+            else:
+                flat[k] = v
+        cfg = cfg.with_overrides(flat)
+    return cfg.with_overrides(overrides)
+
+
+@dataclass
+class FittedSplit:
+    entry: dict  # split, n_train, n_val, best_epoch, and the metrics of each test set
+    rows: list[tuple]  # (video, mos, pred, split, test set) for every test video
+    model: torch.nn.Module
+    result: object  # training.TrainResult
+
+
+def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int, test_table: VideoTable | None = None,
+              init_state: dict | None = None, device=None, on_epoch=None) -> FittedSplit:
+    """Train one model on a split's train videos (validation carved from them) and score its test sets
+    (looked up in `test_table` when given, else in `table`)."""
+    device = device or resolve_device(cfg.train.device)
+    row_of = {k: i for i, k in enumerate(table.keys)}
+    train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)
+    train_t = table.subset(np.array([row_of[k] for k in train_keys]))
+    val_t = table.subset(np.array([row_of[k] for k in val_keys])) if val_keys else None
+    torch.manual_seed(seed)
+    model = DiffVQARegressor(cfg.regressor, table.feature_spec())
+    if init_state is not None:
+        model.load_state_dict(init_state)
+    res = train(model, train_t, cfg.train, seed, val_t, on_epoch=on_epoch)
+    entry = {"split": split.name, "n_train": len(train_keys), "n_val": len(val_keys), "best_epoch": res.best_epoch}
+    rows = []
+    src = test_table if test_table is not None else table
+    src_row_of = {k: i for i, k in enumerate(src.keys)}
+    for test_name, keys in split.test.items():
+        tt = src.subset(np.array([src_row_of[k] for k in keys]))
+        pred = predict_raw(model, tt, cfg.train, device) * res.scale[0] + res.scale[1]
+        check_finite(pred, tt.keys, f"split {split.name}")
+        entry[test_name] = compute_metrics_ids(pred, tt.mos, tt.keys)
+        rows += [(k, float(y), float(p), split.name, test_name) for k, y, p in zip(tt.keys, tt.mos, pred)]
+    return FittedSplit(entry, rows, model, res)
+
+
+@dataclass
+class RunConfig(Config):
+    """A run directory's config.json: the fit settings, the protocol and the cache it was trained on."""
+
+    fit: FitConfig
+    protocol: str
+    cache: CacheConfig  # the training cache's identity (its fingerprint is the run's)
+    cache_path: str
+    feature_spec: dict
+    test_cache_path: str | None = None
+    init: str | None = None
+    package_version: str = __version__
+    fingerprint: str = ""  # = cache.fingerprint, kept at the top level for tools that grep runs
+
+    RENAMED: ClassVar[dict[str, str]] = {"test_cache": "test_cache_path"}
+
+    @classmethod
+    def from_dict(cls, data: dict, what: str | None = None) -> "RunConfig":
+        if "extract" in data:  # written before 0.2: "extract" held the cache config, "cache" its path
+            data = {**data, "cache_path": data.get("cache"), "cache": data["extract"]}
+            del data["extract"]
+        return super().from_dict(data, what)
+
+    @classmethod
+    def read(cls, run: Path | str) -> "RunConfig":
+        path = Path(run) / "config.json"
+        if not path.is_file():
+            raise UserInputError(f"--run {run}: no config.json; pass a run directory written by `diffvqa-cache fit`")
+        return cls.load(path)
+
+
+def load_run_models(run: Path | str, fingerprint: str, device) -> list[tuple[torch.nn.Module, dict]]:
+    """The run's models (one per split) with their metadata; refuses other features than `fingerprint`."""
+    models = sorted((Path(run) / "models").glob("*.safetensors"))
+    if not models:
+        raise UserInputError(f"{run}: no models/*.safetensors; pass a run directory written by `diffvqa-cache fit`")
+    return [load_checkpoint(m, fingerprint, device) for m in models]
