@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import append_section, loadavg, machine_info, median_time, set_threads, table, write_synthetic_cache  # noqa: E402
+from _common import append_section, loadavg, machine_info, median_time, set_threads, table  # noqa: E402
 
 
 def mem_available_gb() -> float:
@@ -55,7 +55,10 @@ def main() -> None:
     rows = []
     try:
         # ---- write (write_shard: HDF5 write + rename + sha256 of the file + record JSON)
-        cache_dir, write_s, nbytes = write_synthetic_cache(root, args.videos, shard_size=args.shard_size)
+        from diffvqa_cache.synthetic import write_synthetic_cache
+
+        made = write_synthetic_cache(root, args.videos, shard_size=args.shard_size)
+        cache_dir, write_s, nbytes = made.cache_dir, made.write_seconds, made.nbytes
         cache = FeatureCache(cache_dir)
         files = cache.shard_files()
         gb = nbytes / 1e9

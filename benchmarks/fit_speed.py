@@ -28,8 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import (append_section, loadavg, machine_info, maxrss_mb, set_threads, table,  # noqa: E402
-                     write_synthetic_cache)
+from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table  # noqa: E402
 
 
 def mem_available_gb() -> float:
@@ -67,8 +66,8 @@ def epoch_vs_bare(table, split, tcab: bool, epochs: int, tcfg_kw: dict) -> dict:
     from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
     from diffvqa_cache.training import TrainConfig, train
 
-    index = {k: i for i, k in enumerate(table.keys)}
-    train_t = table.subset(np.array([index[k] for k in split["train"]]))
+    row_of = {k: i for i, k in enumerate(table.keys)}
+    train_t = table.subset(np.array([row_of[k] for k in split.train]))
     tcfg = TrainConfig(epochs=epochs, device="cpu", **tcfg_kw)
     torch.manual_seed(0)
     reg = RegressorConfig(use_tcab=tcab)
@@ -108,7 +107,9 @@ def main() -> None:
 
     from diffvqa_cache.cache import FeatureCache
     from diffvqa_cache.data import LoadSpec, estimate_bytes
-    from pipelines.fit import FitConfig, load_fit_inputs, random_splits, run_fit
+    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.protocols import random_splits
+    from pipelines.fit import load_fit_inputs, run_fit
     from diffvqa_cache.regressor import RegressorConfig
     from diffvqa_cache.training import TrainConfig
 
@@ -117,9 +118,11 @@ def main() -> None:
     try:
         # 1. the cache
         t0 = time.perf_counter()
-        cache_dir, write_s, nbytes = write_synthetic_cache(
-            root, args.videos, frames=args.frames,
-            on_shard=lambda i, n: print(f"  shard {i + 1}/{n}", end="\r", flush=True))
+        from diffvqa_cache.synthetic import write_synthetic_cache
+
+        made = write_synthetic_cache(root, args.videos, frames=args.frames,
+                                     on_shard=lambda i, n: print(f"  shard {i + 1}/{n}", end="\r", flush=True))
+        cache_dir, write_s, nbytes = made.cache_dir, made.write_seconds, made.nbytes
         gen_s = time.perf_counter() - t0
         print(f"\ncache {cache_dir}: {nbytes / 1e9:.2f} GB in {gen_s:.0f} s (write_shard {write_s:.0f} s)")
         cache = FeatureCache(cache_dir)

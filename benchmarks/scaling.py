@@ -127,7 +127,7 @@ def main() -> None:
                 same = {s["sha256"] for s in res.manifest["shards"]} == {s["sha256"] for s in base.manifest["shards"]}
                 assert same, "distributed shards differ from the in-process ones"
                 t = time.perf_counter()
-                run_sweep(base.cache_dir, grid, work / f"sweep{n}", scheduler=client.scheduler.address,
+                run_sweep(base.cache_dir, grid, work / f"sweep{n}", scheduler_address=client.scheduler.address,
                           overrides={"splits": 2, "train.epochs": args.epochs}, progress=False)
                 rows.append(("sweep", f"{n_tasks} tasks", f"{n} worker(s)", time.perf_counter() - t))
             finally:

@@ -2,7 +2,7 @@
 
 1. Pipeline overhead = end-to-end `run_extract` time / time of the bare model passes
    (`FeatureExtractor.__call__` on the same number of views, same batch size, inputs already in memory).
-   Also timed alone, single-threaded, for orientation: decode + view making (`_decode`) and `write_shard`.
+   Also timed alone, single-threaded, for orientation: decode + view making (`decode_views`) and `write_shard`.
 2. Decoding: `video.read_frames(path, indices, backend=...)` for decord vs PyAV on a 540p clip
    (8 uniformly sampled frames, as extraction does, and 32 consecutive frames).
 
@@ -35,7 +35,8 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
     from diffvqa_cache.config import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.features import FeatureExtractor
-    from pipelines.extract import _decode, run_extract
+    from diffvqa_cache.extraction import decode_views
+    from pipelines.extract import run_extract
 
     set_threads(threads)
     index = load_dataset("sample", None, limit=n_videos)
@@ -76,7 +77,7 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
         assert res.videos == len(index.records), res.summary()
         # bare model passes on the same number of views, same batch size, inputs in memory
         bb = load_backbone("tiny")
-        fx = FeatureExtractor(bb, steps=steps, scheduler=cfg.scheduler, grid=cfg.grid, dtype="fp32", device="cpu")
+        fx = FeatureExtractor(bb, steps=steps, sampler=cfg.sampler, grid=cfg.grid, dtype="fp32", device="cpu")
         rng = np.random.default_rng(r)
         views = torch.from_numpy(rng.integers(0, 256, (n_views, size, size, 3), dtype=np.uint8))
         t0 = time.perf_counter()
@@ -85,12 +86,12 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
         bare.append(time.perf_counter() - t0)
         # decode + views alone, one thread, sequential
         t0 = time.perf_counter()
-        [_decode(rec, cfg, size) for rec in index.records]
+        [decode_views(rec, size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend) for rec in index.records]
         dec.append(time.perf_counter() - t0)
         # one shard write (features from the run above are re-read and written again)
-        from diffvqa_cache.cache import FeatureCache, VideoFeatures
+        from diffvqa_cache.cache import FeatureCache
         fc = FeatureCache(res.cache_dir)
-        vids = [VideoFeatures(k, a.pop("frame_index"), a) for k, a in fc.iter_videos()]
+        vids = list(fc.iter_videos())
         t0 = time.perf_counter()
         write_shard(workdir / f"w-{threads}-{r}" / "shard-00000.h5", 0, "x", vids, [], [v.key for v in vids])
         wr.append(time.perf_counter() - t0)

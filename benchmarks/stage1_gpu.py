@@ -42,19 +42,20 @@ def log(*parts) -> None:
 
 def build(dry: bool, device: str):
     """(Backbone, view size): SD 2.1-base with random weights, or the repo's tiny model in --dry-run."""
-    from diffvqa_cache.backbone import Backbone, build_tiny, sd_scheduler_config
+    from diffvqa_cache.backbone import Backbone, build_tiny, sd_noise_schedule
+    from diffvqa_cache.config import ModelIdentity
 
     if dry:
         from diffusers import ControlNetModel
 
-        vae, unet, null_text, _ = build_tiny()
+        vae, unet, null_text = build_tiny()
         ctrl = ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
         size = 128
     else:
         vae, unet, ctrl, null_text = build_sd21_base("cpu")
         size = 512
-    bb = Backbone(vae=vae, unet=unet, controller=ctrl, scheduler_config=sd_scheduler_config(), null_text=null_text,
-                  native_size=size, model_id="random", controller_id="zero-init", is_tiny=dry)
+    bb = Backbone(vae=vae, unet=unet, controller=ctrl, noise_schedule=sd_noise_schedule(), null_text=null_text,
+                  identity=ModelIdentity("random", "zero-init", size), is_tiny=dry)
     return bb, size
 
 
@@ -141,8 +142,8 @@ def main() -> None:
     for n_steps in sorted({1, lever_steps}):
         ref = FeatureExtractor(bb, steps=n_steps, dtype="fp32", device=device)(v, [11, 12, 13, 14])
         low = FeatureExtractor(bb, steps=n_steps, dtype="bf16", device=device)(v, [11, 12, 13, 14])
-        errs = {"latent": rel_err(low["latent"], ref["latent"]),
-                **{f"ms{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(low["ms"], ref["ms"]))}}
+        errs = {"latent": rel_err(low.latent, ref.latent),
+                **{f"ms{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(low.ms, ref.ms))}}
         results["correctness"][n_steps] = errs
         log(f"bf16 vs fp32, {n_steps} steps, 4 views: relative error", json.dumps({k: round(e, 5) for k, e in errs.items()}))
 
