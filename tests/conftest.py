@@ -1,4 +1,5 @@
-"""Shared fixtures: small deterministic test clips written with PyAV."""
+"""Shared fixtures: test clips written with PyAV, the tiny stage-one settings, sample caches extracted once
+per session, the one fast-fit setting, and a dask cluster."""
 
 from __future__ import annotations
 
@@ -78,6 +79,33 @@ def tiny_extract_config():
 
     return ExtractConfig(model="tiny", steps=1, strength=0.5, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
                          batch_size=6, decode_workers=1)
+
+
+@pytest.fixture(scope="session")
+def sample_cache(tmp_path_factory, sample_root, tiny_extract_config):
+    """``make(limit=None, **changes) -> ExtractResult``: the sample's first ``limit`` videos extracted with
+    ``tiny_extract_config`` changed by ``changes``, once per session per request. Shared: a test that
+    damages or relabels a cache works on a copy."""
+    from diffvqa_cache.datasets import load_dataset
+    from pipelines.extract import run_extract
+
+    made = {}
+
+    def make(limit=None, **changes):
+        key = (limit, tuple(sorted(changes.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp("sample-cache")
+            made[key] = run_extract(load_dataset("sample", None, limit=limit), tiny_extract_config.replace(**changes),
+                                    out, progress=False)
+        return made[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def fast_fit():
+    """The one fast fit setting (overrides of FitConfig): no TCAB, 2 epochs, 2 splits."""
+    return {"regressor.use_tcab": False, "train.epochs": 2, "train.batch_size": 8, "splits": 2}
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from diffvqa_cache.backbone import build_tiny, identify, load_backbone, sd_scheduler_config
+from diffvqa_cache.backbone import build_tiny, identify, load_backbone, sd_noise_schedule
+from diffvqa_cache.config import ModelIdentity
 from diffvqa_cache.errors import UserInputError
 
 
@@ -18,12 +19,12 @@ def sd_folder(tmp_path_factory):
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     root = tmp_path_factory.mktemp("sd")
-    vae, unet, _, _ = build_tiny()
+    vae, unet, _ = build_tiny()
     vae.save_pretrained(root / "vae")
     unet.save_pretrained(root / "unet")
     (root / "scheduler").mkdir()
     (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
-                                                                          **sd_scheduler_config()}))
+                                                                          **sd_noise_schedule()}))
     tok_dir = root / "tokenizer"
     tok_dir.mkdir()
     vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab": 6}
@@ -44,7 +45,7 @@ def test_local_folder_loads_with_its_empty_prompt_embedding(sd_folder):
     bb = load_backbone(str(sd_folder))
     assert not bb.is_tiny and bb.native_size == 128 and bb.model_id.startswith("sd-")
     assert bb.null_text.shape == (1, 8, 32) and torch.isfinite(bb.null_text).all()
-    assert identify(str(sd_folder), None) == (bb.model_id, "zero-init", 128)
+    assert identify(str(sd_folder), None) == ModelIdentity(bb.model_id, "zero-init", 128)
 
 
 def test_model_identity_follows_the_weights(sd_folder, tmp_path):
@@ -52,12 +53,12 @@ def test_model_identity_follows_the_weights(sd_folder, tmp_path):
 
     copy = tmp_path / "copy"
     shutil.copytree(sd_folder, copy)
-    assert identify(str(copy), None)[0] == identify(str(sd_folder), None)[0]  # content, not path
+    assert identify(str(copy), None).model_id == identify(str(sd_folder), None).model_id  # content, not path
     weights = next((copy / "unet").glob("*.safetensors"))
     data = bytearray(weights.read_bytes())
     data[-1] ^= 1
     weights.write_bytes(bytes(data))
-    assert identify(str(copy), None)[0] != identify(str(sd_folder), None)[0]
+    assert identify(str(copy), None).model_id != identify(str(sd_folder), None).model_id
 
 
 def test_extract_with_a_local_folder(sd_folder, sample_root, tiny_extract_config, tmp_path):
@@ -67,7 +68,7 @@ def test_extract_with_a_local_folder(sd_folder, sample_root, tiny_extract_config
 
     cfg = dataclasses.replace(tiny_extract_config, model=str(sd_folder))
     result = run_extract(load_dataset("sample", None, limit=2), cfg, tmp_path, progress=False)
-    assert FeatureCache(result.cache_dir).config["model_id"].startswith("sd-") and len(FeatureCache(result.cache_dir)) == 2
+    assert FeatureCache(result.cache_dir).config.model_id.startswith("sd-") and len(FeatureCache(result.cache_dir)) == 2
 
 
 @pytest.mark.parametrize("model, expected", [("no/such/folder/here", "no such folder"),

@@ -41,13 +41,18 @@ def test_layout_and_labels(two_roots):
 
 
 def test_deterministic(two_roots):
+    """Labels and the frames before encoding are identical; the encoded clips decode to nearly identical
+    frames (libx264 as bundled with PyAV 18 is not always bit-reproducible, even on one thread)."""
     a, b = two_roots
     assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
+    spec = plan()[16]
+    first = sample.clip_frames(spec)
+    sample._scene.cache_clear()
+    assert np.array_equal(first, sample.clip_frames(spec))
     for name in ("videos/sample_000.mp4", "videos/sample_016.mp4", "videos/sample_095.mp4"):
         fa, ia, _, _ = load_video_frames(a / name, n_frames=4)
         fb, ib, _, _ = load_video_frames(b / name, n_frames=4)
-        assert ia.tolist() == ib.tolist() and np.array_equal(fa, fb)
-        assert (a / name).read_bytes() == (b / name).read_bytes()  # one x264 thread: same bytes
+        assert ia.tolist() == ib.tolist() and np.abs(fa.astype(int) - fb.astype(int)).mean() < 1.0
 
 
 def test_content_varies_and_moves(two_roots):
@@ -133,13 +138,20 @@ def test_killed_generation_not_taken_as_complete(tmp_path, monkeypatch):
     assert (root / "videos" / "sample_005.mp4").stat().st_size > 1000
 
 
-def test_stale_leftovers_removed(tmp_path):
-    leftover = tmp_path / "sample-v3.old.incomplete"
+def test_leftovers_of_killed_generations_removed(tmp_path):
+    import subprocess
+
+    from diffvqa_cache.files import temp_name
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    root = tmp_path / "sample-v3"
+    leftover = temp_name(root).with_name(temp_name(root).name.replace(f"-{os.getpid()}.", f"-{dead.pid}."))
     leftover.mkdir()
-    old = time.time() - 2 * sample.STALE_SECONDS
-    os.utime(leftover, (old, old))
-    ensure_sample(tmp_path / "sample-v3", n_clips=1)
-    assert not leftover.exists()
+    running = temp_name(tmp_path / "other")  # a live process's (this one's) temporary folder is spared
+    running.mkdir()
+    ensure_sample(root, n_clips=1)
+    assert not leftover.exists() and running.exists()
 
 
 def test_non_sample_folder_refused(tmp_path):

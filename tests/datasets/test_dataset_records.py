@@ -1,9 +1,9 @@
-"""safe_key and DatasetIndex.summary."""
+"""safe_key and Dataset.summary."""
 
 import re
 from pathlib import Path
 
-from diffvqa_cache.datasets import DatasetIndex, VideoRecord, safe_key
+from diffvqa_cache.datasets import Dataset, VideoRecord, safe_key
 
 SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
 
@@ -38,7 +38,7 @@ def test_safe_key_is_safe_deterministic_and_distinguishes_typical_ids():
 def test_summary_one_line(tmp_path: Path):
     recs = [VideoRecord(f"v{i}", tmp_path / f"v{i}.mp4", 3.0) for i in range(4)]
     miss = [VideoRecord(f"m{i}", tmp_path / "sub" / f"m{i}.mp4", 3.0) for i in range(5)]
-    index = DatasetIndex("kvd", tmp_path, tmp_path / "l.csv", recs, miss, ["x"], (1.0, 5.0), listed=10, found=4)
+    index = Dataset("kvd", tmp_path, tmp_path / "l.csv", recs, miss, ["x"], (1.0, 5.0), listed=10, found=4)
     text = index.summary()
     assert "\n" not in text
     assert text.startswith("kvd: 10 videos listed, 4 found, 5 missing (first: sub/m0.mp4, sub/m1.mp4, sub/m2.mp4, ...)")

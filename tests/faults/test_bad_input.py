@@ -55,8 +55,10 @@ def test_label_file_of_another_dataset(root, tmp_path):
 
 @pytest.mark.parametrize("args, expected", [
     (["--steps", "0"], "steps"),
-    (["--scheduler", "nope"], "scheduler"),
-    (["--num-shards", "2", "--shard-index", "5"], "shard-index"),
+    (["--sampler", "nope"], "sampler"),
+    (["--num-parts", "2", "--part", "5"], "--part 5"),
+    (["--num-shards", "2", "--shard-index", "5"], "--part 5"),  # the names of earlier versions still work
+    (["--workers", "2", "--dask-scheduler", "tcp://x:1"], "not both"),
 ])
 def test_bad_arguments(root, tmp_path, args, expected):
     (root / "labels.csv").write_text("video,mos\nvideos/sample_000.mp4,3.1\n")

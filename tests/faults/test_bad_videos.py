@@ -67,8 +67,8 @@ def test_each_bad_video_fails_alone_with_a_reason(bad_dataset, tiny_extract_conf
     cache = FeatureCache(result.cache_dir)
     assert sorted(cache.keys) == ["good", "huge", "rotated", "vfr"]
     for key in cache.keys:
-        arrays = cache.read(key)
-        assert len(arrays["frame_index"]) == 4 and np.isfinite(arrays["S/ms0"].astype(np.float32)).all()
+        video = cache.read(key)
+        assert len(video.frame_index) == 4 and np.isfinite(video.branches["S"].ms[0].astype(np.float32)).all()
     # the rotated phone video was decoded upright: its resized view is portrait content squeezed to square
-    assert cache.read("rotated")["D/crop_origin"].shape == (4, 1, 2)
+    assert cache.read("rotated").crop_origin.shape == (4, 1, 2)
     assert result.failed and len(result.failed) == 5

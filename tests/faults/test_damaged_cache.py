@@ -9,21 +9,24 @@ import h5py
 import numpy as np
 import pytest
 
-from diffvqa_cache.cache import file_sha256, verify_cache, write_json_atomic
+from diffvqa_cache.cache import verify_cache
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
+from diffvqa_cache.files import file_sha256, write_json_atomic
+from diffvqa_cache.fitting import FitConfig
 from pipelines.extract import run_extract
-from pipelines.fit import FitConfig, run_fit
-
-FAST = {"regressor.use_tcab": False, "train.epochs": 1, "train.batch_size": 4, "splits": 1}
+from pipelines.fit import run_fit
 
 
 @pytest.fixture(scope="module")
-def pristine(tmp_path_factory, sample_root, tiny_extract_config):
-    index = load_dataset("sample", None, limit=12)
-    out = tmp_path_factory.mktemp("pristine")
-    result = run_extract(index, tiny_extract_config, out, progress=False)
-    return index, out, result.cache_dir
+def pristine(sample_cache):
+    result = sample_cache(limit=12)
+    return load_dataset("sample", None, limit=12), result.cache_dir.parents[1], result.cache_dir
+
+
+@pytest.fixture
+def fast(fast_fit):
+    return {**fast_fit, "train.epochs": 1, "splits": 1}
 
 
 @pytest.fixture
@@ -45,7 +48,8 @@ def flip_byte(path):
 
 
 @pytest.mark.parametrize("damage", ["truncate", "corrupt", "delete"])
-def test_verify_names_it_extract_recomputes_only_it_fit_refuses(damage, pristine, damaged, tiny_extract_config, tmp_path):
+def test_verify_names_it_extract_recomputes_only_it_fit_refuses(damage, pristine, damaged, tiny_extract_config, fast,
+                                                                 tmp_path):
     index, work, cache_dir = damaged
     shard = cache_dir / "shards" / "shard-00002.h5"
     {"truncate": lambda: shard.write_bytes(shard.read_bytes()[:-512]), "corrupt": lambda: flip_byte(shard),
@@ -53,7 +57,7 @@ def test_verify_names_it_extract_recomputes_only_it_fit_refuses(damage, pristine
     problems, _ = verify_cache(cache_dir)
     assert len(problems) == 1 and problems[0].startswith("shard-00002.h5")
     with pytest.raises(CacheError, match="shard-00002"):
-        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
+        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(fast), progress=False)
     # a plain rerun catches what changes the size; --verify also catches same-size corruption
     again = run_extract(index, tiny_extract_config, work, progress=False, verify=damage == "corrupt")
     assert again.shards_done == 1 and again.shards_skipped == 5
@@ -71,7 +75,7 @@ def test_manifest_out_of_step_with_shards_is_named_and_rebuilt(damaged, tiny_ext
     assert again.shards_done == 0 and verify_cache(cache_dir)[0] == []
 
 
-def test_nan_features_are_refused_with_the_video_id(damaged, tmp_path):
+def test_nan_features_are_refused_with_the_video_id(damaged, fast, tmp_path):
     _, _, cache_dir = damaged
     shard = cache_dir / "shards" / "shard-00003.h5"
     with h5py.File(shard, "r+") as f:
@@ -85,4 +89,4 @@ def test_nan_features_are_refused_with_the_video_id(damaged, tmp_path):
     manifest["shards"][3].update(sha256=record["sha256"], bytes=record["bytes"])
     write_json_atomic(cache_dir / "manifest.json", manifest)
     with pytest.raises(CacheError, match=f"video '{key}' has NaN/Inf features"):
-        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
+        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(fast), progress=False)

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from diffvqa_cache.cache import file_sha256, verify_cache
+from diffvqa_cache.cache import verify_cache
+from diffvqa_cache.files import file_sha256
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
 from pipelines.extract import run_extract

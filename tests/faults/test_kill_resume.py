@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffvqa_cache.cache import file_sha256
+from diffvqa_cache.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["extract", "--dataset", "sample", "--limit", "10", "--steps", "1", "--strength", "0.5", "--frames", "2",

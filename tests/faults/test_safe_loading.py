@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from diffvqa_cache.cache import FeatureCache, write_json_atomic
+from diffvqa_cache.cache import FeatureCache
 from diffvqa_cache.checkpoint import load_checkpoint, save_checkpoint
-from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
+from diffvqa_cache.files import write_json_atomic
 from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
-from pipelines.extract import run_extract
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -27,12 +27,13 @@ def test_no_unsafe_loaders_in_the_code():
     assert offenders == []
 
 
-def test_cache_of_another_format_version_is_refused(sample_root, tiny_extract_config, tmp_path):
-    result = run_extract(load_dataset("sample", None, limit=2), tiny_extract_config, tmp_path, progress=False)
-    manifest = json.loads((result.cache_dir / "manifest.json").read_text())
-    write_json_atomic(result.cache_dir / "manifest.json", {**manifest, "format_version": 99})
+def test_cache_of_another_format_version_is_refused(sample_cache, tmp_path):
+    cache_dir = tmp_path / "cache"
+    shutil.copytree(sample_cache(limit=2).cache_dir, cache_dir)
+    manifest = json.loads((cache_dir / "manifest.json").read_text())
+    write_json_atomic(cache_dir / "manifest.json", {**manifest, "format_version": 99})
     with pytest.raises(CacheError, match="cache format 99"):
-        FeatureCache(result.cache_dir)
+        FeatureCache(cache_dir)
 
 
 def test_checkpoint_of_another_format_is_refused(tmp_path):

@@ -10,8 +10,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffvqa_cache.adaptation import AdaptConfig, Adapter, list_checkpoints
+from diffvqa_cache.adaptation import Adapter, list_checkpoints
 from diffvqa_cache.backbone import load_backbone
+from diffvqa_cache.config import AdaptConfig
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import UserInputError
 from pipelines.adapt import run_adapt

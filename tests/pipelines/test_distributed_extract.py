@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from diffvqa_cache.cache import FeatureCache, merge_caches, verify_cache
-from diffvqa_cache.config import ExtractConfig
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
 from pipelines.extract import run_extract
@@ -17,8 +16,8 @@ def sample6(sample_root):
 
 
 @pytest.fixture(scope="module")
-def single(tmp_path_factory, sample6, tiny_extract_config):
-    return run_extract(sample6, tiny_extract_config, tmp_path_factory.mktemp("single"), progress=False)
+def single(sample_cache):
+    return sample_cache(limit=6)
 
 
 def shard_sums(manifest):
@@ -35,7 +34,7 @@ def test_local_cluster_extraction_is_bit_identical(single, sample6, tiny_extract
 def test_job_array_parts_merge_into_one_cache(single, sample6, tiny_extract_config, tmp_path):
     parts = []
     for k in range(2):
-        part = run_extract(sample6, tiny_extract_config, tmp_path / f"part{k}", num_shards=2, shard_index=k,
+        part = run_extract(sample6, tiny_extract_config, tmp_path / f"part{k}", num_parts=2, part=k,
                            progress=False)
         assert not part.manifest["complete"]
         parts.append(part.cache_dir)
@@ -48,23 +47,19 @@ def test_job_array_parts_merge_into_one_cache(single, sample6, tiny_extract_conf
     assert shard_sums(again) == shard_sums(single.manifest)
 
 
-def test_merge_refuses_mixed_fingerprints(single, sample6, tmp_path):
-    other_cfg = ExtractConfig(model="tiny", steps=1, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
-                              batch_size=6, decode_workers=1, seed=1)
-    other = run_extract(load_dataset("sample", None, limit=2), other_cfg, tmp_path / "other", progress=False)
+def test_merge_refuses_mixed_fingerprints(single, sample_cache, tmp_path):
+    other = sample_cache(limit=2, seed=1)
     with pytest.raises(CacheError, match="different fingerprints"):
         merge_caches([single.cache_dir, other.cache_dir], tmp_path / "merged")
     assert not (tmp_path / "merged").exists()
 
 
-def test_cli_merge_error_is_one_line(single, tmp_path):
+def test_cli_merge_error_is_one_line(single, sample_cache, tmp_path):
     from typer.testing import CliRunner
 
     from cli import app
 
-    other_cfg = ExtractConfig(model="tiny", steps=1, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
-                              batch_size=6, decode_workers=1, seed=2)
-    other = run_extract(load_dataset("sample", None, limit=2), other_cfg, tmp_path / "other", progress=False)
+    other = sample_cache(limit=2, seed=1)
     result = CliRunner().invoke(app, ["cache", "merge", str(single.cache_dir), str(other.cache_dir),
                                       "--out", str(tmp_path / "m")])
     assert result.exit_code == 1 and result.output.count("\n") == 1

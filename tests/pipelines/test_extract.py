@@ -10,9 +10,10 @@ import h5py
 import numpy as np
 import pytest
 
-from diffvqa_cache.cache import FeatureCache, file_sha256, verify_cache
+from diffvqa_cache.cache import FeatureCache, verify_cache
 from diffvqa_cache.config import fingerprint
 from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.files import file_sha256
 from pipelines.extract import run_extract
 
 
@@ -22,9 +23,9 @@ def sample4(sample_root):
 
 
 @pytest.fixture(scope="module")
-def extracted(tmp_path_factory, sample4, tiny_extract_config):
-    out = tmp_path_factory.mktemp("cache")
-    return run_extract(sample4, tiny_extract_config, out, progress=False), out
+def extracted(sample_cache):
+    result = sample_cache(limit=4)
+    return result, result.cache_dir.parents[1]
 
 
 def shard_hashes(cache_dir):
@@ -35,20 +36,20 @@ def test_cache_holds_every_video_frame_and_branch(extracted, tiny_extract_config
     result, _ = extracted
     cache = FeatureCache(result.cache_dir)
     assert len(cache) == 4 and result.manifest["complete"] and not result.failed
-    shapes = cache.feature_shapes()
+    shapes = cache.info()["features"]
     # tiny model: latent 16x16, up-block maps 4,8,16,16 pooled to grid 4; D has 2 crops
     assert shapes["S/latent"]["shape"] == [1, 4, 16, 16] and shapes["S/latent"]["dtype"] == "float16"
     assert shapes["D/latent"]["shape"] == [2, 4, 16, 16]
     assert [shapes[f"S/ms{i}"]["shape"][-1] for i in range(4)] == [4, 4, 4, 4]
     assert shapes["D/pixels"] == {"shape": [2, 3, 32, 32], "dtype": "uint8"}
     assert shapes["D/crop_origin"]["shape"] == [2, 2]
-    arrays = cache.read(cache.keys[1])
-    assert arrays["frame_index"].tolist() == [4, 12]  # 16-frame clips, 2 frames at segment centres
-    assert np.isfinite(arrays["D/ms0"].astype(np.float32)).all()
+    video = cache.read(cache.keys[1])
+    assert video.frame_index.tolist() == [4, 12]  # 16-frame clips, 2 frames at segment centres
+    assert np.isfinite(video.branches["D"].ms[0].astype(np.float32)).all()
     assert cache.labels[cache.keys[1]]["mos"] > 1.0
     # iterating shard by shard gives the same arrays as reading by id
-    for key, arr in cache.iter_videos():
-        np.testing.assert_array_equal(arr["S/ms2"], cache.read(key)["S/ms2"])
+    for video in cache.iter_videos():
+        np.testing.assert_array_equal(video.branches["S"].ms[2], cache.read(video.key).branches["S"].ms[2])
 
 
 def test_rerun_does_no_work(extracted, sample4, tiny_extract_config, monkeypatch):
@@ -59,6 +60,7 @@ def test_rerun_does_no_work(extracted, sample4, tiny_extract_config, monkeypatch
         raise AssertionError("a rerun must not load the model")
 
     monkeypatch.setattr(ex, "ViewEncoder", no_model)
+    monkeypatch.setattr(ex, "worker_encoder", no_model)
     again = run_extract(sample4, tiny_extract_config, out, progress=False)
     assert again.shards_done == 0 and again.shards_skipped == 2 and again.cache_dir == result.cache_dir
 
@@ -93,7 +95,7 @@ def test_fingerprint_tracks_numbers_not_placement(tiny_extract_config):
     base = fingerprint(tiny_extract_config, "m", "c", 128)
     same = [dataclasses.replace(tiny_extract_config, batch_size=1, shard_size=7, device="cpu", decode_workers=4)]
     differ = [dataclasses.replace(tiny_extract_config, **kw) for kw in
-              ({"steps": 2}, {"grid": 8}, {"seed": 1}, {"crops": 1}, {"frames": 3}, {"scheduler": "euler"})]
+              ({"steps": 2}, {"grid": 8}, {"seed": 1}, {"crops": 1}, {"frames": 3}, {"sampler": "euler"})]
     assert all(fingerprint(c, "m", "c", 128) == base for c in same)
     assert len({fingerprint(c, "m", "c", 128) for c in differ} | {base}) == len(differ) + 1
     assert fingerprint(tiny_extract_config, "m2", "c", 128) != base
@@ -107,14 +109,15 @@ def test_features_do_not_depend_on_batch_size(extracted, sample4, tiny_extract_c
     assert other.cache_dir.name == result.cache_dir.name
     a, b = FeatureCache(result.cache_dir), FeatureCache(other.cache_dir)
     for key in a.keys:
-        for name, arr in a.read(key).items():
+        for name, arr in a.read(key).flat().items():
             # equal up to one float16 step (the batch changes the order of float sums)
-            np.testing.assert_allclose(arr.astype(np.float32), b.read(key)[name].astype(np.float32), rtol=2e-3, atol=2e-3)
+            np.testing.assert_allclose(arr.astype(np.float32), b.read(key).flat()[name].astype(np.float32), rtol=2e-3,
+                                       atol=2e-3)
 
 
 def test_job_array_parts_equal_one_run(extracted, sample4, tiny_extract_config, tmp_path):
     result, _ = extracted
-    parts = [run_extract(sample4, tiny_extract_config, tmp_path, num_shards=2, shard_index=i, progress=False)
+    parts = [run_extract(sample4, tiny_extract_config, tmp_path, num_parts=2, part=i, progress=False)
              for i in (1, 0)]
     assert [p.shards_done for p in parts] == [1, 1]
     assert parts[0].manifest["complete"] is False and parts[1].manifest["complete"] is True

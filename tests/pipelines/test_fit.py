@@ -12,22 +12,20 @@ import pytest
 from diffvqa_cache.checkpoint import load_checkpoint, read_meta
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError, UserInputError
-from pipelines.extract import run_extract
-from pipelines.fit import FitConfig, load_fit_config, random_splits, run_fit
-
-FAST = {"regressor.use_tcab": False, "train.epochs": 2, "train.batch_size": 8, "splits": 2}
-
-
-@pytest.fixture(scope="module")
-def sample_cache(tmp_path_factory, sample_root, tiny_extract_config):
-    index = load_dataset("sample", None)
-    return run_extract(index, tiny_extract_config, tmp_path_factory.mktemp("fitcache"), progress=False).cache_dir
+from diffvqa_cache.fitting import FitConfig, RunConfig, load_fit_config
+from diffvqa_cache.protocols import random_splits
+from pipelines.fit import run_fit
 
 
 @pytest.fixture(scope="module")
-def fast_run(sample_cache, tmp_path_factory):
+def whole_sample(sample_cache):
+    return sample_cache().cache_dir
+
+
+@pytest.fixture(scope="module")
+def fast_run(whole_sample, fast_fit, tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return run_fit(sample_cache, out, FitConfig().with_overrides(FAST), progress=False), out
+    return run_fit(whole_sample, out, FitConfig().with_overrides(fast_fit), progress=False), out
 
 
 def relabel(cache_dir, dest, split_of=None, shuffle_seed=None):
@@ -54,12 +52,12 @@ def test_random_splits_are_by_video_and_seeded():
     a, b = random_splits(keys, 3, 0.2, seed=1), random_splits(keys, 3, 0.2, seed=1)
     assert a == b and a != random_splits(keys, 3, 0.2, seed=2)
     for s in a:
-        assert len(s["test"]["test"]) == 10 and not set(s["train"]) & set(s["test"]["test"])
-        assert sorted(s["train"] + s["test"]["test"]) == sorted(keys)
-    assert a[0]["test"] != a[1]["test"]
+        assert len(s.test["test"]) == 10 and not set(s.train) & set(s.test["test"])
+        assert sorted(s.train + s.test["test"]) == sorted(keys)
+    assert a[0].test != a[1].test
 
 
-def test_run_directory_is_complete(fast_run, sample_cache):
+def test_run_directory_is_complete(fast_run, whole_sample):
     result, out = fast_run
     for name in ("config.json", "metrics.json", "predictions.csv", "splits.json", "scatter.png", "learning_curve.png"):
         assert (out / name).stat().st_size > 0, name
@@ -72,38 +70,43 @@ def test_run_directory_is_complete(fast_run, sample_cache):
     splits = json.loads((out / "splits.json").read_text())
     assert {r["video"] for r in rows if r["split"] == "split-00"} == set(splits[0]["test"]["test"])
     config = json.loads((out / "config.json").read_text())
-    assert config["fingerprint"] == sample_cache.name and config["fit"]["regressor"]["use_tcab"] is False
+    assert config["fingerprint"] == whole_sample.name and config["fit"]["regressor"]["use_tcab"] is False
+    assert config["cache"]["fingerprint"] == whole_sample.name and config["cache_path"] == str(whole_sample)
+    assert RunConfig.read(out).fit == FitConfig.from_dict(config["fit"])
     meta = read_meta(out / "models" / "split-00.safetensors")
-    assert meta["fingerprint"] == sample_cache.name and len(meta["scale"]) == 2
+    assert meta["fingerprint"] == whole_sample.name and len(meta["scale"]) == 2
 
 
-def test_checkpoint_refuses_features_with_another_fingerprint(fast_run, sample_cache):
+def test_checkpoint_refuses_features_with_another_fingerprint(fast_run, whole_sample):
     _, out = fast_run
-    model, meta = load_checkpoint(out / "models" / "split-01.safetensors", sample_cache.name)
+    model, meta = load_checkpoint(out / "models" / "split-01.safetensors", whole_sample.name)
     assert meta["split"] == "split-01"
     with pytest.raises(CacheError, match="trained on features"):
         load_checkpoint(out / "models" / "split-01.safetensors", "0" * 16)
 
 
-def test_fit_learns_far_better_than_shuffled_labels(sample_cache, tmp_path):
-    cfg = FitConfig().with_overrides({**FAST, "train.epochs": 25, "splits": 3})
-    real = run_fit(sample_cache, tmp_path / "real", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
-    shuffled_cache = relabel(sample_cache, tmp_path / "shuffled_cache", shuffle_seed=0)
+def test_fit_learns_far_better_than_shuffled_labels(whole_sample, fast_fit, tmp_path):
+    """Real labels are learned; shuffled ones are not. The shuffled-label control catches leakage of test
+    videos into training (a leaking fit would memorise the shuffled test labels too); its bound leaves room
+    for chance (median of 3 splits of 19 test videos)."""
+    cfg = FitConfig().with_overrides({**fast_fit, "train.epochs": 15, "splits": 3})
+    real = run_fit(whole_sample, tmp_path / "real", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
+    shuffled_cache = relabel(whole_sample, tmp_path / "shuffled_cache", shuffle_seed=0)
     shuffled = run_fit(shuffled_cache, tmp_path / "shuf", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
-    assert real > 0.6 and real > shuffled + 0.4, (real, shuffled)
+    assert real > 0.55 and shuffled < 0.45 and real > shuffled + 0.2, (real, shuffled)
 
 
-def test_lsvq_official_split_tests_on_both_test_sets(sample_cache, tmp_path):
-    cache = relabel(sample_cache, tmp_path / "lsvq", split_of=lambda i: ["train", "train", "test", "test1080p"][i % 4])
-    result = run_fit(cache, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
+def test_lsvq_official_split_tests_on_both_test_sets(whole_sample, fast_fit, tmp_path):
+    cache = relabel(whole_sample, tmp_path / "lsvq", split_of=lambda i: ["train", "train", "test", "test1080p"][i % 4])
+    result = run_fit(cache, tmp_path / "run", FitConfig().with_overrides(fast_fit), progress=False)
     assert result["protocol"] == "lsvq" and set(result["summary"]) == {"test", "test1080p"}
     assert result["splits"][0]["n_train"] == sum(1 for i in range(len(load_dataset("sample", None).records)) if i % 4 < 2)
 
 
-def test_cross_dataset_and_fine_tune(fast_run, sample_cache, tmp_path):
+def test_cross_dataset_and_fine_tune(fast_run, whole_sample, fast_fit, tmp_path):
     _, first = fast_run
-    other = relabel(sample_cache, tmp_path / "other")
-    result = run_fit(sample_cache, tmp_path / "cross", FitConfig().with_overrides(FAST), test_cache_path=other,
+    other = relabel(whole_sample, tmp_path / "other")
+    result = run_fit(whole_sample, tmp_path / "cross", FitConfig().with_overrides(fast_fit), test_cache_path=other,
                      init=first, progress=False)
     n_videos = len(load_dataset("sample", None).records)
     assert result["protocol"] == "cross" and list(result["summary"]) == ["sample"]
@@ -111,17 +114,17 @@ def test_cross_dataset_and_fine_tune(fast_run, sample_cache, tmp_path):
     assert json.loads((tmp_path / "cross" / "config.json").read_text())["init"] == str(first)
 
 
-def test_fit_refuses_damaged_cache(sample_cache, tmp_path):
-    cache = relabel(sample_cache, tmp_path / "damaged")
+def test_fit_refuses_damaged_cache(whole_sample, fast_fit, tmp_path):
+    cache = relabel(whole_sample, tmp_path / "damaged")
     next((cache / "shards").glob("*.h5")).unlink()
     with pytest.raises(CacheError, match="damaged or missing shards"):
-        run_fit(cache, tmp_path / "run", FitConfig().with_overrides(FAST), progress=False)
+        run_fit(cache, tmp_path / "run", FitConfig().with_overrides(fast_fit), progress=False)
 
 
-def test_tcab_and_crops_train_and_evaluate(sample_cache, tmp_path):
-    cfg = FitConfig().with_overrides({**FAST, "regressor.use_tcab": True, "splits": 1, "train.epochs": 1,
+def test_tcab_and_crops_train_and_evaluate(whole_sample, fast_fit, tmp_path):
+    cfg = FitConfig().with_overrides({**fast_fit, "regressor.use_tcab": True, "splits": 1, "train.epochs": 1,
                                       "pixel_size": 32, "regressor.tcab_d_model": 16})
-    result = run_fit(sample_cache, tmp_path / "run", cfg, progress=False)
+    result = run_fit(whole_sample, tmp_path / "run", cfg, progress=False)
     assert np.isfinite(result["summary"]["test"]["srcc"]["median"])
 
 

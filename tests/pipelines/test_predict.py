@@ -6,20 +6,17 @@ import shutil
 
 import pytest
 
-from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import UserInputError
-from pipelines.extract import run_extract
-from pipelines.fit import FitConfig, run_fit
+from diffvqa_cache.fitting import FitConfig
+from pipelines.fit import run_fit
 from pipelines.predict import run_predict
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, sample_root, tiny_extract_config):
-    index = load_dataset("sample", None, limit=16)
-    cache = run_extract(index, tiny_extract_config, tmp_path_factory.mktemp("pc"), progress=False).cache_dir
+def run_dir(tmp_path_factory, sample_cache, fast_fit):
     out = tmp_path_factory.mktemp("prun")
-    run_fit(cache, out, FitConfig().with_overrides({"regressor.use_tcab": False, "train.epochs": 1, "splits": 1,
-                                                    "train.batch_size": 4}), progress=False)
+    run_fit(sample_cache(limit=16).cache_dir, out, FitConfig().with_overrides(
+        {**fast_fit, "train.epochs": 1, "splits": 1, "train.batch_size": 4}), progress=False)
     return out
 
 

@@ -9,7 +9,8 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffvqa_cache.adaptation import AdaptConfig, psnr, ssim
+from diffvqa_cache.adaptation import psnr, ssim
+from diffvqa_cache.config import AdaptConfig
 from diffvqa_cache.datasets import load_dataset
 from pipelines.reconstruct import run_reconstruct
 
@@ -57,7 +58,7 @@ def test_reconstruction_is_what_extract_cached(clip, tiny_extract_config, tmp_pa
     res = run_reconstruct(rec.path, tmp_path / "recon.png", frames=1, steps=2, key=rec.key, device="cpu",
                           strength=cfg.strength)
     # equal up to float noise: extract batches the S view with its crop, which may change the last fp16 bit
-    np.testing.assert_allclose(res.latents.float().numpy(), cache.read(rec.key)["S/latent"][:, 0].astype(np.float32),
+    np.testing.assert_allclose(res.latents.float().numpy(), cache.read(rec.key).branches["S"].latent[:, 0].astype(np.float32),
                                rtol=1e-2, atol=1e-3)
 
 

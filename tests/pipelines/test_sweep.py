@@ -9,10 +9,8 @@ from pathlib import Path
 import pytest
 
 import pipelines.sweep as sweep
-from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import UserInputError
-from pipelines.extract import run_extract
-from pipelines.fit import FitConfig
+from diffvqa_cache.fitting import FitConfig
 from pipelines.sweep import load_grid, run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore:4-parameter logistic fit failed")
@@ -26,9 +24,8 @@ configs:
 
 
 @pytest.fixture(scope="module")
-def cache16(tmp_path_factory, sample_root, tiny_extract_config):
-    index = load_dataset("sample", None, limit=16)
-    return run_extract(index, tiny_extract_config, tmp_path_factory.mktemp("sweepcache"), progress=False).cache_dir
+def cache16(sample_cache):
+    return sample_cache(limit=16).cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +85,7 @@ def test_serial_sweep_writes_results_and_summaries(serial_run, cache16):
 
 def test_dask_sweep_equals_serial_and_rerun_skips(serial_run, cache16, grid_file, tmp_path, dask_client, monkeypatch):
     out = tmp_path / "dask"
-    result = run_sweep(cache16, grid_file, out, scheduler=dask_client.scheduler.address, overrides={"splits": 2},
+    result = run_sweep(cache16, grid_file, out, scheduler_address=dask_client.scheduler.address, overrides={"splits": 2},
                        progress=False)
     assert result.executed == 4 and not result.failed
     workers = {json.loads(p.read_text())["worker"] for p in (out / "tasks").glob("*.json")}

@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from diffvqa_cache.branches import BranchFeatures
 from diffvqa_cache.regressor import RegressorConfig
 
 TINY_SPEC = {"ms_channels": [32, 32, 16, 8], "latent_channels": 4, "grid": 4, "pixel_size": 32, "num_frames": 3}
@@ -15,14 +16,14 @@ def tiny_config(**overrides) -> RegressorConfig:
     return RegressorConfig(**sizes)
 
 
-def make_view(batch=2, frames=3, spec=TINY_SPEC, seed=0) -> dict:
+def make_view(batch=2, frames=3, spec=TINY_SPEC, seed=0) -> BranchFeatures:
     g = torch.Generator().manual_seed(seed)
     grid, size = spec["grid"], spec["pixel_size"]
-    return {
-        "latent": torch.randn(batch, frames, spec["latent_channels"], grid, grid, generator=g),
-        "ms": [torch.randn(batch, frames, c, grid, grid, generator=g) for c in spec["ms_channels"]],
-        "pixels": torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8),
-    }
+    return BranchFeatures(
+        latent=torch.randn(batch, frames, spec["latent_channels"], grid, grid, generator=g),
+        ms=tuple(torch.randn(batch, frames, c, grid, grid, generator=g) for c in spec["ms_channels"]),
+        pixels=torch.randint(0, 256, (batch, frames, 3, size, size), generator=g, dtype=torch.uint8),
+    )
 
 
 def make_batch(batch=2, frames=3, spec=TINY_SPEC) -> dict:

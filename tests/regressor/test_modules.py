@@ -12,7 +12,7 @@ from diffvqa_cache.regressor.tdm import TDM
 def test_dff_shape_and_grads(spec, view_factory, check_grads, use_attention):
     dff = DFF(spec["ms_channels"], (0, 1, 2, 3), 4, spec["grid"], channels=16, use_attention=use_attention)
     view = view_factory(batch=2, frames=3)
-    out = dff(view["latent"], view["ms"])
+    out = dff(view.latent, view.ms)
     assert out.shape == (2, 3, 16, spec["grid"], spec["grid"])
     out.square().mean().backward()
     check_grads(dff)
@@ -20,11 +20,11 @@ def test_dff_shape_and_grads(spec, view_factory, check_grads, use_attention):
 
 def test_dff_resizes_a_level_off_the_grid_and_level_subsets(spec, view_factory):
     view = view_factory(batch=1, frames=2)
-    view["ms"][3] = torch.randn(1, 2, 8, 8, 8)  # a finer level than grid 4
-    dff = DFF(spec["ms_channels"], (1, 3), 4, spec["grid"], channels=8, use_latent=False)
-    assert dff(None, view["ms"]).shape == (1, 2, 8, 4, 4)
+    ms = (*view.ms[:2], torch.randn(1, 2, 16, 2, 2), torch.randn(1, 2, 8, 8, 8))  # coarser and finer than grid 4
+    dff = DFF(spec["ms_channels"], (1, 2, 3), 4, spec["grid"], channels=8, use_latent=False)
+    assert dff(None, ms).shape == (1, 2, 8, 4, 4)
     latent_only = DFF(spec["ms_channels"], (), 4, spec["grid"], channels=8)
-    assert latent_only(view["latent"], []).shape == (1, 2, 8, 4, 4)
+    assert latent_only(view.latent, ()).shape == (1, 2, 8, 4, 4)
 
 
 def test_tdm_concat_and_first_frame_zero():
@@ -58,7 +58,7 @@ def test_fff_mixes_neighbouring_frames():
 @pytest.mark.parametrize("frames", [1, 3, 6])
 def test_tcab_shape_and_grads(view_factory, check_grads, frames):
     tcab = TCAB(pixel_size=32, num_frames=3, d_model=16, depth=2, patch=16, d_state=4)
-    out = tcab(view_factory(batch=2, frames=frames)["pixels"])
+    out = tcab(view_factory(batch=2, frames=frames).pixels)
     assert out.shape == (2, frames, 16)
     out.square().sum().backward()
     check_grads(tcab)
@@ -66,7 +66,7 @@ def test_tcab_shape_and_grads(view_factory, check_grads, frames):
 
 def test_tcab_frame_features_see_other_frames(view_factory):
     tcab = TCAB(pixel_size=32, num_frames=3, d_model=16, depth=1, patch=16, d_state=4)
-    pixels = view_factory(batch=1, frames=3)["pixels"]
+    pixels = view_factory(batch=1, frames=3).pixels
     base = tcab(pixels)
     changed = pixels.clone()
     changed[0, 2] = 255 - changed[0, 2]

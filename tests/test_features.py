@@ -1,0 +1,52 @@
+"""Per-view diffusion features on the tiny backbone: shapes, seeded noise, hooks, samplers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from diffvqa_cache.backbone import load_backbone, sd_noise_schedule
+from diffvqa_cache.features import FeatureExtractor, make_sampler
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return load_backbone("tiny")
+
+
+def views(n, seed=0):
+    return torch.randint(0, 256, (n, 128, 128, 3), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_shapes_and_dtypes(backbone):
+    out = FeatureExtractor(backbone, steps=2, grid=4)(views(3), [1, 2, 3])
+    assert out.latent.shape == (3, 4, 16, 16) and out.latent.dtype == torch.float16 and out.pixels is None
+    assert [tuple(m.shape) for m in out.ms] == [(3, 64, 4, 4), (3, 32, 4, 4), (3, 32, 4, 4), (3, 16, 4, 4)]
+    coarse = FeatureExtractor(backbone, steps=1, grid=8)(views(1), [1])
+    assert [m.shape[-1] for m in coarse.ms] == [4, 8, 8, 8]  # the 4x4 level is kept, not upsampled
+
+
+def test_seeded_noise_makes_features_independent_of_the_batch(backbone):
+    fx = FeatureExtractor(backbone, steps=2, grid=4)
+    v = views(4)
+    together = fx(v, [10, 11, 12, 13])
+    apart = [fx(v[i:i + 1], [10 + i]) for i in range(4)]
+    torch.testing.assert_close(together.latent.float(), torch.cat([a.latent for a in apart]).float(), atol=2e-3, rtol=2e-3)
+    other_seed = fx(v[:1], [99])
+    assert not torch.equal(other_seed.latent, apart[0].latent)
+
+
+def test_hooks_are_removed_after_each_call(backbone):
+    FeatureExtractor(backbone, steps=1, grid=4)(views(1), [0])
+    assert all(not blk._forward_hooks for blk in backbone.unet.up_blocks)
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "euler"])
+def test_trailing_spacing_starts_few_step_chains_from_noise(name):
+    for steps in (1, 2, 4):
+        sampler = make_sampler(name, sd_noise_schedule(), "trailing")
+        sampler.set_timesteps(steps)
+        assert int(sampler.timesteps[0]) == 999
+    leading = make_sampler("ddim", sd_noise_schedule(), "leading")
+    leading.set_timesteps(1)
+    assert int(leading.timesteps[0]) < 999
