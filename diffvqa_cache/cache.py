@@ -52,11 +52,20 @@ def named_parts(branch: str, parts: BranchFeatures) -> list[tuple[str, object]]:
     return list(zip(part_names(branch, parts), [x for x in (parts.latent, parts.pixels, *parts.ms) if x is not None]))
 
 
-def _branch_from(arrays: dict, branch: str) -> BranchFeatures | None:
+def branch_from(arrays: dict, branch: str) -> BranchFeatures | None:
+    """Branch `branch`'s parts from a {HDF5 name: value} mapping (None when it has none)."""
     if not any(n.startswith(f"{branch}/") and n != f"{branch}/crop_origin" for n in arrays):
         return None
     return BranchFeatures(latent=arrays.get(f"{branch}/latent"), pixels=arrays.get(f"{branch}/pixels"),
                           ms=tuple(arrays.get(f"{branch}/ms{lv}") for lv in range(N_LEVELS)))
+
+
+def nonfinite_rows(a: np.ndarray) -> np.ndarray:
+    """(len(a),) bool: rows of float array `a` holding a NaN or Inf."""
+    flat = a.reshape(len(a), -1)
+    if a.dtype == np.float16:  # exponent bits all ones = Inf/NaN; ~3x faster than np.isfinite on fp16
+        return ((flat.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
+    return ~np.isfinite(flat).all(axis=1)
 
 
 # ---------------------------------------------------------------- one video's features
@@ -81,7 +90,7 @@ class VideoFeatures:
 
     @classmethod
     def from_flat(cls, key: str, arrays: dict[str, np.ndarray]) -> "VideoFeatures":
-        branches = {b: v for b in BRANCHES if (v := _branch_from(arrays, b)) is not None}
+        branches = {b: v for b in BRANCHES if (v := branch_from(arrays, b)) is not None}
         return cls(key, arrays["frame_index"], branches, arrays.get("D/crop_origin"))
 
 
@@ -257,15 +266,58 @@ class ShardArrays:
             for name, a in named_parts(b, parts):
                 if a.dtype.kind != "f":
                     continue
-                flat = a.reshape(len(a), -1)
-                if a.dtype == np.float16:  # exponent bits all ones = Inf/NaN; ~3x faster than np.isfinite on fp16
-                    bad = ((flat.view(np.uint16) & 0x7C00) == 0x7C00).any(axis=1)
-                else:
-                    bad = ~np.isfinite(flat).all(axis=1)
+                bad = nonfinite_rows(a)
                 if bad.any():
                     k = self.keys[int(np.searchsorted(self.row_start, int(np.flatnonzero(bad)[0]), side="right")) - 1]
                     raise CacheError(f"{self.file}: video {k!r} has NaN/Inf features ({name}); re-extract it (delete "
                                      f"{Path(self.file).name} and rerun extract) or drop it from the labels")
+
+
+@dataclass(frozen=True)
+class PartLayout:
+    """Where one HDF5 dataset's rows lie in its shard file (uncompressed and contiguous)."""
+
+    offset: int  # byte offset of row 0
+    row_shape: tuple[int, ...]  # (K, C, h, w) or (K, 3, P, P)
+    dtype: np.dtype
+
+    @property
+    def block_bytes(self) -> int:
+        """Bytes of one (row, crop): a row holds K such blocks back to back."""
+        return int(np.prod(self.row_shape[1:])) * self.dtype.itemsize
+
+
+@dataclass
+class ShardLayout:
+    """A shard's videos and the file position of each selected dataset, for reads without HDF5."""
+
+    file: Path
+    keys: list[str]
+    row_start: np.ndarray  # (V,)
+    n_frames: np.ndarray  # (V,)
+    parts: dict[str, PartLayout]
+
+
+def shard_layout(file: Path, names: list[str]) -> ShardLayout:
+    """The layout of datasets `names` in shard `file`; refuses datasets that are not contiguous."""
+    import h5py
+
+    try:
+        with h5py.File(file, "r") as f:
+            keys = [k.decode() if isinstance(k, bytes) else k for k in f["keys"][:]]
+            parts = {}
+            for n in names:
+                d = f[n]
+                offset = d.id.get_offset()
+                if d.chunks is not None or offset is None:
+                    raise CacheError(f"{file}: dataset {n} is chunked or compressed, so it cannot be read in place; "
+                                     "fit with --set data=memory or re-extract with this version")
+                parts[n] = PartLayout(int(offset), tuple(d.shape[1:]), np.dtype(d.dtype))
+            return ShardLayout(Path(file), keys, f["row_start"][:].astype(np.int64), f["n_frames"][:].astype(np.int64),
+                               parts)
+    except OSError as exc:
+        raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
+                         "rerun extract to recompute it") from None
 
 
 class FeatureCache:
@@ -357,7 +409,7 @@ class FeatureCache:
     def part_shapes(self) -> dict[str, BranchFeatures]:
         """Per-frame shapes (K, C, h, w) of every part of each branch, read from the first shard."""
         flat = self._dataset_shapes()
-        return {b: v for b in BRANCHES if (v := _branch_from({n: tuple(s["shape"]) for n, s in flat.items()}, b))}
+        return {b: v for b in BRANCHES if (v := branch_from({n: tuple(s["shape"]) for n, s in flat.items()}, b))}
 
     def _dataset_shapes(self) -> dict[str, dict]:
         import h5py

@@ -1,0 +1,50 @@
+"""The machine's memory as stage two sees it: the default feature budget and this process's peak.
+
+The budget (`FitConfig.memory_gb`) bounds the feature data a fit holds: the in-memory table, or the
+streamed path's prefetched batches. Its default is a share of the memory available when the fit starts
+(`MemAvailable`: free memory plus the page cache the kernel can drop), so a fit leaves room for the
+model, the runtime and the page cache that makes streaming fast.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+
+DEFAULT_SHARE = 0.7  # of MemAvailable; the rest is for the model, torch's runtime and the page cache
+FALLBACK_GB = 8.0  # where the available memory cannot be read
+
+
+def available_bytes() -> int | None:
+    """Memory available to a new process: Linux `MemAvailable`, else half the physical memory, else None."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def default_budget_gb() -> float:
+    """`DEFAULT_SHARE` of the available memory in GB (1e9 bytes), or `FALLBACK_GB`."""
+    avail = available_bytes()
+    return round(DEFAULT_SHARE * avail / 1e9, 2) if avail else FALLBACK_GB
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident memory of this process so far (ru_maxrss is in KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def rss_bytes() -> int:
+    """Resident memory of this process now (Linux; 0 elsewhere)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0

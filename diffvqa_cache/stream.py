@@ -1,0 +1,200 @@
+"""Stage two's streamed data path: batches read from the shards when they are needed, for caches whose
+selected features do not fit the memory budget.
+
+`StreamedTable` offers what the training loop uses of `data.VideoTable` (keys, mos, n_crops, subset,
+batch, batches, feature_spec), so `train`, `predict_raw` and `fit_split` run unchanged on either. A batch
+reads only the rows it uses (the chosen frames and, per frame, the chosen crop) with positional reads at
+the file offsets of the uncompressed, contiguous HDF5 datasets, then applies the table's per-video rules
+(frames picked, maps pooled, pixels resized) to the whole batch: the same tensors as the in-memory path.
+`batches` reads ahead of the model in a few threads and never holds more than the budget in read-ahead.
+
+Positional reads rather than memory maps: mapped file pages count in the process's resident memory
+(a streamed fit would look as large as its cache), and one map per shard and dataset would need
+thousands of open files; `os.preadv` fills the batch buffer directly and leaves caching to the kernel.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Iterable, Iterator
+
+import numpy as np
+import torch
+
+from .branches import N_LEVELS, BranchFeatures
+from .cache import FeatureCache, PartLayout, ShardLayout, branch_from, nonfinite_rows, part_names, shard_layout
+from .data import LoadSpec, pick_frames, resize_pixels, resolve_grid_and_frames, table_labels, to_device
+from .errors import CacheError
+from .pooling import pool_to_grid, pooled_side
+
+READ_THREADS = max(1, min(4, os.cpu_count() or 1))  # readers are mostly waiting on I/O
+MAX_AHEAD = 4  # batches read ahead at most (and at most the budget's bytes)
+
+
+@dataclass
+class _Shards:
+    """What every subset of one streamed cache shares: shard layouts and the load rules."""
+
+    layouts: list[ShardLayout]
+    spec: LoadSpec
+    grid: int
+    num_frames: int
+    names: dict[str, list[str]]  # branch -> HDF5 datasets to read
+    shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
+    checked: set  # videos whose features were found finite
+
+    def video_bytes(self) -> int:
+        """Upper bound of the bytes one video takes in a read-ahead batch (raw rows and their pooled copy)."""
+        per_frame = sum(2 * p.block_bytes for p in self.shapes.values())
+        return per_frame * self.num_frames
+
+
+def _open_shards(cache: FeatureCache, spec: LoadSpec) -> _Shards:
+    grid, num_frames = resolve_grid_and_frames(cache, spec)
+    names = {b: part_names(b, spec.parts()) for b in spec.branches}
+    flat = [n for b in spec.branches for n in names[b]]
+    layouts = [shard_layout(f, flat) for f in cache.shard_files()]
+    if not layouts:
+        raise CacheError(f"{cache.path}: no shards to read; rerun extract")
+    shapes = layouts[0].parts
+    for lay in layouts[1:]:
+        odd = [n for n in flat if (lay.parts[n].row_shape, lay.parts[n].dtype) != (shapes[n].row_shape, shapes[n].dtype)]
+        if odd:
+            raise CacheError(f"{lay.file}: {odd[0]} has shape {lay.parts[odd[0]].row_shape}, the first shard "
+                             f"{shapes[odd[0]].row_shape}; the cache mixes settings, re-extract it")
+    return _Shards(layouts, spec, grid, num_frames, names, shapes, set())
+
+
+class StreamedTable:
+    """The videos of a cache, read batch by batch from its shards (see the module docstring)."""
+
+    def __init__(self, cache: FeatureCache, spec: LoadSpec, budget_bytes: int):
+        keys, mos, splits = table_labels(cache)
+        src = _open_shards(cache, spec)
+        where = {k: (s, i) for s, lay in enumerate(src.layouts) for i, k in enumerate(lay.keys)}
+        loc = np.array([where[k] for k in keys], dtype=np.int64).reshape(len(keys), 2)
+        self._init(keys, mos, splits, loc, src, budget_bytes)
+
+    def _init(self, keys, mos, splits, loc, src, budget_bytes):
+        self.keys, self.mos, self.splits = keys, mos.astype(np.float32), splits
+        self._loc, self._src, self.budget_bytes = loc, src, int(budget_bytes)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @property
+    def n_crops(self) -> dict[str, int]:
+        return {b: self._src.shapes[names[0]].row_shape[0] for b, names in self._src.names.items()}
+
+    def subset(self, idx: np.ndarray) -> "StreamedTable":
+        out = object.__new__(StreamedTable)
+        out._init([self.keys[i] for i in idx], self.mos[idx], [self.splits[i] for i in idx], self._loc[idx],
+                  self._src, self.budget_bytes)
+        return out
+
+    def feature_spec(self) -> dict:
+        """As `VideoTable.feature_spec`, from the shard layout (no data read)."""
+        src = self._src
+        first = src.names[src.spec.branches[0]]
+        side = {n: pooled_side(src.shapes[n].row_shape[-1], src.grid) for n in first if not n.endswith("/pixels")}
+        ms = [next((src.shapes[n].row_shape[1] for n in first if n.endswith(f"/ms{lv}")), 0) for lv in range(N_LEVELS)]
+        return {"ms_channels": [int(c) for c in ms], "latent_channels": 4, "grid": int(max(side.values())),
+                "pixel_size": src.spec.pixel_size if any(n.endswith("/pixels") for n in first) else 0,
+                "num_frames": src.num_frames}
+
+    def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict[str, BranchFeatures]:
+        """As `VideoTable.batch`, read now."""
+        device = torch.device(device)
+        return to_device(self._read(idx, crop, device.type == "cuda"), device)
+
+    def batches(self, plan: Iterable[tuple[np.ndarray, int | np.ndarray]], device) -> Iterator[dict[str, BranchFeatures]]:
+        """`batch(idx, crop, device)` for each (idx, crop) of `plan`, in order, read ahead in threads."""
+        device = torch.device(device)
+        pin = device.type == "cuda"
+        per_video = self._src.video_bytes()
+        items = iter(plan)
+        pending: deque = deque()  # (future, bytes) in plan order
+        held = 0
+        pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
+        try:
+            nxt = next(items, None)
+            while True:
+                while nxt is not None and len(pending) < MAX_AHEAD:
+                    cost = len(nxt[0]) * per_video
+                    if pending and held + cost > self.budget_bytes:
+                        break
+                    pending.append((pool.submit(self._read, nxt[0], nxt[1], pin), cost))
+                    held += cost
+                    nxt = next(items, None)
+                if not pending:
+                    return
+                fut, cost = pending.popleft()
+                host = fut.result()
+                held -= cost
+                yield to_device(host, device)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+    # ------------------------------------------------------------ reading one batch
+    def _read(self, idx: np.ndarray, crop, pin: bool) -> dict[str, BranchFeatures]:
+        src = self._src
+        n, t = len(idx), src.num_frames
+        crops = np.broadcast_to(crop, (n, t))
+        raw = {name: _empty((n, t, *p.row_shape[1:]), p.dtype, pin) for name, p in src.shapes.items()}
+        for j, v in enumerate(idx):
+            shard, i = self._loc[v]
+            lay = src.layouts[shard]
+            rows = pick_frames(int(lay.n_frames[i]), t) + lay.row_start[i]
+            fd = os.open(lay.file, os.O_RDONLY)
+            try:
+                for name, out in raw.items():
+                    part = lay.parts[name]
+                    k = part.row_shape[0]
+                    _read_blocks(fd, part, rows * k + (crops[j] % k if k > 1 else 0), out[j], lay.file)
+            finally:
+                os.close(fd)
+            self._check_finite(self.keys[v], {name: out[j] for name, out in raw.items()}, lay.file)
+        tensors = {name: torch.from_numpy(a) for name, a in raw.items()}
+        out = {}
+        for b in src.spec.branches:
+            view = branch_from({name: tensors[name] for name in src.names[b]}, b)
+            view.latent = None if view.latent is None else pool_to_grid(view.latent, src.grid)
+            view.ms = tuple(None if m is None else pool_to_grid(m, src.grid) for m in view.ms)
+            view.pixels = None if view.pixels is None else resize_pixels(view.pixels, src.spec.pixel_size)
+            out[b] = view.map(lambda x: x.pin_memory() if pin and not x.is_pinned() else x)
+        return out
+
+    def _check_finite(self, key: str, arrays: dict[str, np.ndarray], file) -> None:
+        """The in-memory path checks every loaded shard; here each video is checked the first time it is read."""
+        if key in self._src.checked:
+            return
+        for name, a in arrays.items():
+            if a.dtype.kind == "f" and nonfinite_rows(a).any():
+                raise CacheError(f"{file}: video {key!r} has NaN/Inf features ({name}); re-extract it (delete "
+                                 f"{os.path.basename(file)} and rerun extract) or drop it from the labels")
+        self._src.checked.add(key)
+
+
+def _empty(shape: tuple, dtype: np.dtype, pin: bool) -> np.ndarray:
+    """A numpy array for a batch part; in pinned (page-locked) memory for non-blocking copies to CUDA."""
+    if not pin:
+        return np.empty(shape, dtype)
+    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
+
+
+def _read_blocks(fd: int, part: PartLayout, blocks: np.ndarray, dest: np.ndarray, file) -> None:
+    """Read (row, crop) blocks number `blocks` of `part` into `dest` (one block per leading index), one
+    `preadv` per run of consecutive blocks."""
+    size = part.block_bytes
+    buf = memoryview(dest).cast("B")
+    cut = np.flatnonzero(np.diff(blocks) != 1) + 1
+    for s, e in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(blocks)]])):
+        lo, hi, pos = int(s) * size, int(e) * size, part.offset + int(blocks[s]) * size
+        while lo < hi:
+            got = os.preadv(fd, [buf[lo:hi]], pos)
+            if got <= 0:
+                raise CacheError(f"{file}: shorter than its layout says (truncated?); run `diffvqa-cache cache verify`")
+            lo, pos = lo + got, pos + got
