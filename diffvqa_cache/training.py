@@ -1,10 +1,13 @@
-"""Training and evaluation of the regressor on in-memory feature tables."""
+"""Training and evaluation of the regressor on a feature source (`data.VideoTable` in memory or
+`stream.StreamedTable`): each epoch's batches are drawn first, then read in order through the source's
+`batches`, so both sources see the same batches and the streamed one can read ahead."""
 
 from __future__ import annotations
 
 import math
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -15,6 +18,7 @@ from .devices import autocast, resolve_device, training_dtype
 from .errors import UserInputError
 from .losses import LOSSES, quality_loss
 from .metrics import compute_metrics_ids
+from .resume import load_state, save_state
 
 
 @dataclass
@@ -51,13 +55,14 @@ def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, dev
     model.eval()
     n_crops = max(table.n_crops.values())
     out = np.zeros(len(table), dtype=np.float64)
-    for s in range(0, len(table), cfg.eval_batch_size):
-        idx = np.arange(s, min(s + cfg.eval_batch_size, len(table)))
-        acc = 0.0
-        for c in range(n_crops):
-            with autocast(device, cfg.precision(device)):
-                acc = acc + model(table.batch(idx, c, device))["score"].float().cpu().numpy()
-        out[idx] = acc / n_crops
+    plan = [(np.arange(s, min(s + cfg.eval_batch_size, len(table))), c)
+            for s in range(0, len(table), cfg.eval_batch_size) for c in range(n_crops)]
+    for (idx, c), batch in zip(plan, table.batches(plan, device)):
+        with autocast(device, cfg.precision(device)):
+            score = model(batch)["score"].float().cpu().numpy()
+        acc = score if c == 0 else acc + score
+        if c == n_crops - 1:
+            out[idx] = acc / n_crops
     return out
 
 
@@ -75,11 +80,15 @@ class TrainResult:
     mos_mean: float
     mos_std: float
     scale: tuple[float, float]  # raw output -> MOS: a * raw + b, fitted on the training set
+    resumed_after: int | None = None  # the saved epoch this training continued from
 
 
 def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, seed: int,
-          val_table: VideoTable | None = None, on_epoch=None) -> TrainResult:
-    """Fit `model` in place; keeps the weights of the best validation epoch when a validation set is given."""
+          val_table: VideoTable | None = None, on_epoch=None, state_dir: Path | None = None) -> TrainResult:
+    """Fit `model` in place; keeps the weights of the best validation epoch when a validation set is given.
+
+    With `state_dir`, the state is saved there after every epoch and, when a state is there already,
+    training continues after its epoch (the result is the same as without the interruption)."""
     device = resolve_device(cfg.device)
     model.to(device)
     gen = np.random.default_rng(seed)
@@ -93,19 +102,27 @@ def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, see
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     n_crops = max(train_table.n_crops.values())
-    history, best, best_state, best_epoch, stale = [], -math.inf, None, cfg.epochs - 1, 0
-    for epoch in range(cfg.epochs):
+    history, best, best_state, best_epoch, stale, stopped, start = [], -math.inf, None, cfg.epochs - 1, 0, False, 0
+    resumed = load_state(state_dir, model, opt, sched, gen)
+    if resumed is not None:
+        last, info, best_state = resumed
+        history, best_epoch, stale, stopped = info["history"], info["best_epoch"], info["stale"], info["stopped"]
+        best, start = -math.inf if info["best"] is None else info["best"], last + 1
+    for epoch in range(start, cfg.epochs):
+        if stopped:
+            break
         model.train()
         t0 = time.perf_counter()
         order = gen.permutation(len(train_table))
-        losses = []
+        plan = []
         for s in range(steps_per_epoch):
             idx = order[s * cfg.batch_size:(s + 1) * cfg.batch_size]
             if len(idx) < 2:  # correlation losses need two videos
                 continue
             # one crop per (video, frame), drawn anew every epoch
-            crop = gen.integers(0, n_crops, size=(len(idx), 1)) if n_crops > 1 else 0
-            batch = train_table.batch(idx, crop, device)
+            plan.append((idx, gen.integers(0, n_crops, size=(len(idx), 1)) if n_crops > 1 else 0))
+        losses = []
+        for (idx, _), batch in zip(plan, train_table.batches(plan, device)):
             with autocast(device, cfg.precision(device)):
                 pred = model(batch)["score"].float()
             loss = quality_loss(cfg.loss, pred, mos_z[idx].to(device), cfg.rank_weight)
@@ -130,13 +147,17 @@ def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, see
             else:
                 stale += 1
         history.append(row)
+        stopped = bool(cfg.patience and stale >= cfg.patience)
+        if state_dir is not None:
+            save_state(state_dir, epoch, model, opt, sched, gen, {
+                "history": history, "best": None if best == -math.inf else best, "best_epoch": best_epoch,
+                "stale": stale, "stopped": stopped}, best_state)
         if on_epoch is not None:
             on_epoch(row)
-        if cfg.patience and stale >= cfg.patience:
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
     raw = predict_raw(model, train_table, cfg, device)
     check_finite(raw, train_table.keys, "training set")
     a, b = np.polyfit(raw, train_table.mos, 1) if np.std(raw) > 0 else (0.0, mos_mean)
-    return TrainResult(history, best_epoch, mos_mean, mos_std, (float(a), float(b)))
+    return TrainResult(history, best_epoch, mos_mean, mos_std, (float(a), float(b)),
+                       None if resumed is None else resumed[0])
