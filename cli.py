@@ -315,6 +315,8 @@ def fit(
     seed: Annotated[Optional[int], typer.Option(help="Seeds splits, initialisation and batches.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ...")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue a killed run in --out: finished splits are kept, the "
+                                              "current one continues after its last completed epoch.")] = False,
 ) -> None:
     """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
     from diffvqa_cache.fitting import load_fit_config
@@ -326,7 +328,7 @@ def fit(
         if value is not None:
             overrides[name] = value
     cfg = load_fit_config(config, overrides)
-    result = run_fit(cache, out, cfg, test_cache_path=test_cache, init=init)
+    result = run_fit(cache, out, cfg, test_cache_path=test_cache, init=init, resume=resume)
     typer.echo(format_summary(result, out))
 
 

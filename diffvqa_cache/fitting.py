@@ -13,9 +13,10 @@ import torch
 from . import __version__
 from .checkpoint import load_checkpoint
 from .config import CacheConfig, Config
-from .data import LoadSpec, VideoTable
+from .data import DATA_PATHS, LoadSpec, VideoTable
 from .devices import resolve_device
 from .errors import UserInputError
+from .memory import default_budget_gb
 from .metrics import compute_metrics_ids
 from .protocols import PROTOCOLS, Split, carve_validation
 from .regressor import DiffVQARegressor, RegressorConfig
@@ -37,7 +38,8 @@ class FitConfig(Config):
     grid: int | None = None  # load-time pooling of F_MS / F_Latent (None: the cache's grid)
     num_frames: int | None = None  # frames per video used (None: all cached)
     pixel_size: int = 64  # TCAB input side (the cached view pixels are resized at load time)
-    memory_gb: float = 12.0  # in-memory budget for the feature tables
+    data: str = "auto"  # memory (tables in memory), stream (read from the shards per batch), auto (memory if it fits)
+    memory_gb: float | None = None  # budget for the feature data (None: a share of the available memory, see memory.py)
     verify: bool = True  # re-hash every shard before training (catches silent corruption)
 
     def __post_init__(self):
@@ -45,6 +47,14 @@ class FitConfig(Config):
             raise UserInputError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
         if self.splits < 1 or not 0 < self.test_fraction < 1:
             raise UserInputError(f"need splits >= 1 and 0 < test_fraction < 1, got {self.splits}, {self.test_fraction}")
+        if self.data not in DATA_PATHS:
+            raise UserInputError(f"data must be one of {DATA_PATHS}, got {self.data!r}")
+        if self.memory_gb is not None and not self.memory_gb > 0:
+            raise UserInputError(f"memory_gb must be > 0 (or unset for the default), got {self.memory_gb}")
+
+    def budget_gb(self) -> float:
+        """`memory_gb`, or its default from the memory available now."""
+        return self.memory_gb if self.memory_gb is not None else default_budget_gb()
 
     def load_spec(self) -> LoadSpec:
         r = self.regressor
@@ -101,9 +111,10 @@ class FittedSplit:
 
 
 def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int, test_table: VideoTable | None = None,
-              init_state: dict | None = None, device=None, on_epoch=None) -> FittedSplit:
+              init_state: dict | None = None, device=None, on_epoch=None, state_dir: Path | None = None) -> FittedSplit:
     """Train one model on a split's train videos (validation carved from them) and score its test sets
-    (looked up in `test_table` when given, else in `table`)."""
+    (looked up in `test_table` when given, else in `table`). Tables are `VideoTable`s or `StreamedTable`s;
+    `state_dir`: save the training state there every epoch and continue from one found there."""
     device = device or resolve_device(cfg.train.device)
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)
@@ -113,7 +124,7 @@ def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int, test_t
     model = DiffVQARegressor(cfg.regressor, table.feature_spec())
     if init_state is not None:
         model.load_state_dict(init_state)
-    res = train(model, train_t, cfg.train, seed, val_t, on_epoch=on_epoch)
+    res = train(model, train_t, cfg.train, seed, val_t, on_epoch=on_epoch, state_dir=state_dir)
     entry = {"split": split.name, "n_train": len(train_keys), "n_val": len(val_keys), "best_epoch": res.best_epoch}
     rows = []
     src = test_table if test_table is not None else table
@@ -138,6 +149,7 @@ class RunConfig(Config):
     feature_spec: dict
     test_cache_path: str | None = None
     init: str | None = None
+    data: dict = field(default_factory=dict)  # the data path used: path, budget_gb, need_gb, device
     package_version: str = __version__
     fingerprint: str = ""  # = cache.fingerprint, kept at the top level for tools that grep runs
 

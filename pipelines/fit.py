@@ -7,6 +7,8 @@ Protocols (`diffvqa_cache.protocols`): `random` (repeated 80/20 splits by video,
 
 from __future__ import annotations
 
+import json
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,14 +17,15 @@ import numpy as np
 
 from diffvqa_cache.cache import FeatureCache
 from diffvqa_cache.checkpoint import save_checkpoint
-from diffvqa_cache.data import VideoTable, estimate_bytes, load_table
+from diffvqa_cache.data import VideoTable, choose_data_path, open_table
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic
 from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models
 from diffvqa_cache.metrics import METRIC_KEYS, summarize
-from diffvqa_cache.progress import bar
+from diffvqa_cache.progress import bar, err
 from diffvqa_cache.protocols import Split, plan_splits
+from diffvqa_cache.stream import StreamedTable
 
 
 @dataclass
@@ -31,13 +34,15 @@ class FitInputs:
     test_cache: FeatureCache | None
     protocol: str
     splits: list[Split]
-    table: VideoTable
-    test_table: VideoTable | None
+    table: VideoTable | StreamedTable
+    test_table: VideoTable | StreamedTable | None
+    data: dict  # the data path chosen, for the run's record
 
 
 def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_path: Path | None = None,
-                    progress: bool = False) -> FitInputs:
-    """Open and check the cache(s), plan the protocol's splits, load the selected features once."""
+                    progress: bool = False, device=None) -> FitInputs:
+    """Open and check the cache(s), plan the protocol's splits, and open the selected features: loaded
+    once into memory when they fit the budget (`cfg.data`, `cfg.memory_gb`), else streamed."""
     cache = FeatureCache(cache_path)
     cache.check_complete(cfg.verify)
     test_cache = FeatureCache(test_cache_path) if test_cache_path else None
@@ -47,23 +52,26 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_path: Path | No
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
                              f"cache {cache.fingerprint}: extract both with the same settings")
     protocol, splits = plan_splits(cfg.protocol, cache, test_cache, cfg.splits, cfg.test_fraction, cfg.seed)
-    spec = cfg.load_spec()
-    need = estimate_bytes(cache, spec) + (estimate_bytes(test_cache, spec) if test_cache else 0)
-    if need > cfg.memory_gb * 1e9:
-        raise UserInputError(f"the selected features need {need / 1e9:.1f} GB in memory, over memory_gb="
-                             f"{cfg.memory_gb}; raise it, or pool more (grid) / use fewer levels or frames")
-    with bar("load cache", len(cache.shard_files()), progress) as pb:
-        table = load_table(cache, spec, progress=lambda: pb.update(advance=1))
-    test_table = load_table(test_cache, spec) if test_cache else None
-    return FitInputs(cache, test_cache, protocol, splits, table, test_table)
+    spec, budget = cfg.load_spec(), int(cfg.budget_gb() * 1e9)
+    path, need = choose_data_path([c for c in (cache, test_cache) if c is not None], spec, cfg.data, budget)
+    with bar("load cache", len(cache.shard_files()), progress and path == "memory") as pb:
+        table = open_table(cache, spec, path, budget, device, progress=lambda: pb.update(advance=1))
+    test_table = open_table(test_cache, spec, path, budget, device) if test_cache else None
+    data = {"path": path, "budget_gb": budget / 1e9, "need_gb": round(need / 1e9, 3),
+            "device": str(table.device) if path == "memory" else "cpu (streamed)"}
+    return FitInputs(cache, test_cache, protocol, splits, table, test_table, data)
 
 
 def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path | None = None,
-            init: Path | None = None, progress: bool = True) -> dict:
-    """Train and evaluate under the protocol; write the run directory; return metrics.json's content."""
+            init: Path | None = None, progress: bool = True, resume: bool = False) -> dict:
+    """Train and evaluate under the protocol; write the run directory; return metrics.json's content.
+
+    Each split's training state is saved in OUT/state/ after every epoch; with `resume`, finished splits
+    are taken as they are and the current one continues after its last saved epoch."""
     t_start = time.perf_counter()
-    # 1. caches, protocol, features in memory (pooling and selection happen at load time)
-    inputs = load_fit_inputs(cache_path, cfg, test_cache_path, progress)
+    device = resolve_device(cfg.train.device)
+    # 1. caches, protocol, features (in memory or streamed; pooling and selection at load time)
+    inputs = load_fit_inputs(cache_path, cfg, test_cache_path, progress, device)
     cache, test_cache, protocol, splits = inputs.cache, inputs.test_cache, inputs.protocol, inputs.splits
     table, test_table, spec = inputs.table, inputs.test_table, cfg.load_spec()
     init_models = load_run_models(init, cache.fingerprint, "cpu") if init else None
@@ -75,24 +83,42 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
     meta_common = {"regressor": cfg.regressor.to_dict(), "feature_spec": feature_spec, "load_spec": spec.to_dict(),
                    "fingerprint": cache.fingerprint, "cache": cache.config.to_dict(),
                    "mos_range": list(cache.config.mos_range)}
-    RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path), feature_spec=feature_spec,
-              test_cache_path=str(test_cache.path) if test_cache else None, init=str(init) if init else None,
-              fingerprint=cache.fingerprint).save(out / "config.json")
+    run_cfg = RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path),
+                        feature_spec=feature_spec, test_cache_path=str(test_cache.path) if test_cache else None,
+                        init=str(init) if init else None, data=inputs.data, fingerprint=cache.fingerprint)
+    states = out / "state"
+    if resume:
+        check_resumable(out, run_cfg)
+    else:
+        shutil.rmtree(states, ignore_errors=True)
+    run_cfg.save(out / "config.json")
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
-    device = resolve_device(cfg.train.device)
     per_split, rows, histories = [], [], {}
-    # 3. one model per split, checkpoints self-describing
+    # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
     for si, split in enumerate(splits):
+        done, model_file = states / f"{split.name}.json", out / "models" / f"{split.name}.safetensors"
+        if resume and done.is_file() and model_file.is_file():
+            finished = json.loads(done.read_text())
+            per_split.append(finished["entry"])
+            rows += [tuple(r) for r in finished["rows"]]
+            histories[split.name] = finished["history"]
+            continue
         init_state = init_models[min(si, len(init_models) - 1)][0].state_dict() if init_models else None
         with bar(f"{split.name} ({si + 1}/{len(splits)})", cfg.train.epochs, progress) as pb:
             fitted = fit_split(table, split, cfg, cfg.seed + si, test_table, init_state, device,
                                on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
-                                   f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")))
+                                   f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")),
+                               state_dir=states / split.name)
+        if fitted.result.resumed_after is not None and progress:
+            err.print(f"{split.name}: continued after saved epoch {fitted.result.resumed_after}")
         histories[split.name] = fitted.result.history
         meta = {**meta_common, "split": split.name, "seed": cfg.seed + si, "train": cfg.train.to_dict(),
                 "scale": list(fitted.result.scale), "best_epoch": fitted.result.best_epoch,
-                "history": fitted.result.history, "test_metrics": {t: fitted.entry[t] for t in split.test}}
-        save_checkpoint(out / "models" / f"{split.name}.safetensors", fitted.model.cpu(), meta)
+                "history": fitted.result.history, "test_metrics": {t: fitted.entry[t] for t in split.test},
+                "resumed_after": fitted.result.resumed_after}
+        save_checkpoint(model_file, fitted.model.cpu(), meta)
+        write_json_atomic(done, {"entry": fitted.entry, "rows": fitted.rows, "history": fitted.result.history})
+        shutil.rmtree(states / split.name, ignore_errors=True)
         per_split.append(fitted.entry)
         rows += fitted.rows
     # 4. summary, predictions, plots
@@ -109,6 +135,27 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
             f"{cache.config.dataset} {protocol}: median SRCC {summary[test_names[0]]['srcc']['median']:.3f}")
     learning_curves(out / "learning_curve.png", histories)
     return result
+
+
+# Settings that change how the features are held, never the numbers: a resumed run may change them.
+PLACEMENT = ("data", "memory_gb", "verify")
+
+
+def check_resumable(out: Path, new: RunConfig) -> None:
+    """Refuse to resume a run directory written with other settings (or not by `fit`)."""
+    if not (out / "config.json").is_file():
+        return  # nothing to resume: a fresh run
+    old = RunConfig.read(out)
+    a, b = old.to_dict(), new.to_dict()
+    for d in (a, b):
+        d.pop("data", None), d.pop("package_version", None)
+        for name in PLACEMENT:
+            d["fit"].pop(name, None)
+    changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \
+        + [f"fit.{k}" for k in sorted(a["fit"].keys() | b["fit"].keys()) if a["fit"].get(k) != b["fit"].get(k)]
+    if changed:
+        raise UserInputError(f"--resume: {out} holds a run with other settings ({', '.join(changed)}); "
+                             "rerun with its settings, use another --out, or drop --resume to start over")
 
 
 def format_summary(result: dict, out: Path) -> str:
