@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import socket
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from diffvqa_cache.dask_cluster import check_dask_args, dask_client, default_wor
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
 from diffvqa_cache.fitting import FitConfig, fit_split
+from diffvqa_cache.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_bytes
 from diffvqa_cache.metrics import METRIC_KEYS
 from diffvqa_cache.plots import sweep_summary
 from diffvqa_cache.progress import bar, err
@@ -121,39 +123,83 @@ class SweepTask:
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-_TABLES: OrderedDict = OrderedDict()  # per process (dask worker): (cache path, LoadSpec) -> VideoTable
-_MAX_TABLES = 3
+_SOURCES: OrderedDict = OrderedDict()  # per process (dask worker): (cache, LoadSpec, path) -> (source, bytes held)
 
 
-def cached_table(cache_path: str, spec):
-    """The cache's features for `spec`, loaded once per process and reused by later tasks."""
-    from diffvqa_cache.data import load_table
+def cached_source(cache_path: str, cfg: FitConfig, budget_gb: float):
+    """The cache's features for `cfg`, opened once per process and reused by later tasks: in memory when
+    they fit `budget_gb` together with the tables kept for earlier tasks (the oldest are dropped first),
+    else streamed. Returns (source, the data path's record)."""
+    from diffvqa_cache.data import choose_data_path, open_table
 
-    key = (str(cache_path), spec)
-    if key not in _TABLES:
-        while len(_TABLES) >= _MAX_TABLES:
-            _TABLES.popitem(last=False)
-        _TABLES[key] = load_table(FeatureCache(cache_path), spec)
-    _TABLES.move_to_end(key)
-    return _TABLES[key]
+    cache, spec, budget = FeatureCache(cache_path), cfg.load_spec(), int(budget_gb * 1e9)
+    path, need = choose_data_path([cache], spec, cfg.data, budget)
+    key = (str(cache_path), spec, path)
+    if key not in _SOURCES:
+        while _SOURCES and sum(held for _, held in _SOURCES.values()) + (need if path == "memory" else 0) > budget:
+            _SOURCES.popitem(last=False)
+        _SOURCES[key] = (open_table(cache, spec, path, budget), need if path == "memory" else 0)
+    _SOURCES.move_to_end(key)
+    return _SOURCES[key][0], {"path": path, "budget_gb": budget_gb, "need_gb": round(need / 1e9, 3)}
 
 
-def run_task(cache_path: str, task: SweepTask, out: Path) -> dict:
-    """Fit one (configuration, split) and write its result file; errors are recorded, never raised."""
+def task_budget_gb(budget_gb: float | None, cfg: FitConfig) -> float:
+    """A task's feature budget: the driver's share for this worker, else memory_gb, else the dask worker's
+    memory limit (a remote cluster), else the default from this machine's available memory."""
+    if budget_gb is not None:
+        return budget_gb
+    if cfg.memory_gb is not None:
+        return cfg.memory_gb
+    try:
+        from distributed import get_worker
+
+        limit = get_worker().memory_manager.memory_limit
+        if limit:
+            return DEFAULT_SHARE * limit / 1e9
+    except (ImportError, ValueError, AttributeError):
+        pass
+    return default_budget_gb()
+
+
+def run_task(cache_path: str, task: SweepTask, out: Path, budget_gb: float | None = None) -> dict:
+    """Fit one (configuration, split) and write its result file; errors are recorded, never raised.
+
+    The task's training state is kept in out/state/<task>/ after every epoch, so a task whose worker was
+    killed continues from its last epoch when the sweep is rerun."""
     t0 = time.perf_counter()
     result = {"config": task.config, "split": task.split.name, "overrides": task.overrides, "base": task.base,
               "seed": task.seed, "task_id": task.task_id, "n_train": None, "best_epoch": None, "metrics": {},
               "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
+    state = Path(out) / "state" / Path(task.file).stem
     try:
         cfg = FitConfig().with_overrides({**task.base, **task.overrides})
-        fitted = fit_split(cached_table(cache_path, cfg.load_spec()), task.split, cfg, task.seed)
+        source, data = cached_source(cache_path, cfg, task_budget_gb(budget_gb, cfg))
+        claim_state(state, task.task_id)
+        fitted = fit_split(source, task.split, cfg, task.seed, state_dir=state)
         result.update(n_train=fitted.entry["n_train"], best_epoch=fitted.entry["best_epoch"],
-                      metrics={t: fitted.entry[t] for t in task.split.test})
+                      metrics={t: fitted.entry[t] for t in task.split.test}, data=data,
+                      resumed_after=fitted.result.resumed_after)
     except Exception as exc:  # one bad configuration never stops the others
         result["error"] = f"{type(exc).__name__}: {exc}"
     result["seconds"] = round(time.perf_counter() - t0, 3)
+    result["peak_rss_gb"] = round(peak_rss_bytes() / 1e9, 3)  # of the worker process, all its tasks so far
     write_task_result(out, task, result)
+    if not result["error"]:
+        shutil.rmtree(state, ignore_errors=True)
     return result
+
+
+def claim_state(state: Path, task_id: str) -> None:
+    """Keep a task's saved training state only when it was saved for the same settings."""
+    marker = state / "task.json"
+    try:
+        same = json.loads(marker.read_text()).get("task_id") == task_id
+    except (OSError, ValueError):
+        same = False
+    if not same:
+        shutil.rmtree(state, ignore_errors=True)
+        state.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(marker, {"task_id": task_id})
 
 
 def write_task_result(out: Path, task: SweepTask, result: dict) -> None:
@@ -203,9 +249,6 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
     cache, protocol, tasks = plan_tasks(cache_path, base, configs)
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
-    write_json_atomic(out / "sweep.json", {
-        "cache": str(cache.path), "fingerprint": cache.fingerprint, "grid": str(grid), "protocol": protocol,
-        "base": base, "configs": dict(configs), "splits": [t.split.to_dict() for t in tasks[:len(tasks) // len(configs)]]})
 
     def done(t: SweepTask) -> bool:
         r = read_task_result(out, t)
@@ -214,13 +257,20 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
     todo = [t for t in tasks if not done(t)]
     if len(todo) < len(tasks):
         err.print(f"{len(tasks) - len(todo)}/{len(tasks)} tasks already done in {out / 'tasks'}, skipped")
+    # The workers of this machine share its budget; a remote cluster's tasks size their own (task_budget_gb).
+    local = None if scheduler_address else (1 if serial or not todo else workers or default_workers(len(todo)))
+    budget = None if local is None else FitConfig().with_overrides(base).budget_gb() / local
+    write_json_atomic(out / "sweep.json", {
+        "cache": str(cache.path), "fingerprint": cache.fingerprint, "grid": str(grid), "protocol": protocol,
+        "base": base, "configs": dict(configs), "splits": [t.split.to_dict() for t in tasks[:len(tasks) // len(configs)]],
+        "memory_gb_per_worker": budget})
     cache_str, out = str(cache.path.resolve()), out.resolve()  # absolute: workers may run elsewhere
     with bar("sweep", len(todo), progress) as pbar:
         if serial or not todo:
             for t in todo:
-                _report(run_task(cache_str, t, out), pbar)
+                _report(run_task(cache_str, t, out, budget), pbar)
         else:
-            _run_on_cluster(cache_str, todo, out, workers, scheduler_address, pbar)
+            _run_on_cluster(cache_str, todo, out, local, scheduler_address, budget, pbar)
     results = [read_task_result(out, t) or {"config": t.config, "split": t.split.name, "overrides": t.overrides,
                                             "error": "no result written", "metrics": {}} for t in tasks]
     summary = write_results(out, results, [n for n, _ in configs], protocol, cache)
@@ -235,12 +285,13 @@ def _report(result: dict, pbar) -> None:
 
 
 def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler_address: str | None,
-                    pbar) -> None:
-    """Submit one task per (configuration, split) to a LocalCluster or the scheduler at `scheduler_address`."""
+                    budget_gb: float | None, pbar) -> None:
+    """Submit one task per (configuration, split) to a LocalCluster of `workers` or the scheduler at
+    `scheduler_address`; each task holds at most `budget_gb` of features (None: the worker decides)."""
     from distributed import as_completed
 
-    with dask_client(None if scheduler_address else workers or default_workers(len(todo)), scheduler_address) as client:
-        futures = {client.submit(run_task, cache_path, t, out, pure=False,
+    with dask_client(workers, scheduler_address) as client:
+        futures = {client.submit(run_task, cache_path, t, out, budget_gb, pure=False,
                                  key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
         for fut in as_completed(futures):
             t = futures[fut]
