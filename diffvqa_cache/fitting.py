@@ -20,7 +20,7 @@ from .memory import default_budget_gb
 from .metrics import compute_metrics_ids
 from .protocols import PROTOCOLS, Split, carve_validation
 from .regressor import DiffVQARegressor, RegressorConfig
-from .training import TrainConfig, check_finite, predict_raw, train
+from .training import TrainConfig, check_finite, predict_raw, predict_raw_many, train
 
 SECTIONS = ("regressor", "train")
 
@@ -176,3 +176,28 @@ def load_run_models(run: Path | str, fingerprint: str, device) -> list[tuple[tor
     if not models:
         raise UserInputError(f"{run}: no models/*.safetensors; pass a run directory written by `diffvqa-cache fit`")
     return [load_checkpoint(m, fingerprint, device) for m in models]
+
+
+def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
+                 memory_gb: float | None = None) -> dict[str, float]:
+    """{video: score on the MOS scale (mean of the run's split models)} for cached videos (all, or `keys`),
+    read through the bounded data path (streamed unless the selection fits `memory_gb`), one pass for all
+    models. For scoring the videos of a cache without extracting them again."""
+    from .cache import FeatureCache
+    from .data import choose_data_path, open_table
+
+    cache, dev = FeatureCache(cache_path), resolve_device(device)
+    models = load_run_models(run, cache.fingerprint, dev)
+    spec = LoadSpec.from_dict(models[0][1]["load_spec"])
+    budget = int((memory_gb or default_budget_gb()) * 1e9)
+    path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]
+    table = open_table(cache, spec, path, budget, dev)
+    if keys is not None:
+        row_of = {k: i for i, k in enumerate(table.keys)}
+        unknown = [k for k in keys if k not in row_of]
+        if unknown:
+            raise UserInputError(f"videos {unknown[:3]} are not in cache {cache.path}")
+        table = table.subset(np.array([row_of[k] for k in keys], dtype=np.int64))
+    raw = predict_raw_many([m for m, _ in models], table, TrainConfig(device=str(dev)), dev)
+    scores = np.mean([r * meta["scale"][0] + meta["scale"][1] for r, (_, meta) in zip(raw, models)], axis=0)
+    return dict(zip(table.keys, scores.tolist()))

@@ -49,20 +49,29 @@ class TrainConfig(Config):
         return training_dtype(device, "bf16" if self.amp else "fp32")
 
 
-@torch.no_grad()
 def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, device: torch.device) -> np.ndarray:
     """Raw model outputs per video, averaged over the cached crops (evaluation averages crops)."""
-    model.eval()
+    return predict_raw_many([model], table, cfg, device)[0]
+
+
+@torch.no_grad()
+def predict_raw_many(models: list[torch.nn.Module], table: VideoTable, cfg: TrainConfig,
+                     device: torch.device) -> np.ndarray:
+    """(models, videos) raw outputs, averaged over the crops, from one pass over the table's batches."""
+    for model in models:
+        model.eval()
     n_crops = max(table.n_crops.values())
-    out = np.zeros(len(table), dtype=np.float64)
+    out = np.zeros((len(models), len(table)), dtype=np.float64)
     plan = [(np.arange(s, min(s + cfg.eval_batch_size, len(table))), c)
             for s in range(0, len(table), cfg.eval_batch_size) for c in range(n_crops)]
+    acc = [None] * len(models)
     for (idx, c), batch in zip(plan, table.batches(plan, device)):
-        with autocast(device, cfg.precision(device)):
-            score = model(batch)["score"].float().cpu().numpy()
-        acc = score if c == 0 else acc + score
-        if c == n_crops - 1:
-            out[idx] = acc / n_crops
+        for j, model in enumerate(models):
+            with autocast(device, cfg.precision(device)):
+                score = model(batch)["score"].float().cpu().numpy()
+            acc[j] = score if c == 0 else acc[j] + score
+            if c == n_crops - 1:
+                out[j, idx] = acc[j] / n_crops
     return out
 
 
