@@ -45,6 +45,12 @@ class _Shards:
     names: dict[str, list[str]]  # branch -> HDF5 datasets to read
     shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
     checked: set  # videos whose features were found finite
+    pool: ThreadPoolExecutor | None = None  # the readers, started on first use and kept (see `batches`)
+
+    def readers(self) -> ThreadPoolExecutor:
+        if self.pool is None:
+            self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
+        return self.pool
 
     def video_bytes(self) -> int:
         """Upper bound of the bytes one video takes in a read-ahead batch (raw rows and their pooled copy)."""
@@ -108,17 +114,18 @@ class StreamedTable:
     def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict[str, BranchFeatures]:
         """As `VideoTable.batch`, read now."""
         device = torch.device(device)
-        return to_device(self._read(idx, crop, device.type == "cuda"), device)
+        pin = device.type == "cuda"
+        return to_device(self._read(idx, crop, self._buffers(len(idx), pin), pin), device)
 
     def batches(self, plan: Iterable[tuple[np.ndarray, int | np.ndarray]], device) -> Iterator[dict[str, BranchFeatures]]:
-        """`batch(idx, crop, device)` for each (idx, crop) of `plan`, in order, read ahead in threads."""
+        """`batch(idx, crop, device)` for each (idx, crop) of `plan`, in order, read ahead by the reader
+        threads: as many batches as fit the budget (at least the next one), at most MAX_AHEAD."""
         device = torch.device(device)
         pin = device.type == "cuda"
         per_video = self._src.video_bytes()
         items = iter(plan)
         pending: deque = deque()  # (future, bytes) in plan order
         held = 0
-        pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
         try:
             nxt = next(items, None)
             while True:
@@ -126,7 +133,10 @@ class StreamedTable:
                     cost = len(nxt[0]) * per_video
                     if pending and held + cost > self.budget_bytes:
                         break
-                    pending.append((pool.submit(self._read, nxt[0], nxt[1], pin), cost))
+                    # Buffers come from this thread, so freed ones are reused here instead of piling up
+                    # in the allocator arenas of the reader threads.
+                    buffers = self._buffers(len(nxt[0]), pin)
+                    pending.append((self._src.readers().submit(self._read, nxt[0], nxt[1], buffers, pin), cost))
                     held += cost
                     nxt = next(items, None)
                 if not pending:
@@ -136,18 +146,26 @@ class StreamedTable:
                 held -= cost
                 yield to_device(host, device)
         finally:
-            pool.shutdown(wait=True, cancel_futures=True)
+            for fut, _ in pending:
+                fut.cancel()
+            for fut, _ in pending:
+                if not fut.cancelled():
+                    fut.exception()  # wait: nothing reads into a buffer after the caller moved on
 
     # ------------------------------------------------------------ reading one batch
-    def _read(self, idx: np.ndarray, crop, pin: bool) -> dict[str, BranchFeatures]:
+    def _buffers(self, n: int, pin: bool) -> dict[str, np.ndarray]:
+        """Empty (n, T, ...) arrays for the raw rows of each dataset."""
+        t = self._src.num_frames
+        return {name: _empty((n, t, *p.row_shape[1:]), p.dtype, pin) for name, p in self._src.shapes.items()}
+
+    def _read(self, idx: np.ndarray, crop, raw: dict[str, np.ndarray], pin: bool) -> dict[str, BranchFeatures]:
+        """Fill `raw` with the rows of videos `idx` (one crop per frame), then pool and resize as the table."""
         src = self._src
-        n, t = len(idx), src.num_frames
-        crops = np.broadcast_to(crop, (n, t))
-        raw = {name: _empty((n, t, *p.row_shape[1:]), p.dtype, pin) for name, p in src.shapes.items()}
+        crops = np.broadcast_to(crop, (len(idx), src.num_frames))
         for j, v in enumerate(idx):
             shard, i = self._loc[v]
             lay = src.layouts[shard]
-            rows = pick_frames(int(lay.n_frames[i]), t) + lay.row_start[i]
+            rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
             fd = os.open(lay.file, os.O_RDONLY)
             try:
                 for name, out in raw.items():
