@@ -45,12 +45,6 @@ class _Shards:
     names: dict[str, list[str]]  # branch -> HDF5 datasets to read
     shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
     checked: set  # videos whose features were found finite
-    pool: ThreadPoolExecutor | None = None  # the readers, started on first use and kept (see `batches`)
-
-    def readers(self) -> ThreadPoolExecutor:
-        if self.pool is None:
-            self.pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
-        return self.pool
 
     def video_bytes(self) -> int:
         """Upper bound of the bytes one video takes in a read-ahead batch (raw rows and their pooled copy)."""
@@ -126,6 +120,7 @@ class StreamedTable:
         items = iter(plan)
         pending: deque = deque()  # (future, bytes) in plan order
         held = 0
+        pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
         try:
             nxt = next(items, None)
             while True:
@@ -136,7 +131,7 @@ class StreamedTable:
                     # Buffers come from this thread, so freed ones are reused here instead of piling up
                     # in the allocator arenas of the reader threads.
                     buffers = self._buffers(len(nxt[0]), pin)
-                    pending.append((self._src.readers().submit(self._read, nxt[0], nxt[1], buffers, pin), cost))
+                    pending.append((pool.submit(self._read, nxt[0], nxt[1], buffers, pin), cost))
                     held += cost
                     nxt = next(items, None)
                 if not pending:
@@ -146,11 +141,7 @@ class StreamedTable:
                 held -= cost
                 yield to_device(host, device)
         finally:
-            for fut, _ in pending:
-                fut.cancel()
-            for fut, _ in pending:
-                if not fut.cancelled():
-                    fut.exception()  # wait: nothing reads into a buffer after the caller moved on
+            pool.shutdown(wait=True, cancel_futures=True)  # nothing reads into a buffer after the caller moved on
 
     # ------------------------------------------------------------ reading one batch
     def _buffers(self, n: int, pin: bool) -> dict[str, np.ndarray]:
@@ -162,19 +153,29 @@ class StreamedTable:
         """Fill `raw` with the rows of videos `idx` (one crop per frame), then pool and resize as the table."""
         src = self._src
         crops = np.broadcast_to(crop, (len(idx), src.num_frames))
-        for j, v in enumerate(idx):
-            shard, i = self._loc[v]
-            lay = src.layouts[shard]
-            rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
-            fd = os.open(lay.file, os.O_RDONLY)
-            try:
+        files: dict[int, int] = {}
+        reads = []  # (fd, destination bytes, file position) of each run of consecutive blocks
+        try:
+            for j, v in enumerate(idx):
+                shard, i = self._loc[v]
+                lay = src.layouts[shard]
+                fd = files[shard] = files[shard] if shard in files else os.open(lay.file, os.O_RDONLY)
+                rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
                 for name, out in raw.items():
                     part = lay.parts[name]
                     k = part.row_shape[0]
-                    _read_blocks(fd, part, rows * k + (crops[j] % k if k > 1 else 0), out[j], lay.file)
-            finally:
+                    for dest, pos in _runs(part, rows * k + (crops[j] % k if k > 1 else 0), out[j]):
+                        # Announce every read of the batch first: the disk then serves them in parallel.
+                        os.posix_fadvise(fd, pos, len(dest), os.POSIX_FADV_WILLNEED)
+                        reads.append((fd, dest, pos, lay.file))
+            for fd, dest, pos, file in reads:
+                _pread_into(fd, dest, pos, file)
+        finally:
+            for fd in files.values():
                 os.close(fd)
-            self._check_finite(self.keys[v], {name: out[j] for name, out in raw.items()}, lay.file)
+        for j, v in enumerate(idx):
+            self._check_finite(self.keys[v], {name: out[j] for name, out in raw.items()},
+                               src.layouts[self._loc[v][0]].file)
         tensors = {name: torch.from_numpy(a) for name, a in raw.items()}
         out = {}
         for b in src.spec.branches:
@@ -203,16 +204,20 @@ def _empty(shape: tuple, dtype: np.dtype, pin: bool) -> np.ndarray:
     return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
 
 
-def _read_blocks(fd: int, part: PartLayout, blocks: np.ndarray, dest: np.ndarray, file) -> None:
-    """Read (row, crop) blocks number `blocks` of `part` into `dest` (one block per leading index), one
-    `preadv` per run of consecutive blocks."""
+def _runs(part: PartLayout, blocks: np.ndarray, dest: np.ndarray) -> list[tuple[memoryview, int]]:
+    """(destination bytes, file position) of each run of consecutive (row, crop) blocks among `blocks`,
+    which fill `dest` (one block per leading index) in order."""
     size = part.block_bytes
     buf = memoryview(dest).cast("B")
     cut = np.flatnonzero(np.diff(blocks) != 1) + 1
-    for s, e in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(blocks)]])):
-        lo, hi, pos = int(s) * size, int(e) * size, part.offset + int(blocks[s]) * size
-        while lo < hi:
-            got = os.preadv(fd, [buf[lo:hi]], pos)
-            if got <= 0:
-                raise CacheError(f"{file}: shorter than its layout says (truncated?); run `diffvqa-cache cache verify`")
-            lo, pos = lo + got, pos + got
+    return [(buf[int(s) * size:int(e) * size], part.offset + int(blocks[s]) * size)
+            for s, e in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(blocks)]]))]
+
+
+def _pread_into(fd: int, dest: memoryview, pos: int, file) -> None:
+    done = 0
+    while done < len(dest):
+        got = os.preadv(fd, [dest[done:]], pos + done)
+        if got <= 0:
+            raise CacheError(f"{file}: shorter than its layout says (truncated?); run `diffvqa-cache cache verify`")
+        done += got
