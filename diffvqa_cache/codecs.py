@@ -15,7 +15,7 @@ from .video import _one_line, read_frames, write_clip
 # codec -> (encoders to try in order, container); an absent encoder means the codec cannot be tested.
 CLIP_CODECS = {
     "H.264": (("libx264", "libopenh264"), "mp4"),
-    "HEVC": (("libx265",), "mp4"),
+    "HEVC": (("libx265", "libkvazaar"), "mp4"),
     "VP9": (("libvpx-vp9",), "webm"),
     "AV1": (("libsvtav1", "libaom-av1", "librav1e"), "mp4"),
 }
