@@ -60,6 +60,24 @@ def test_cpu_machine_passes_with_the_gpu_reported_not_failed(tmp_path, no_gpu):
     assert list(tmp_path.iterdir()) == []  # the write test cleaned up
 
 
+def test_gpus_are_listed_with_memory_and_bf16(tmp_path, monkeypatch):
+    """No GPU here: fake two cards, an A100 (bf16) and a V100 (compute capability 7.0, no bf16)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    cards = [SimpleNamespace(name="A100", total_memory=80 * 2**30, major=8),
+             SimpleNamespace(name="V100", total_memory=32 * 2**30, major=7)]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(cards))
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: cards[i])
+    ctx = doctor.Context(tmp_path, None, tmp_path)
+    found = doctor.check_gpus(ctx)
+    assert found[:2] == ("slow", "0: A100 80 GiB; 1: V100 32 GiB, no bf16 on GPU 1") and "fp16" in found.fix
+    cards.pop()
+    assert doctor.check_gpus(ctx)[:2] == ("ok", "0: A100 80 GiB, bf16 on all")
+
+
 def test_text_report_is_one_line_per_check_and_a_verdict(tmp_path, no_gpu):
     result = runner.invoke(app, ["doctor", "--cache", str(tmp_path)])
     lines = result.stdout.strip().splitlines()
