@@ -486,6 +486,26 @@ def reproduce(
 
 @app.command()
 @known_errors
+def doctor(
+    cache: Annotated[Path, typer.Option(help="Where extract will write (extract --out): free space and write "
+                                             "speed are measured there.")] = Path("cache"),
+    model: Annotated[Optional[str], typer.Option(help="Also check this SD folder's layout ('tiny', a folder, "
+                                                      "or a hub id in the local cache).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this machine before a long run: torch/CUDA, GPUs, the Mamba path, decoders, model, disk, cluster.
+
+    Exit 1 when an essential is missing (torch, diffusers, h5py, a video decoder, the Mamba path, --model).
+    """
+    from diffvqa_cache.doctor import format_report, run_doctor
+
+    report = run_doctor(cache, model, debug=_DEBUG["on"])
+    typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
+    raise typer.Exit(report.exit_code)
+
+
+@app.command()
+@known_errors
 def demo(
     out: Annotated[Path, typer.Option(help="Where the demo writes its Controller, cache, run and sweep.")] = Path("demo-out"),
     splits: Annotated[int, typer.Option(help="Random 80/20 splits of the fit.")] = 10,

@@ -130,6 +130,30 @@ def _weight_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
 
 
+# What extract reads in a diffusers SD folder: subfolder -> its config file (any one of each tuple).
+SD_LAYOUT = {
+    "unet": ("config.json",),
+    "vae": ("config.json",),
+    "scheduler": ("scheduler_config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("tokenizer_config.json", "vocab.json"),
+}
+
+
+def model_layout_problems(folder: Path) -> list[str]:
+    """What a diffusers SD folder lacks for extract: subfolders, their config files, UNet/VAE/CLIP weights."""
+    problems = []
+    for sub, configs in SD_LAYOUT.items():
+        path = folder / sub
+        if not path.is_dir():
+            problems.append(f"no {sub}/")
+        elif not any((path / c).is_file() for c in configs):
+            problems.append(f"no {sub}/{configs[0]}")
+        elif sub in ("unet", "vae", "text_encoder") and not _weight_files(path):
+            problems.append(f"no weights in {sub}/")
+    return problems
+
+
 def resolve_model_folder(model: str, revision: str | None) -> Path:
     """A local diffusers folder as is; a hub id downloaded (or found in the local HF cache)."""
     path = Path(model).expanduser()
