@@ -104,7 +104,7 @@ def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> No
 
     sets = {**TCAB_OFF, "train.epochs": args.epochs, "memory_gb": args.memory_gb}
     cache = FeatureCache(cache_dir)
-    spec = FitConfig().with_overrides(sets).load_spec()
+    spec = FitConfig().with_overrides(sets).load_spec(cache.config.pixel_size)
     need = estimate_bytes(cache, spec) + shard_read_bytes(cache, spec)
     # the model's share: the same fit on 100 videos (full training and evaluation batches, data negligible)
     small_dir, _, _ = synthetic(root / "small", 100, LSVQ_SPLITS)
@@ -151,7 +151,8 @@ def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
 
     threads = set_threads(args.threads)
     cfg = FitConfig().with_overrides({**TCAB_OFF, "train.epochs": args.ratio_epochs, "train.device": "cpu"})
-    cache, spec = FeatureCache(cache_dir), cfg.load_spec()
+    cache = FeatureCache(cache_dir)
+    spec = cfg.load_spec(cache.config.pixel_size)
     for f in shard_files(cache_dir):  # warm: both paths read from the page cache
         subprocess.run(["cat", str(f)], stdout=subprocess.DEVNULL, check=True)
     t0 = time.perf_counter()

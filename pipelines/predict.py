@@ -50,6 +50,7 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
     recorded = run_cfg.cache
     cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
                                    controller=controller or recorded.extract.controller)
+    cfg.check_features_follow_input()
     config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
                                 recorded.mos_range)
     if config.fingerprint != run_cfg.fingerprint:
@@ -68,16 +69,20 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
         for path in files:
             key = safe_key(path.name)
             decoded = decode_views(VideoRecord(key, path, float("nan")), config.view_size, cfg.crops, cfg.seed,
-                                   cfg.frames, cfg.fps, cfg.backend)
+                                   cfg.frames, cfg.fps, run_cfg.decoders or cfg.backend, cfg.noise)
             if decoded.error is not None:
                 results.append({"video": key, "path": str(path), "error": decoded.error})
                 err.print(f"[red]failed[/] {path}: {decoded.error}")
                 pb.update(advance=1)
                 continue
+            wanted = run_cfg.decoders.get(decoded.codec)
+            if wanted and wanted != decoded.decoder:
+                err.print(f"[yellow]{path}: the run's cache decoded {decoded.codec} with {wanted}, which cannot decode it "
+                          f"here; used {decoded.decoder} (pixels, hence scores, may differ slightly)[/]")
             feats = encoder.encode_stream([decoded])[0]
             table = VideoTable.of_video(key, video_tensors(feats, load_spec, spec["grid"], spec["num_frames"]))
             scores = [predict_raw(m, table, train_cfg, dev)[0] * meta["scale"][0] + meta["scale"][1]
                       for m, meta in models]
-            results.append({"video": key, "path": str(path), "score": float(np.mean(scores))})
+            results.append({"video": key, "path": str(path), "score": float(np.mean(scores)), "decoder": decoded.decoder})
             pb.update(advance=1)
     return results

@@ -124,6 +124,7 @@ class SweepTask:
 
 
 _SOURCES: OrderedDict = OrderedDict()  # per process (dask worker): (cache, LoadSpec, path) -> (source, bytes held)
+_MAX_SOURCES = 4
 
 
 def cached_source(cache_path: str, cfg: FitConfig, budget_gb: float):
@@ -132,11 +133,13 @@ def cached_source(cache_path: str, cfg: FitConfig, budget_gb: float):
     else streamed. Returns (source, the data path's record)."""
     from diffvqa_cache.data import choose_data_path, open_table
 
-    cache, spec, budget = FeatureCache(cache_path), cfg.load_spec(), int(budget_gb * 1e9)
+    cache = FeatureCache(cache_path)
+    spec, budget = cfg.load_spec(cache.config.pixel_size), int(budget_gb * 1e9)
     path, need = choose_data_path([cache], spec, cfg.data, budget)
     key = (str(cache_path), spec, path)
     if key not in _SOURCES:
-        while _SOURCES and sum(held for _, held in _SOURCES.values()) + (need if path == "memory" else 0) > budget:
+        while _SOURCES and (len(_SOURCES) >= _MAX_SOURCES
+                            or sum(held for _, held in _SOURCES.values()) + (need if path == "memory" else 0) > budget):
             _SOURCES.popitem(last=False)
         _SOURCES[key] = (open_table(cache, spec, path, budget), need if path == "memory" else 0)
     _SOURCES.move_to_end(key)
@@ -219,8 +222,8 @@ def plan_tasks(cache_path: Path, base: dict, configs: list[tuple[str, dict]]) ->
     cache = FeatureCache(cache_path)
     base_cfg = FitConfig().with_overrides(base)
     cache.check_complete(base_cfg.verify)  # once, in the driver: the tasks then trust the checksummed shards
-    protocol, splits = plan_splits(base_cfg.protocol, cache, None, base_cfg.splits, base_cfg.test_fraction,
-                                   base_cfg.seed)
+    protocol, splits = plan_splits(base_cfg.protocol, cache, (), base_cfg.splits, base_cfg.test_fraction,
+                                   base_cfg.seed, base_cfg.cross_train)
     tasks = [SweepTask(name, overrides, base, split, base_cfg.seed + i, cache.fingerprint)
              for name, overrides in configs for i, split in enumerate(splits)]
     return cache, protocol, tasks

@@ -152,7 +152,8 @@ def test_streamed_fit_peak_memory_stays_far_below_the_table_and_imports_no_diffu
     made = write_synthetic_cache(tmp_path / "big", 280, **shapes)
     sets = {"regressor.use_tcab": False, "regressor.dff_channels": 8, "regressor.fff_dim": 16, "splits": 1,
             "train.epochs": 1, "train.batch_size": 4, "train.eval_batch_size": 8, "data": "auto", "memory_gb": 0.01}
-    table = estimate_bytes(FeatureCache(made.cache_dir), FitConfig().with_overrides(sets).load_spec())
+    cache = FeatureCache(made.cache_dir)
+    table = estimate_bytes(cache, FitConfig().with_overrides(sets).load_spec(cache.config.pixel_size))
     assert table > 140e6
     out = subprocess.run([sys.executable, "-c", PEAK, str(small.cache_dir), str(made.cache_dir), str(tmp_path / "run"),
                           json.dumps(sets)], cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
