@@ -144,47 +144,53 @@ class StreamedTable:
             pool.shutdown(wait=True, cancel_futures=True)  # nothing reads into a buffer after the caller moved on
 
     # ------------------------------------------------------------ reading one batch
-    def _buffers(self, n: int, pin: bool) -> dict[str, np.ndarray]:
-        """Empty (n, T, ...) arrays for the raw rows of each dataset."""
+    def _buffers(self, n: int, pin: bool) -> dict[str, torch.Tensor]:
+        """Empty (n, T, ...) tensors for the raw rows of each dataset; page-locked (`pin`) for non-blocking
+        copies to CUDA, allocated as tensors so that torch tracks those copies before reusing the memory."""
         t = self._src.num_frames
-        return {name: _empty((n, t, *p.row_shape[1:]), p.dtype, pin) for name, p in self._src.shapes.items()}
+        return {name: torch.empty((n, t, *p.row_shape[1:]), dtype=torch.from_numpy(np.empty(0, p.dtype)).dtype,
+                                  pin_memory=pin) for name, p in self._src.shapes.items()}
 
-    def _read(self, idx: np.ndarray, crop, raw: dict[str, np.ndarray], pin: bool) -> dict[str, BranchFeatures]:
-        """Fill `raw` with the rows of videos `idx` (one crop per frame), then pool and resize as the table."""
+    def _read(self, idx: np.ndarray, crop, buffers: dict[str, torch.Tensor], pin: bool) -> dict[str, BranchFeatures]:
+        """Fill `buffers` with the rows of videos `idx` (one crop per frame), then pool and resize as the table."""
         src = self._src
-        crops = np.broadcast_to(crop, (len(idx), src.num_frames))
+        raw = {name: t.numpy() for name, t in buffers.items()}  # views: the reads land in the tensors
+        self._fill(idx, np.broadcast_to(crop, (len(idx), src.num_frames)), raw)
+        for j, v in enumerate(idx):
+            self._check_finite(self.keys[v], {name: a[j] for name, a in raw.items()}, src.layouts[self._loc[v][0]].file)
+        out = {}
+        for b in src.spec.branches:
+            view = branch_from({name: buffers[name] for name in src.names[b]}, b)
+            view.latent = None if view.latent is None else pool_to_grid(view.latent, src.grid)
+            view.ms = tuple(None if m is None else pool_to_grid(m, src.grid) for m in view.ms)
+            view.pixels = None if view.pixels is None else resize_pixels(view.pixels, src.spec.pixel_size)
+            out[b] = view.map(lambda x: x.pin_memory() if pin and not x.is_pinned() else x)
+        return out
+
+    def _fill(self, idx: np.ndarray, crops: np.ndarray, raw: dict[str, np.ndarray]) -> None:
+        """Read frame rows (and crop `crops[j, t]` of each) of videos `idx` into `raw[name][j]`."""
+        src = self._src
         files: dict[int, int] = {}
         reads = []  # (fd, destination bytes, file position) of each run of consecutive blocks
         try:
             for j, v in enumerate(idx):
                 shard, i = self._loc[v]
                 lay = src.layouts[shard]
-                fd = files[shard] = files[shard] if shard in files else os.open(lay.file, os.O_RDONLY)
+                if shard not in files:
+                    files[shard] = os.open(lay.file, os.O_RDONLY)
                 rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
                 for name, out in raw.items():
                     part = lay.parts[name]
                     k = part.row_shape[0]
                     for dest, pos in _runs(part, rows * k + (crops[j] % k if k > 1 else 0), out[j]):
                         # Announce every read of the batch first: the disk then serves them in parallel.
-                        os.posix_fadvise(fd, pos, len(dest), os.POSIX_FADV_WILLNEED)
-                        reads.append((fd, dest, pos, lay.file))
+                        os.posix_fadvise(files[shard], pos, len(dest), os.POSIX_FADV_WILLNEED)
+                        reads.append((files[shard], dest, pos, lay.file))
             for fd, dest, pos, file in reads:
                 _pread_into(fd, dest, pos, file)
         finally:
             for fd in files.values():
                 os.close(fd)
-        for j, v in enumerate(idx):
-            self._check_finite(self.keys[v], {name: out[j] for name, out in raw.items()},
-                               src.layouts[self._loc[v][0]].file)
-        tensors = {name: torch.from_numpy(a) for name, a in raw.items()}
-        out = {}
-        for b in src.spec.branches:
-            view = branch_from({name: tensors[name] for name in src.names[b]}, b)
-            view.latent = None if view.latent is None else pool_to_grid(view.latent, src.grid)
-            view.ms = tuple(None if m is None else pool_to_grid(m, src.grid) for m in view.ms)
-            view.pixels = None if view.pixels is None else resize_pixels(view.pixels, src.spec.pixel_size)
-            out[b] = view.map(lambda x: x.pin_memory() if pin and not x.is_pinned() else x)
-        return out
 
     def _check_finite(self, key: str, arrays: dict[str, np.ndarray], file) -> None:
         """The in-memory path checks every loaded shard; here each video is checked the first time it is read."""
@@ -195,13 +201,6 @@ class StreamedTable:
                 raise CacheError(f"{file}: video {key!r} has NaN/Inf features ({name}); re-extract it (delete "
                                  f"{os.path.basename(file)} and rerun extract) or drop it from the labels")
         self._src.checked.add(key)
-
-
-def _empty(shape: tuple, dtype: np.dtype, pin: bool) -> np.ndarray:
-    """A numpy array for a batch part; in pinned (page-locked) memory for non-blocking copies to CUDA."""
-    if not pin:
-        return np.empty(shape, dtype)
-    return torch.empty(shape, dtype=torch.from_numpy(np.empty(0, dtype)).dtype, pin_memory=True).numpy()
 
 
 def _runs(part: PartLayout, blocks: np.ndarray, dest: np.ndarray) -> list[tuple[memoryview, int]]:
