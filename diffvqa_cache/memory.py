@@ -15,15 +15,23 @@ DEFAULT_SHARE = 0.7  # of MemAvailable; the rest is for the model, torch's runti
 FALLBACK_GB = 8.0  # where the available memory cannot be read
 
 
+def _proc_kib(path: str, field: str) -> int | None:
+    """Bytes of a "<field>: N kB" line of a /proc file (Linux), or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def available_bytes() -> int | None:
     """Memory available to a new process: Linux `MemAvailable`, else half the physical memory, else None."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
+    avail = _proc_kib("/proc/meminfo", "MemAvailable")
+    if avail is not None:
+        return avail
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2
     except (ValueError, OSError, AttributeError):
@@ -38,14 +46,8 @@ def default_budget_gb() -> float:
 
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux VmHWM, which `reset_peak_rss` can reset; else ru_maxrss)."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    peak = _proc_kib("/proc/self/status", "VmHWM")
+    return peak if peak is not None else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
 
 
 def reset_peak_rss() -> bool:

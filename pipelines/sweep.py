@@ -128,19 +128,20 @@ _MAX_SOURCES = 4
 
 
 def cached_source(cache_path: str, cfg: FitConfig, budget_gb: float):
-    """The cache's features for `cfg`, opened once per process and reused by later tasks: in memory when
-    they fit `budget_gb` together with the tables kept for earlier tasks (the oldest are dropped first),
-    else streamed. Returns (source, the data path's record)."""
+    """The cache's features for `cfg`, opened once per process and reused by later tasks. In memory when
+    they fit `budget_gb`, else streamed; tables kept for earlier tasks are dropped (oldest first) until
+    they and this task's data (its table, or a streamed source's read-ahead, up to the whole budget) fit
+    it together. Returns (source, the data path's record)."""
     from diffvqa_cache.data import choose_data_path, open_table
 
     cache = FeatureCache(cache_path)
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(budget_gb * 1e9)
     path, need = choose_data_path([cache], spec, cfg.data, budget)
-    key = (str(cache_path), spec, path)
+    key, cost = (str(cache_path), spec, path), need if path == "memory" else budget
+    others = [k for k in _SOURCES if k != key]  # oldest first
+    while others and (len(_SOURCES) >= _MAX_SOURCES or sum(_SOURCES[k][1] for k in others) + cost > budget):
+        del _SOURCES[others.pop(0)]
     if key not in _SOURCES:
-        while _SOURCES and (len(_SOURCES) >= _MAX_SOURCES
-                            or sum(held for _, held in _SOURCES.values()) + (need if path == "memory" else 0) > budget):
-            _SOURCES.popitem(last=False)
         _SOURCES[key] = (open_table(cache, spec, path, budget), need if path == "memory" else 0)
     _SOURCES.move_to_end(key)
     return _SOURCES[key][0], {"path": path, "budget_gb": budget_gb, "need_gb": round(need / 1e9, 3)}
