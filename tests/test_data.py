@@ -63,6 +63,9 @@ def test_batches_take_one_crop_per_frame_as_float_on_the_device(cache):
     torch.testing.assert_close(batch["D"].ms[3][1, 1], table.branches["D"].ms[3][7, 1, 1].float())
     sub = table.subset(np.array([7, 3]))
     assert sub.keys == [table.keys[7], table.keys[3]] and sub.n_crops == {"S": 1, "D": 2}
+    assert sub.branches is table.branches  # a split's subset shares the table: a fit holds it once
+    torch.testing.assert_close(sub.batch(np.array([1]), crop[:1], torch.device("cpu"))["D"].ms[3],
+                               batch["D"].ms[3][:1])
 
 
 def test_video_tensors_of_one_video_match_the_table(cache):
