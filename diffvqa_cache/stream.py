@@ -30,8 +30,8 @@ from .data import LoadSpec, pick_frames, resize_pixels, resolve_grid_and_frames,
 from .errors import CacheError
 from .pooling import pool_to_grid, pooled_side
 
-READ_THREADS = max(1, min(4, os.cpu_count() or 1))  # readers are mostly waiting on I/O
-MAX_AHEAD = 4  # batches read ahead at most (and at most the budget's bytes)
+READ_THREADS = 2  # enough: a batch's reads are announced at once; more threads only contend with the model
+MAX_AHEAD = 3  # batches read ahead at most (and at most the budget's bytes)
 
 
 @dataclass
