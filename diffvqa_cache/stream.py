@@ -15,6 +15,7 @@ thousands of open files; `os.preadv` fills the batch buffer directly and leaves 
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from .pooling import pool_to_grid, pooled_side
 
 READ_THREADS = 2  # enough: a batch's reads are announced at once; more threads only contend with the model
 MAX_AHEAD = 3  # batches read ahead at most (and at most the budget's bytes)
+ANNOUNCE_BYTES = 1 << 30  # reads announced to the kernel beyond those (page cache, not this process's memory)
 
 
 @dataclass
@@ -46,10 +48,13 @@ class _Shards:
     shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
     checked: set  # videos whose features were found finite
 
+    def raw_video_bytes(self) -> int:
+        """Bytes one video's rows take when read (one crop per frame)."""
+        return sum(p.block_bytes for p in self.shapes.values()) * self.num_frames
+
     def video_bytes(self) -> int:
         """Upper bound of the bytes one video takes in a read-ahead batch (raw rows and their pooled copy)."""
-        per_frame = sum(2 * p.block_bytes for p in self.shapes.values())
-        return per_frame * self.num_frames
+        return 2 * self.raw_video_bytes()
 
 
 def _open_shards(cache: FeatureCache, spec: LoadSpec) -> _Shards:
@@ -109,36 +114,47 @@ class StreamedTable:
         """As `VideoTable.batch`, read now."""
         device = torch.device(device)
         pin = device.type == "cuda"
-        return to_device(self._read(idx, crop, self._buffers(len(idx), pin), pin), device)
+        reads = self._reads(idx, crop)
+        self._announce(reads)
+        return to_device(self._read(reads, idx, self._buffers(len(idx), pin), pin), device)
 
     def batches(self, plan: Iterable[tuple[np.ndarray, int | np.ndarray]], device) -> Iterator[dict[str, BranchFeatures]]:
-        """`batch(idx, crop, device)` for each (idx, crop) of `plan`, in order, read ahead by the reader
-        threads: as many batches as fit the budget (at least the next one), at most MAX_AHEAD."""
+        """`batch(idx, crop, device)` for each (idx, crop) of `plan`, in order. Reader threads work ahead on
+        as many batches as fit the budget (at least the next one, at most MAX_AHEAD), and the kernel is
+        asked to fetch the reads of the batches after them (up to ANNOUNCE_BYTES of page cache)."""
         device = torch.device(device)
         pin = device.type == "cuda"
-        per_video = self._src.video_bytes()
-        items = iter(plan)
+        plan = list(plan)
+        per_video, raw_video = self._src.video_bytes(), self._src.raw_video_bytes()
+        reads: dict[int, list] = {}  # plan position -> its reads, once announced
         pending: deque = deque()  # (future, bytes) in plan order
-        held = 0
+        held = submitted = consumed = 0
         pool = ThreadPoolExecutor(READ_THREADS, thread_name_prefix="stream-read")
         try:
-            nxt = next(items, None)
-            while True:
-                while nxt is not None and len(pending) < MAX_AHEAD:
-                    cost = len(nxt[0]) * per_video
+            while consumed < len(plan):
+                while submitted < len(plan) and len(pending) < MAX_AHEAD:
+                    cost = len(plan[submitted][0]) * per_video
                     if pending and held + cost > self.budget_bytes:
                         break
+                    idx, crop = plan[submitted]
+                    if submitted not in reads:
+                        reads[submitted] = self._reads(idx, crop)
+                        self._announce(reads[submitted])
                     # Buffers come from this thread, so freed ones are reused here instead of piling up
                     # in the allocator arenas of the reader threads.
-                    buffers = self._buffers(len(nxt[0]), pin)
-                    pending.append((pool.submit(self._read, nxt[0], nxt[1], buffers, pin), cost))
+                    pending.append((pool.submit(self._read, reads.pop(submitted), idx, self._buffers(len(idx), pin),
+                                                pin), cost))
                     held += cost
-                    nxt = next(items, None)
-                if not pending:
-                    return
+                    submitted += 1
+                ahead = submitted + len(reads)
+                while ahead < len(plan) and sum(len(plan[i][0]) for i in reads) * raw_video < ANNOUNCE_BYTES:
+                    reads[ahead] = self._reads(*plan[ahead])
+                    self._announce(reads[ahead])
+                    ahead += 1
                 fut, cost = pending.popleft()
                 host = fut.result()
                 held -= cost
+                consumed += 1
                 yield to_device(host, device)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)  # nothing reads into a buffer after the caller moved on
@@ -151,11 +167,52 @@ class StreamedTable:
         return {name: torch.empty((n, t, *p.row_shape[1:]), dtype=torch.from_numpy(np.empty(0, p.dtype)).dtype,
                                   pin_memory=pin) for name, p in self._src.shapes.items()}
 
-    def _read(self, idx: np.ndarray, crop, buffers: dict[str, torch.Tensor], pin: bool) -> dict[str, BranchFeatures]:
-        """Fill `buffers` with the rows of videos `idx` (one crop per frame), then pool and resize as the table."""
+    def _reads(self, idx: np.ndarray, crop) -> list[tuple[int, int, str, int, int, int]]:
+        """A batch's reads: (shard, video j, dataset, first and end frame position, file position) for each
+        run of consecutive (row, crop) blocks of the frames picked and the crop of each frame."""
+        src = self._src
+        crops = np.broadcast_to(crop, (len(idx), src.num_frames))
+        out = []
+        for j, v in enumerate(idx):
+            shard, i = self._loc[v]
+            lay = src.layouts[shard]
+            rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
+            for name, part in lay.parts.items():
+                k = part.row_shape[0]
+                blocks = rows * k + (crops[j] % k if k > 1 else 0)
+                cut = np.flatnonzero(np.diff(blocks) != 1) + 1
+                out += [(int(shard), j, name, int(a), int(b), part.offset + int(blocks[a]) * part.block_bytes)
+                        for a, b in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(blocks)]]))]
+        return out
+
+    @contextlib.contextmanager
+    def _opened(self, reads: list) -> Iterator[dict[int, int]]:
+        fds: dict[int, int] = {}
+        try:
+            for shard in {r[0] for r in reads}:
+                fds[shard] = os.open(self._src.layouts[shard].file, os.O_RDONLY)
+            yield fds
+        finally:
+            for fd in fds.values():
+                os.close(fd)
+
+    def _announce(self, reads: list) -> None:
+        """Ask the kernel to start fetching `reads` now (POSIX_FADV_WILLNEED): a cold disk then serves a
+        batch's scattered reads, and those of the next batches, in parallel."""
+        with self._opened(reads) as fds:
+            for shard, _, name, a, b, pos in reads:
+                os.posix_fadvise(fds[shard], pos, (b - a) * self._src.shapes[name].block_bytes, os.POSIX_FADV_WILLNEED)
+
+    def _read(self, reads: list, idx: np.ndarray, buffers: dict[str, torch.Tensor],
+              pin: bool) -> dict[str, BranchFeatures]:
+        """Fill `buffers` with a batch's `reads`, then check, pool and resize as the in-memory table does."""
         src = self._src
         raw = {name: t.numpy() for name, t in buffers.items()}  # views: the reads land in the tensors
-        self._fill(idx, np.broadcast_to(crop, (len(idx), src.num_frames)), raw)
+        with self._opened(reads) as fds:
+            for shard, j, name, a, b, pos in reads:
+                size = src.shapes[name].block_bytes
+                _pread_into(fds[shard], memoryview(raw[name][j]).cast("B")[a * size:b * size], pos,
+                            src.layouts[shard].file)
         for j, v in enumerate(idx):
             self._check_finite(self.keys[v], {name: a[j] for name, a in raw.items()}, src.layouts[self._loc[v][0]].file)
         out = {}
@@ -167,31 +224,6 @@ class StreamedTable:
             out[b] = view.map(lambda x: x.pin_memory() if pin and not x.is_pinned() else x)
         return out
 
-    def _fill(self, idx: np.ndarray, crops: np.ndarray, raw: dict[str, np.ndarray]) -> None:
-        """Read frame rows (and crop `crops[j, t]` of each) of videos `idx` into `raw[name][j]`."""
-        src = self._src
-        files: dict[int, int] = {}
-        reads = []  # (fd, destination bytes, file position) of each run of consecutive blocks
-        try:
-            for j, v in enumerate(idx):
-                shard, i = self._loc[v]
-                lay = src.layouts[shard]
-                if shard not in files:
-                    files[shard] = os.open(lay.file, os.O_RDONLY)
-                rows = pick_frames(int(lay.n_frames[i]), src.num_frames) + lay.row_start[i]
-                for name, out in raw.items():
-                    part = lay.parts[name]
-                    k = part.row_shape[0]
-                    for dest, pos in _runs(part, rows * k + (crops[j] % k if k > 1 else 0), out[j]):
-                        # Announce every read of the batch first: the disk then serves them in parallel.
-                        os.posix_fadvise(files[shard], pos, len(dest), os.POSIX_FADV_WILLNEED)
-                        reads.append((files[shard], dest, pos, lay.file))
-            for fd, dest, pos, file in reads:
-                _pread_into(fd, dest, pos, file)
-        finally:
-            for fd in files.values():
-                os.close(fd)
-
     def _check_finite(self, key: str, arrays: dict[str, np.ndarray], file) -> None:
         """The in-memory path checks every loaded shard; here each video is checked the first time it is read."""
         if key in self._src.checked:
@@ -201,16 +233,6 @@ class StreamedTable:
                 raise CacheError(f"{file}: video {key!r} has NaN/Inf features ({name}); re-extract it (delete "
                                  f"{os.path.basename(file)} and rerun extract) or drop it from the labels")
         self._src.checked.add(key)
-
-
-def _runs(part: PartLayout, blocks: np.ndarray, dest: np.ndarray) -> list[tuple[memoryview, int]]:
-    """(destination bytes, file position) of each run of consecutive (row, crop) blocks among `blocks`,
-    which fill `dest` (one block per leading index) in order."""
-    size = part.block_bytes
-    buf = memoryview(dest).cast("B")
-    cut = np.flatnonzero(np.diff(blocks) != 1) + 1
-    return [(buf[int(s) * size:int(e) * size], part.offset + int(blocks[s]) * size)
-            for s, e in zip(np.concatenate([[0], cut]), np.concatenate([cut, [len(blocks)]]))]
 
 
 def _pread_into(fd: int, dest: memoryview, pos: int, file) -> None:
