@@ -487,6 +487,11 @@ def demo(
 
 
 def main() -> None:
+    import signal
+    import sys
+
+    # scancel, qdel and time limits send SIGTERM: leave through `finally` blocks, so claimed shards are released
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     app()
 
 
