@@ -24,10 +24,10 @@ from .cluster import JobSpec, finish_path
 def missing_parts(index: DatasetIndex, cfg: ExtractConfig, out: Path, num_parts: int,
                   retry_failed: bool = False) -> list[int]:
     """Parts (0..num_parts-1) that own a shard not complete yet (or, with retry_failed, one with failures)."""
-    from .extract import plan_shards, prepare_cache
-
     if not (Path(out) / index.name).is_dir():  # nothing extracted yet: no need to fingerprint the model here
         return list(range(num_parts))
+    from .extract import plan_shards, prepare_cache  # torch: seconds to import
+
     cache_dir, config = prepare_cache(index, cfg, out)
     cdir = CacheDir(cache_dir)
     plan = plan_shards(index, cfg.shard_size)
