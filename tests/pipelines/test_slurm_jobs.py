@@ -52,7 +52,7 @@ def test_rendered_array_submitted_from_elsewhere_equals_local_extract(slurm, sam
     array = slurm.run("sbatch", "--parsable", str(here / "job.sh")).strip()
     local = Path(cli("extract", *work, "--out", str(tmp_path / "local")).strip())  # meanwhile, in this process
     slurm.wait(array, timeout=240)
-    assert slurm.states(array) == ["COMPLETED", "COMPLETED"], (here / "logs").iterdir()
+    assert slurm.states(array) == ["COMPLETED", "COMPLETED"], [p.read_text()[-400:] for p in (here / "logs").iterdir()]
     assert sorted(p.name for p in (here / "logs").iterdir()) == [f"diffvqa-extract-{array}_{i}.out" for i in (0, 1)]
     assert not list(elsewhere.iterdir())
 
