@@ -423,30 +423,52 @@ def cluster(
     walltime: Annotated[str, typer.Option(help="Wall-clock limit per job.")] = "24:00:00",
     queue: Annotated[Optional[str], typer.Option(help="Partition (SLURM) or queue (PBS).")] = None,
     account: Annotated[Optional[str], typer.Option(help="Account / project to charge.")] = None,
-    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'source .venv/bin/activate'.")] = None,
+    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'module load cuda'; "
+                                                            "replaces activating this command's venv/conda env.")] = None,
     scheduler_address: Annotated[str, typer.Option(help="dask mode: the scheduler's address.")] = "tcp://SCHEDULER_HOST:8786",
+    logs: Annotated[Path, typer.Option(help="Folder of the jobs' logs (created now, before any job opens it).")] = Path("logs"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the script here (default "
                                                                           "diffvqa-<kind>-<mode>.sh).")] = None,
     print_: Annotated[bool, typer.Option("--print", help="Print the script instead of writing a file.")] = False,
+    submit: Annotated[bool, typer.Option(help="SLURM array: sbatch the parts still missing and a finishing job "
+                                              "after them that writes the manifest.")] = False,
 ) -> None:
     """Write a job script: a SLURM/PBS job array of extraction parts, or dask-jobqueue worker jobs.
 
-    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels).
+    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
+    folder and in this command's Python environment (unless --setup).
     """
-    from pipelines.cluster import JobSpec, render
+    from diffvqa_cache.errors import UserInputError
+    from pipelines.cluster import JobSpec, render, submit_line, write_scripts
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
+    with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
+        params = extract_ctx.params  # the forwarded options checked by extract's own parser, now
+    if params["num_parts"] != 1 or params["part"] is not None:
+        raise UserInputError("cluster sets --num-parts (= --jobs) and --part itself; leave them out")
+    cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
+    if submit and (kind, mode) != ("slurm", "array"):
+        raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
     spec = JobSpec(kind=kind, mode=mode, jobs=jobs, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, memory=mem,
-                   walltime=walltime, queue=queue, account=account, setup=list(setup or []), extract_args=args,
-                   scheduler_address=scheduler_address)
-    script = render(spec)
+                   walltime=walltime, queue=queue, account=account, setup=setup or None, extract_args=args,
+                   scheduler_address=scheduler_address, log_dir=str(logs))
+    Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
     if print_:
-        typer.echo(script, nl=False)
+        typer.echo(render(spec), nl=False)
         return
     path = output or Path(f"diffvqa-{kind}-{mode}.sh")
-    path.write_text(script)
-    typer.echo(str(path))
-    typer.echo(f"wrote {path}; submit it with {'sbatch' if kind == 'slurm' else 'qsub'} {path}", err=True)
+    written = write_scripts(spec, path)
+    if not submit:
+        typer.echo(str(path))
+        typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
+                   f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
+        return
+    from pipelines.submit import missing_parts, submit_array
+
+    data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
+                         params["mos_column"], params["allow_problems"])
+    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"])
+    typer.echo(submit_array(spec, path, parts).describe())
 
 
 @app.command()
@@ -519,6 +541,11 @@ def demo(
 
 
 def main() -> None:
+    import signal
+    import sys
+
+    # scancel, qdel and time limits send SIGTERM: leave through `finally` blocks, so claimed shards are released
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     app()
 
 
