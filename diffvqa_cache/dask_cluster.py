@@ -87,26 +87,26 @@ class ClusterJobs:
         return activation_lines() if self.setup is None else list(self.setup)
 
 
-def job_kwargs(kind: str, jobs: ClusterJobs, workdir: str, job_name: str = "diffvqa-dask") -> dict:
-    """dask-jobqueue's arguments for one worker job of `jobs` (SLURMCluster / SLURMJob, PBSCluster / PBSJob):
+def job_kwargs(kind: str, spec: ClusterJobs, workdir: str, job_name: str = "diffvqa-dask") -> dict:
+    """dask-jobqueue's arguments for one worker job of `spec` (SLURMCluster / SLURMJob, PBSCluster / PBSJob):
     it runs in `workdir`, logs to an absolute folder and starts in the command's environment."""
-    procs = jobs.gpus_per_job or jobs.cpus_per_job
+    procs = spec.gpus_per_job or spec.cpus_per_job
     q = shlex.quote
-    kw = dict(cores=procs, processes=procs, memory=jobs.mem, walltime=jobs.walltime, queue=jobs.queue,
-              account=jobs.account, log_directory=os.path.abspath(jobs.logs), job_name=job_name,
-              job_script_prologue=([] if kind == "slurm" else [f"cd {q(workdir)}"]) + jobs.setup_lines(),
-              worker_extra_args=["--resources", "GPU=1"] if jobs.gpus_per_job else [])
+    kw = dict(cores=procs, processes=procs, memory=spec.mem, walltime=spec.walltime, queue=spec.queue,
+              account=spec.account, log_directory=os.path.abspath(spec.logs), job_name=job_name,
+              job_script_prologue=([] if kind == "slurm" else [f"cd {q(workdir)}"]) + spec.setup_lines(),
+              worker_extra_args=["--resources", "GPU=1"] if spec.gpus_per_job else [])
     if kind == "slurm":  # cores=procs gives each worker one thread; job_cpu books the job's cores
-        gres = [f"--gres=gpu:{jobs.gpus_per_job}"] if jobs.gpus_per_job else []
-        return kw | dict(job_cpu=jobs.cpus_per_job, job_extra_directives=[f"--chdir={q(workdir)}", *gres])
-    gpu = f":ngpus={jobs.gpus_per_job}" if jobs.gpus_per_job else ""
-    return kw | dict(resource_spec=f"select=1:ncpus={jobs.cpus_per_job}{gpu}:mem={jobs.mem.lower()}")
+        gres = [f"--gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []
+        return kw | dict(job_cpu=spec.cpus_per_job, job_extra_directives=[f"--chdir={q(workdir)}", *gres])
+    gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
+    return kw | dict(resource_spec=f"select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.mem.lower()}")
 
 
-def check_dask_args(workers: int | None, scheduler_address: str | None, jobs: ClusterJobs | None = None) -> None:
+def check_dask_args(workers: int | None, scheduler_address: str | None, cluster_jobs: ClusterJobs | None = None) -> None:
     """The one check of the flags that choose a cluster."""
     chosen = [flag for flag, value in (("--workers", workers), ("--dask-scheduler", scheduler_address),
-                                       ("--cluster", jobs and jobs.cluster)) if value is not None]
+                                       ("--cluster", cluster_jobs and cluster_jobs.cluster)) if value is not None]
     if len(chosen) > 1:
         raise UserInputError(f"give one of --workers (a local cluster), --dask-scheduler (a running one) or --cluster "
                              f"(worker jobs started by this command), not {' and '.join(chosen)}")
@@ -116,13 +116,13 @@ def check_dask_args(workers: int | None, scheduler_address: str | None, jobs: Cl
 
 @contextlib.contextmanager
 def dask_client(workers: int | None = None, scheduler_address: str | None = None, gpu: bool = False,
-                jobs: ClusterJobs | None = None) -> Iterator:
+                cluster_jobs: ClusterJobs | None = None) -> Iterator:
     """A Client of a LocalCluster of `workers` processes (one thread each; each offering one GPU resource
-    with `gpu`), of the running scheduler at `scheduler_address`, or of the worker jobs `jobs` submits
-    (cancelled on exit, Ctrl-C included); None when none is given (the work runs in this process)."""
-    check_dask_args(workers, scheduler_address, jobs)
-    if jobs is not None and jobs.cluster is not None:
-        with _job_cluster(jobs) as client:
+    with `gpu`), of the running scheduler at `scheduler_address`, or of the worker jobs `cluster_jobs`
+    submits (cancelled on exit, Ctrl-C included); None when none is given (the work runs in this process)."""
+    check_dask_args(workers, scheduler_address, cluster_jobs)
+    if cluster_jobs is not None and cluster_jobs.cluster is not None:
+        with _job_cluster(cluster_jobs) as client:
             yield client
         return
     if workers is None and scheduler_address is None:
@@ -152,18 +152,18 @@ def jobqueue_cluster_class(kind: str):
 
 
 @contextlib.contextmanager
-def _job_cluster(jobs: ClusterJobs) -> Iterator:
-    """A dask-jobqueue cluster of `jobs.jobs` worker jobs (a lost one is resubmitted), its scheduler in this
+def _job_cluster(spec: ClusterJobs) -> Iterator:
+    """A dask-jobqueue cluster of `spec.jobs` worker jobs (a lost one is resubmitted), its scheduler in this
     process; the jobs are cancelled when the block ends, however it ends (Ctrl-C, SIGTERM included)."""
     import dask
     from distributed import Client
     from distributed.core import Status
 
-    kind, submit = jobs.cluster, SUBMIT[jobs.cluster]
+    kind, submit = spec.cluster, SUBMIT[spec.cluster]
     if shutil.which(submit) is None:
         raise UserInputError(f"{submit} not found: run --cluster {kind} where {kind.upper()}'s commands are "
                              "(a login node)")
-    Path(jobs.logs).mkdir(parents=True, exist_ok=True)
+    Path(spec.logs).mkdir(parents=True, exist_ok=True)
     cls = jobqueue_cluster_class(kind)
     refused: list[str] = []
 
@@ -178,16 +178,16 @@ def _job_cluster(jobs: ClusterJobs) -> Iterator:
                 self.status = Status.running  # what SpecCluster expects of a started job
 
     scheduler = {"dashboard_address": ":0", **dask.config.get(f"jobqueue.{kind}.scheduler-options", {})}
-    with cls(**job_kwargs(kind, jobs, os.getcwd()), job_cls=Job, scheduler_options=scheduler) as cluster, \
+    with cls(**job_kwargs(kind, spec, os.getcwd()), job_cls=Job, scheduler_options=scheduler) as cluster, \
             Client(cluster) as client:
-        cluster.scale(jobs=jobs.jobs)
-        cluster.adapt(minimum_jobs=jobs.jobs, maximum_jobs=jobs.jobs)  # resubmits a job that ends early
-        _wait_for_first_worker(client, cluster, jobs, refused)
+        cluster.scale(jobs=spec.jobs)
+        cluster.adapt(minimum_jobs=spec.jobs, maximum_jobs=spec.jobs)  # resubmits a job that ends early
+        _wait_for_first_worker(client, cluster, spec, refused)
         yield client
 
 
 def _job_ids(cluster) -> list[str]:
-    return [str(job.job_id) for job in list(cluster.workers.values()) if job.job_id]
+    return sorted((str(job.job_id) for job in list(cluster.workers.values()) if job.job_id), key=lambda i: (len(i), i))
 
 
 def _slurm_jobs_left(ids: list[str]) -> bool | None:
@@ -198,19 +198,19 @@ def _slurm_jobs_left(ids: list[str]) -> bool | None:
     return bool(proc.stdout.split())
 
 
-def _wait_for_first_worker(client, cluster, jobs: ClusterJobs, refused: list[str]) -> None:
+def _wait_for_first_worker(client, cluster, spec: ClusterJobs, refused: list[str]) -> None:
     """Return once a worker is connected. Fail when a job was refused, when the jobs ended without a worker
     (SLURM: squeue) or after --start-timeout."""
     from .progress import err
 
-    t0, told, logs = time.monotonic(), False, os.path.abspath(jobs.logs)
+    t0, told, logs = time.monotonic(), False, os.path.abspath(spec.logs)
     while True:
         if refused:
             lines = [ln.split("error:", 1)[-1].strip() for ln in refused[0].splitlines() if "error" in ln.lower()]
-            raise UserInputError(f"{SUBMIT[jobs.cluster]} refused the worker job: {lines[-1] if lines else refused[0]}")
+            raise UserInputError(f"{SUBMIT[spec.cluster]} refused the worker job: {lines[-1] if lines else refused[0]}")
         ids = _job_ids(cluster)
-        if len(ids) >= jobs.jobs and not told:
-            err.print(f"submitted {len(ids)} {jobs.cluster} worker job(s) {','.join(ids)}; waiting for the first "
+        if len(ids) >= spec.jobs and not told:
+            err.print(f"submitted {len(ids)} {spec.cluster} worker job(s) {','.join(ids)}; waiting for the first "
                       f"worker (logs: {logs})")
             told = True
         try:
@@ -218,8 +218,8 @@ def _wait_for_first_worker(client, cluster, jobs: ClusterJobs, refused: list[str
             return
         except TimeoutError:
             pass
-        ended = told and jobs.cluster == "slurm" and _slurm_jobs_left(ids) is False
-        if ended or time.monotonic() - t0 > jobs.start_timeout:
-            why = "ended" if ended else f"started none within --start-timeout {jobs.start_timeout:.0f} s"
-            raise DiffVQAError(f"no dask worker connected: {jobs.cluster} jobs {','.join(ids) or '(none submitted)'} "
+        ended = told and spec.cluster == "slurm" and _slurm_jobs_left(ids) is False
+        if ended or time.monotonic() - t0 > spec.start_timeout:
+            why = "ended" if ended else f"started none within --start-timeout {spec.start_timeout:.0f} s"
+            raise DiffVQAError(f"no dask worker connected: {spec.cluster} jobs {','.join(ids) or '(none submitted)'} "
                                f"{why}; see their logs in {logs}")

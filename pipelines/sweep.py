@@ -247,7 +247,7 @@ def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: 
 
     elsewhere = scheduler_address or (cluster_jobs is not None and cluster_jobs.cluster)
     with dask_client(None if elsewhere else workers or default_workers(len(todo)), scheduler_address,
-                     jobs=cluster_jobs) as client:
+                     cluster_jobs=cluster_jobs) as client:
         futures = {client.submit(run_task, cache_path, t, out, pure=False,
                                  key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
         for fut in as_completed(futures):

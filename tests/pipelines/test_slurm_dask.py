@@ -56,6 +56,33 @@ def test_cluster_argument_errors_are_one_line(args, message, tmp_path):
                                                       "--cluster", "slurm", "--jobs", "1"])
 
 
+@pytest.mark.parametrize("kind, gpus, expected", [
+    ("slurm", 2, ["#SBATCH --cpus-per-task=8", "#SBATCH --gres=gpu:2", "#SBATCH --chdir=/work/project",
+                  "--nthreads 1", "--nworkers 2", "--resources GPU=1", "#SBATCH -t 2:00:00"]),
+    ("pbs", 0, ["#PBS -l select=1:ncpus=8:mem=16gb", "\ncd /work/project\n", "--nthreads 1", "--nworkers 8"]),
+])
+def test_worker_job_script(kind, gpus, expected, tmp_path):
+    """The job `--cluster` submits, as dask-jobqueue renders it: one single-threaded worker per GPU or core."""
+    from diffvqa_cache.dask_cluster import ClusterJobs, job_kwargs, jobqueue_cluster_class
+
+    spec = ClusterJobs(cluster=kind, jobs=2, cpus_per_job=8, gpus_per_job=gpus, mem="16GB", walltime="2:00:00",
+                       logs=tmp_path / "logs")
+    job = jobqueue_cluster_class(kind).job_cls(scheduler="tcp://login1:8786", name="w",
+                                               **job_kwargs(kind, spec, "/work/project"))
+    script = job.job_script()
+    assert all(e in script for e in expected), script
+    assert f"source {sys.prefix}/bin/activate" in script and f"{tmp_path}/logs/" in script
+    assert (kind == "slurm") == ("--resources GPU=1" in script)
+
+
+def test_importing_dask_jobqueue_keeps_ctrl_c():
+    """dask_jobqueue.runner, on import, makes Ctrl-C a sys.exit() (exit code 0); a fresh process shows it."""
+    code = ("import signal; before = signal.getsignal(signal.SIGINT); "
+            "from diffvqa_cache.dask_cluster import jobqueue_cluster_class; jobqueue_cluster_class('slurm'); "
+            "assert signal.getsignal(signal.SIGINT) is before")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def shard_sums(manifest: dict) -> dict[str, str]:
     return {s["file"]: s["sha256"] for s in manifest["shards"]}
 
