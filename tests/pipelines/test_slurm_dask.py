@@ -50,6 +50,9 @@ def test_cluster_argument_errors_are_one_line(args, message, tmp_path):
                     ["sweep", "--cache", str(tmp_path), "--grid", str(tmp_path / "g.yaml"), "--out", str(tmp_path)]):
         assert message in one_line_error(command + args)
     assert not list(tmp_path.iterdir())
+
+
+def test_cluster_conflicts_with_serial_and_cpu_jobs_with_cuda(tmp_path):
     assert "leave out --cluster" in one_line_error(["sweep", "--cache", str(tmp_path), "--grid", "g.yaml", "--out",
                                                     str(tmp_path), "--serial", "--cluster", "slurm", "--jobs", "1"])
     assert "needs GPU worker jobs" in one_line_error(["extract", *TINY, "--device", "cuda", "--gpus-per-job", "0",
