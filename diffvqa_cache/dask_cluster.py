@@ -109,7 +109,8 @@ def check_dask_args(workers: int | None, scheduler_address: str | None, cluster_
                                        ("--cluster", cluster_jobs and cluster_jobs.cluster)) if value is not None]
     if len(chosen) > 1:
         raise UserInputError(f"give one of --workers (a local cluster), --dask-scheduler (a running one) or --cluster "
-                             f"(worker jobs started by this command), not {' and '.join(chosen)}")
+                             f"(worker jobs started by this command), not {'both' if len(chosen) == 2 else 'all of'} "
+                             f"{' and '.join(chosen)}")
     if workers is not None and workers < 1:
         raise UserInputError(f"--workers must be >= 1, got {workers}")
 

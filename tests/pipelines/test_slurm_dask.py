@@ -39,8 +39,8 @@ def one_line_error(args: list[str], code: int = 2, progress_lines: int = 0) -> s
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--cluster", "slurm", "--jobs", "2", "--workers", "2"], "not --workers and --cluster"),
-    (["--cluster", "slurm", "--jobs", "2", "--dask-scheduler", "tcp://h:8786"], "not --dask-scheduler and --cluster"),
+    (["--cluster", "slurm", "--jobs", "2", "--workers", "2"], "not both --workers and --cluster"),
+    (["--cluster", "slurm", "--jobs", "2", "--dask-scheduler", "tcp://h:8786"], "not both --dask-scheduler and --cluster"),
     (["--jobs", "2"], "--jobs needs --cluster"),
     (["--cluster", "slurm"], "needs --jobs N"),
     (["--cluster", "lsf", "--jobs", "2"], "--cluster must be one of slurm, pbs"),
