@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffvqa_cache.config import PAPER_PRESET, AdaptConfig, ExtractConfig
+from diffvqa_cache.dask_cluster import ClusterJobs
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -39,11 +40,13 @@ MosColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the MOS column."
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run the tasks on a local dask cluster of N worker processes.")]
 DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on this running dask scheduler "
                                                               "(tcp://host:8786).")]
+JOBS_PANEL = "Worker jobs (--cluster slurm|pbs --jobs N: submitted by this command, cancelled at its end)"
 
 
-def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None):
+def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None,
+                 arg: str = "cfg"):
     """Give a command one option per field of the config dataclass `cls` (help text from the field's
-    declaration; default from the field or `defaults`) and pass them to it built into `cfg` (by `build`,
+    declaration; default from the field or `defaults`) and pass them to it built into `arg` (by `build`,
     else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass."""
 
     def optional(kind):
@@ -74,9 +77,9 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | N
                 raise
             except (TypeError, ValueError) as exc:
                 raise UserInputError(str(exc)) from None
-            return fn(cfg=cfg, **kwargs)
+            return fn(**{arg: cfg}, **kwargs)
 
-        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != "cfg"] + added)
+        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != arg] + added)
         return command
 
     return decorate
@@ -130,8 +133,10 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
 @app.command()
 @known_errors
 @options_from(ExtractConfig, "Extraction settings (recorded in the cache)")
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs", defaults={"gpus_per_job": 1})
 def extract(
     cfg: ExtractConfig,
+    cluster_jobs: ClusterJobs,
     dataset: DatasetOpt = "sample",
     root: RootOpt = None,
     labels: LabelsOpt = None,
@@ -152,12 +157,15 @@ def extract(
     """Run the adapted SD once per video and write features into a sharded HDF5 cache."""
     from diffvqa_cache.dask_cluster import check_dask_args, dask_client
     from diffvqa_cache.devices import resolve_device
+    from diffvqa_cache.errors import UserInputError
     from pipelines.extract import resolve_part, run_extract
 
-    check_dask_args(workers, dask_scheduler)
+    check_dask_args(workers, dask_scheduler, cluster_jobs)
+    if cluster_jobs.cluster and cfg.device.startswith("cuda") and not cluster_jobs.gpus_per_job:
+        raise UserInputError(f"--device {cfg.device} needs GPU worker jobs: --gpus-per-job 1 (or --device auto)")
     part = resolve_part(num_parts, part)
     data = _load_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
-    with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
+    with dask_client(workers, dask_scheduler, resolve_device(cfg.device).type == "cuda", cluster_jobs) as client:
         result = run_extract(data, cfg, out, num_parts=num_parts, part=part, retry_failed=retry_failed, client=client,
                              verify=verify)
     typer.echo(str(result.cache_dir))
@@ -377,7 +385,9 @@ def predict(
 
 @app.command()
 @known_errors
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs")
 def sweep(
+    cluster_jobs: ClusterJobs,
     cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
     grid: Annotated[Path, typer.Option(help="YAML of configurations: a list of named overrides or a grid "
                                             "(setting: [values]); see pipelines/ablations.yaml.")],
@@ -400,7 +410,7 @@ def sweep(
         if value is not None:
             overrides[name] = value
     result = run_sweep(cache, grid, out, workers=workers, scheduler_address=dask_scheduler, serial=serial,
-                       overrides=overrides)
+                       overrides=overrides, cluster_jobs=cluster_jobs)
     typer.echo(format_summary(result))
     if result.failed:
         typer.echo(f"{len(result.failed)} task(s) failed (see {out}/summary.md); a rerun retries only those", err=True)

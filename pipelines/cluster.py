@@ -4,8 +4,9 @@
 write into the same --out (a shared filesystem); a finishing job, the same command without --num-parts,
 finds no work left (or does what a failed part left) and writes the complete manifest. Parts written to
 separate folders are joined with `cache merge`.
-`dask`: a dask-jobqueue worker job script (one worker per GPU, `--resources GPU=1`), rendered by
-dask-jobqueue itself (the job class behind `SLURMCluster(...).job_script()`; no scheduler needed).
+`dask`: a dask-jobqueue worker job script (one worker per GPU, `--resources GPU=1`, or per core without
+GPUs), rendered by dask-jobqueue itself from the arguments `extract/sweep --cluster` use
+(`dask_cluster.job_kwargs`); for a scheduler started by hand.
 
 Every script runs where the command was run (`--chdir` / `cd`), logs to an absolute folder that exists
 before the job starts (SLURM opens the log before the script runs), and activates the Python environment
@@ -16,30 +17,14 @@ from __future__ import annotations
 
 import os
 import shlex
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from diffvqa_cache.dask_cluster import ClusterJobs, activation_lines, job_kwargs, jobqueue_cluster_class
 from diffvqa_cache.errors import UserInputError
 
 KINDS = ("slurm", "pbs")
 MODES = ("array", "dask")
-
-
-def activation_lines(prefix: str = sys.prefix, base_prefix: str = sys.base_prefix,
-                     environ: dict | None = None) -> list[str]:
-    """Shell lines that activate the Python environment at `prefix` (this one): conda env or virtualenv."""
-    environ = os.environ if environ is None else environ
-    conda = environ.get("CONDA_PREFIX")
-    if conda and os.path.realpath(conda) == os.path.realpath(prefix):
-        exe = environ.get("CONDA_EXE")
-        if exe:
-            return [f'eval "$({shlex.quote(exe)} shell.bash hook)"', f"conda activate {shlex.quote(conda)}"]
-        return [f"export PATH={shlex.quote(os.path.join(conda, 'bin'))}:\"$PATH\""]
-    activate = Path(prefix) / "bin" / "activate"
-    if prefix != base_prefix and activate.is_file():
-        return [f"source {shlex.quote(str(activate))}"]
-    return []
 
 
 @dataclass
@@ -171,34 +156,27 @@ def submit_line(spec: JobSpec, script: Path) -> str:
 
 
 def render_dask(spec: JobSpec) -> str:
-    """A dask worker job (an array of `jobs` of them), one worker process per GPU."""
-    from dask_jobqueue.pbs import PBSJob
-    from dask_jobqueue.slurm import SLURMJob
-
-    procs = max(1, spec.gpus_per_job)
-    res = ["--resources", "GPU=1"] if spec.gpus_per_job else []
-    prologue = ([] if spec.kind == "slurm" else [f"cd {shlex.quote(spec.workdir)}"]) + spec.setup_lines()
-    common = dict(scheduler=spec.scheduler_address, cores=spec.cpus_per_job, memory=spec.memory, processes=procs,
-                  walltime=spec.walltime, queue=spec.queue, account=spec.account, job_script_prologue=prologue,
-                  worker_extra_args=res, python="python", job_name=f"{spec.job_name}-dask",
-                  log_directory=spec.log_dir)
+    """A dask worker job (an array of `jobs` of them): the jobs `extract/sweep --cluster` submit, for a
+    scheduler started by hand."""
+    procs = spec.gpus_per_job or spec.cpus_per_job
+    worker_jobs = ClusterJobs(cluster=spec.kind, jobs=spec.jobs, cpus_per_job=spec.cpus_per_job,
+                              gpus_per_job=spec.gpus_per_job, mem=spec.memory, walltime=spec.walltime,
+                              queue=spec.queue, account=spec.account, setup=spec.setup_lines(), logs=spec.log_dir)
+    kw = job_kwargs(spec.kind, worker_jobs, spec.workdir, f"{spec.job_name}-dask") | dict(
+        scheduler=spec.scheduler_address, python="python")
     if spec.kind == "slurm":
-        var = "SLURM_ARRAY_TASK_ID"
-        job = SLURMJob(name=f"{spec.job_name}-${{{var}}}", job_extra_directives=[
-            f"--array=0-{spec.jobs - 1}", f"--chdir={shlex.quote(spec.workdir)}"]
-            + ([f"--gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []), **common)
-        submit = "sbatch"
+        var, submit = "SLURM_ARRAY_TASK_ID", "sbatch"
+        kw["job_extra_directives"] = [f"--array=0-{spec.jobs - 1}", *kw["job_extra_directives"]]
     else:
-        var = "PBS_ARRAY_INDEX"
-        gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
-        job = PBSJob(name=f"{spec.job_name}-${{{var}}}", job_extra_directives=[f"-J 0-{spec.jobs - 1}"],
-                     resource_spec=f"select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.memory.lower()}", **common)
-        submit = "qsub"
+        var, submit = "PBS_ARRAY_INDEX", "qsub"
+        kw["job_extra_directives"] = [f"-J 0-{spec.jobs - 1}"]
+    job = jobqueue_cluster_class(spec.kind).job_cls(name=f"{spec.job_name}-${{{var}}}", **kw)
     script = job.job_script()
     shebang, _, rest = script.partition("\n")
     addr = spec.scheduler_address
     usage = [
-        f"# dask workers for diffvqa-cache: {spec.jobs} jobs x {procs} worker(s), one GPU each (--resources GPU=1).",
+        f"# dask workers for diffvqa-cache: {spec.jobs} jobs x {procs} worker(s) of one thread, "
+        + ("one GPU each (--resources GPU=1)." if spec.gpus_per_job else "one core each."),
         "# 1. start a scheduler where the compute nodes can reach it (login node or its own job):",
         "#      dask scheduler --port 8786        # then put its address into this script (tcp://HOST:8786)",
         f"# 2. {submit} <this file>",

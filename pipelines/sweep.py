@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffvqa_cache.cache import FeatureCache
-from diffvqa_cache.dask_cluster import check_dask_args, dask_client, default_workers
+from diffvqa_cache.dask_cluster import ClusterJobs, check_dask_args, dask_client, default_workers
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
 from diffvqa_cache.fitting import FitConfig, fit_split
@@ -194,9 +194,13 @@ class SweepResult:
 
 
 def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = None, scheduler_address: str | None = None,
-              serial: bool = False, overrides: dict | None = None, progress: bool = True) -> SweepResult:
-    """Run every (configuration, split) task not done yet, serially or on a dask cluster; write summaries."""
-    check_dask_args(workers, scheduler_address)
+              serial: bool = False, overrides: dict | None = None, progress: bool = True,
+              cluster_jobs: ClusterJobs | None = None) -> SweepResult:
+    """Run every (configuration, split) task not done yet, serially or on a dask cluster (local, running, or
+    worker jobs submitted now: `cluster_jobs`); write summaries."""
+    check_dask_args(workers, scheduler_address, cluster_jobs)
+    if serial and cluster_jobs is not None and cluster_jobs.cluster:
+        raise UserInputError("--serial runs the tasks in this process: leave out --cluster")
     t0 = time.perf_counter()
     out = Path(out)
     base, configs = load_grid(grid)
@@ -221,7 +225,7 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
             for t in todo:
                 _report(run_task(cache_str, t, out), pbar)
         else:
-            _run_on_cluster(cache_str, todo, out, workers, scheduler_address, pbar)
+            _run_on_cluster(cache_str, todo, out, workers, scheduler_address, cluster_jobs, pbar)
     results = [read_task_result(out, t) or {"config": t.config, "split": t.split.name, "overrides": t.overrides,
                                             "error": "no result written", "metrics": {}} for t in tasks]
     summary = write_results(out, results, [n for n, _ in configs], protocol, cache)
@@ -236,11 +240,14 @@ def _report(result: dict, pbar) -> None:
 
 
 def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler_address: str | None,
-                    pbar) -> None:
-    """Submit one task per (configuration, split) to a LocalCluster or the scheduler at `scheduler_address`."""
+                    cluster_jobs: ClusterJobs | None, pbar) -> None:
+    """Submit one task per (configuration, split) to a LocalCluster, the scheduler at `scheduler_address` or
+    worker jobs. A task whose worker is lost (a cancelled job) runs again on another worker."""
     from distributed import as_completed
 
-    with dask_client(None if scheduler_address else workers or default_workers(len(todo)), scheduler_address) as client:
+    elsewhere = scheduler_address or (cluster_jobs is not None and cluster_jobs.cluster)
+    with dask_client(None if elsewhere else workers or default_workers(len(todo)), scheduler_address,
+                     cluster_jobs=cluster_jobs) as client:
         futures = {client.submit(run_task, cache_path, t, out, pure=False,
                                  key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
         for fut in as_completed(futures):
