@@ -48,6 +48,24 @@ def test_local_folder_loads_with_its_empty_prompt_embedding(sd_folder):
     assert identify(str(sd_folder), None) == ModelIdentity(bb.model_id, "zero-init", 128)
 
 
+def test_real_folders_load_lean_and_quietly(sd_folder, capfd, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    asked = []
+    plain = UNet2DConditionModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("low_cpu_mem_usage"))
+        return plain(cls, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(spy))
+    capfd.readouterr()
+    load_backbone(str(sd_folder))
+    printed = capfd.readouterr().err
+    assert asked == [True]
+    assert "accelerate" not in printed and "Loading weights" not in printed
+
+
 def test_model_identity_follows_the_weights(sd_folder, tmp_path):
     import shutil
 
