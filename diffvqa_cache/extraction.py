@@ -30,14 +30,17 @@ class DecodedVideo:
     frame_index: np.ndarray | None  # (T,) indices into the decoded video
     views: dict | None  # "S" (T, size, size, 3), "D" (T, K, size, size, 3), "crop_origin" (T, K, 2)
     error: str | None = None
+    fps: float | None = None  # the video's frame rate (frame_index / fps = time in seconds)
+    frame_hw: tuple[int, int] | None = None  # decoded (upright) frame height and width
 
 
 def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
                  backend: str = "auto") -> DecodedVideo:
     """Decode one video's sampled frames and cut both views; a failure is returned, never raised."""
     try:
-        pixels, indices, _info, _backend = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
-        return DecodedVideo(record.key, indices, make_views(pixels, indices, record.key, size, crops, seed))
+        pixels, indices, info, _backend = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
+        return DecodedVideo(record.key, indices, make_views(pixels, indices, record.key, size, crops, seed),
+                            fps=info.fps, frame_hw=pixels.shape[1:3])
     except DiffVQAError as exc:
         return DecodedVideo(record.key, None, None, str(exc))
     except Exception as exc:  # one bad video never stops the others
