@@ -26,6 +26,7 @@ from typing import Callable, Iterable
 import numpy as np
 import torch
 
+from .branches import BranchFeatures
 from .data import LoadSpec, VideoTable, pick_frames, video_tensors
 from .datasets import VideoRecord, safe_key
 from .devices import autocast, resolve_device
@@ -156,19 +157,18 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
 
 @torch.no_grad()
 def frame_outputs(model: torch.nn.Module, table: VideoTable, device: torch.device,
-                  precision: str = "fp32") -> tuple[float, np.ndarray, np.ndarray]:
-    """A one-video table's raw score, frame qualities and frame weights (T,), averaged over its crops as
-    evaluation does (`training.predict_raw`)."""
+                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw scores (N,), frame qualities and frame weights (N, T) of a table's videos in one batch,
+    averaged over the crops as evaluation does (`training.predict_raw`)."""
     model.eval()
     n_crops = max(table.n_crops.values())
     total = None
     for c in range(n_crops):
         with autocast(device, precision):
-            out = model(table.batch(np.arange(1), c, device))
-        got = [out[k].float().cpu().numpy()[0] for k in ("score", "frame_quality", "frame_weight")]
+            out = model(table.batch(np.arange(len(table)), c, device))
+        got = [out[k].float().cpu().numpy() for k in ("score", "frame_quality", "frame_weight")]
         total = got if total is None else [a + b for a, b in zip(total, got)]
-    score, quality, weight = (a / n_crops for a in total)
-    return float(score), quality.astype(np.float64), weight.astype(np.float64)
+    return tuple(a.astype(np.float64) / n_crops for a in total)
 
 
 def combine_models(outputs: list[tuple[float, np.ndarray, np.ndarray]], scales: list[tuple[float, float]]):
@@ -272,55 +272,77 @@ class Scorer:
         return results
 
     def _score_group(self, group: list, records: list, advance) -> list[VideoScore]:
-        """Features of the group's decodable videos in shared batches, then each one's scores."""
-        ok = [d for d in group if d.error is None]
+        """Features of the group's decodable videos in shared batches, then every split model over all of
+        them in one batch; a video that fails gets its error and the others go on."""
+        results = [VideoScore(d.key, str(r.path), error=d.error) for d, r in zip(group, records)]
         for d in group:
             if d.error is not None:
                 advance()
+        ok = [i for i, d in enumerate(group) if d.error is None]
+        tensors = {}
+        for i, feats in zip(ok, self._encode([group[i] for i in ok], advance)):
+            try:
+                if isinstance(feats, Exception):
+                    raise feats
+                tensors[i] = self._tensors(feats)
+            except Exception as exc:  # one bad video never stops the others
+                results[i].error = f"{results[i].path}: stage one failed ({type(exc).__name__}: {exc})"
         try:
-            feats = dict(zip((id(d) for d in ok), self.encoder.encode_stream(ok, advance)))
-        except Exception:  # find the video that breaks the batch: each alone, so the others still score
-            feats = {}
-            for d in ok:
+            self._score_videos([group[i] for i in tensors], list(tensors.values()), [results[i] for i in tensors])
+        except Exception:  # find the video that breaks the batch: each alone
+            for i, t in tensors.items():
                 try:
-                    feats[id(d)] = self.encoder.encode_stream([d])[0]
+                    self._score_videos([group[i]], [t], [results[i]])
                 except Exception as exc:
-                    feats[id(d)] = f"{type(exc).__name__}: {exc}"
-        out = []
-        for d, record in zip(group, records):
-            record_path = str(record.path)
-            result = VideoScore(d.key, record_path)
-            f = feats.get(id(d))
-            if d.error is not None or isinstance(f, str):
-                result.error = d.error or f"{record_path}: stage one failed ({f})"
-            else:
-                try:
-                    self._score_video(d, f, result)
-                except Exception as exc:  # one bad video never stops the others
-                    result.error = f"{record_path}: {type(exc).__name__}: {exc}"
-            if result.error is not None:
-                err.print(f"[red]failed[/] {result.error}")
-            out.append(result)
-        return out
+                    results[i].error = f"{results[i].path}: {type(exc).__name__}: {exc}"
+        for r in results:
+            if r.error is not None:
+                err.print(f"[red]failed[/] {r.error}")
+        return results
 
-    def _score_video(self, decoded, feats, result: VideoScore) -> None:
+    def _encode(self, decoded: list, advance) -> list:
+        """Stage-one features of the videos in shared batches; on a failure, each video alone (features or
+        the exception)."""
+        try:
+            return self.encoder.encode_stream(decoded, advance)
+        except Exception:
+            out = []
+            for d in decoded:
+                try:
+                    out.append(self.encoder.encode_stream([d])[0])
+                except Exception as exc:
+                    out.append(exc)
+            return out
+
+    def _tensors(self, feats) -> dict:
+        """One video's features as the run's models read them."""
         if not all(np.isfinite(a).all() for b in feats.branches.values() for a in b.parts()):
-            raise CacheError("NaN/Inf in its stage-one features (try the run's settings with --dtype fp32)")
-        grid, n_frames = self.feature_spec["grid"], self.feature_spec["num_frames"]
-        table = VideoTable.of_video(decoded.key, video_tensors(feats, self.load_spec, grid, n_frames))
-        outputs = [frame_outputs(m, table, self.device, self.precision) for m, _ in self.models]
-        scores, weight, quality = combine_models(outputs, [tuple(meta["scale"]) for _, meta in self.models])
-        index = np.asarray(decoded.frame_index)[pick_frames(len(decoded.frame_index), n_frames)]
-        fps = decoded.fps or float("nan")
-        result.score = float(scores.mean())
-        result.normalised = self.scale.normalise(result.score)
-        result.spread = Spread(float(scores.std(ddof=1)) if len(scores) > 1 else 0.0, float(scores.min()),
-                               float(scores.max()), len(scores))
-        result.frames = [FrameScore(int(i), float(i / fps), float(q), float(w))
-                         for i, q, w in zip(index, quality, weight)]
-        if self.reference is not None:
-            novelty = self.reference.novelty(describe(table.branches), self.unfamiliar_percentile)[0]
-            result.novelty, result.unfamiliar = novelty.percentile, novelty.unfamiliar
+            raise CacheError("NaN/Inf in its features; try the run's settings with --dtype fp32")
+        return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"])
+
+    def _score_videos(self, decoded: list, tensors: list[dict], results: list[VideoScore]) -> None:
+        """Every split model over the videos at once; fills each result."""
+        if not decoded:
+            return
+        table = VideoTable([d.key for d in decoded], np.full(len(decoded), np.nan), [""] * len(decoded),
+                           {b: BranchFeatures.stack([t[b] for t in tensors], torch.stack) for b in tensors[0]})
+        per_model = [frame_outputs(m, table, self.device, self.precision) for m, _ in self.models]
+        scales = [tuple(meta["scale"]) for _, meta in self.models]
+        novelty = (self.reference.novelty(describe(table.branches), self.unfamiliar_percentile)
+                   if self.reference is not None else [None] * len(decoded))
+        n_frames = self.feature_spec["num_frames"]
+        for n, (d, result) in enumerate(zip(decoded, results)):
+            scores, weight, quality = combine_models([(s[n], q[n], w[n]) for s, q, w in per_model], scales)
+            index = np.asarray(d.frame_index)[pick_frames(len(d.frame_index), n_frames)]
+            fps = d.fps or float("nan")
+            result.score = float(scores.mean())
+            result.normalised = self.scale.normalise(result.score)
+            result.spread = Spread(float(scores.std(ddof=1)) if len(scores) > 1 else 0.0, float(scores.min()),
+                                   float(scores.max()), len(scores))
+            result.frames = [FrameScore(int(i), float(i / fps), float(q), float(w))
+                             for i, q, w in zip(index, quality, weight)]
+            if novelty[n] is not None:
+                result.novelty, result.unfamiliar = novelty[n].percentile, novelty[n].unfamiliar
 
     def _plot(self, path: Path, decoded, result: VideoScore) -> None:
         from .plots import timeline

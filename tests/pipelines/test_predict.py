@@ -61,7 +61,9 @@ def test_predict_is_deterministic(run_dir, sample_root, odd_clips, tmp_path):
     again = run_predict([folder / "sample_007.mp4", folder / "sample_001.mp4"], run_dir, progress=False)
     scores = {r.video: r.score for r in first if r.error is None}
     assert set(scores) == {"sample_001", "sample_007"}
-    assert {r.video: r.score for r in again} == scores  # same video, same score, any order or batch company
+    assert [r.score for r in run_predict([folder], run_dir, progress=False) if r.error is None] == list(scores.values())
+    # in other company (other batches of the split models) the same video's score moves by float rounding only
+    assert {r.video: r.score for r in again} == pytest.approx(scores, rel=1e-6)
     broken = [r for r in first if r.error is not None]
     assert [r.video for r in broken] == ["broken"] and "broken.mp4" in broken[0].error  # fails alone, with its reason
 
