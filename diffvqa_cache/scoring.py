@@ -240,7 +240,8 @@ class Scorer:
         """Score video files and folders of videos, in input order; a video that fails gets its `error`.
 
         `plot_dir`: also write one timeline PNG per video there. `on_result(video_score)` is called as each
-        video is done (groups of `group_size` videos at a time)."""
+        video is done, in input order (groups of `group_size` videos at a time). The split models score a
+        group in a second thread while stage one works on the next group."""
         from .extraction import decode_ahead
 
         if isinstance(paths, (str, Path)):
@@ -252,28 +253,40 @@ class Scorer:
         results.scale, results.unfamiliar_percentile = self.scale, self.unfamiliar_percentile
         t0 = time.perf_counter()
         with bar("score", len(records), self.progress) as pb, \
-                ThreadPoolExecutor(self.config.extract.decode_workers) as pool:
+                ThreadPoolExecutor(self.config.extract.decode_workers) as pool, ThreadPoolExecutor(1) as finisher:
             done = [0]
 
             def advance(*_):
                 done[0] += 1
                 pb.update(advance=1, info=f"{done[0] / (time.perf_counter() - t0):.2f} videos/s")
 
-            stream = decode_ahead(pool, records, self.config)
-            for start in range(0, len(records), self.group_size):
-                recs = records[start:start + self.group_size]
-                group = [next(stream) for _ in recs]
-                for n, (decoded, result) in enumerate(zip(group, self._score_group(group, recs, advance))):
-                    if plot_dir is not None and result.error is None:
+            def finish(start: int, group: list, scored: list[VideoScore], tensors: dict) -> None:
+                self._score_group(group, scored, tensors)
+                for n, (decoded, result) in enumerate(zip(group, scored)):
+                    if result.error is not None:
+                        err.print(f"[red]failed[/] {result.error}")
+                    elif plot_dir is not None:
                         self._plot(Path(plot_dir) / f"{plot_names[start + n]}.png", decoded, result)
                     results.append(result)
                     if on_result is not None:
                         on_result(result)
+
+            stream = decode_ahead(pool, records, self.config)
+            pending = None
+            for start in range(0, len(records), self.group_size):
+                recs = records[start:start + self.group_size]
+                group = [next(stream) for _ in recs]
+                scored, tensors = self._stage_one(group, recs, advance)
+                if pending is not None:
+                    pending.result()  # one group in the split models at a time: results stay in order
+                pending = finisher.submit(finish, start, group, scored, tensors)
+            if pending is not None:
+                pending.result()
         return results
 
-    def _score_group(self, group: list, records: list, advance) -> list[VideoScore]:
-        """Features of the group's decodable videos in shared batches, then every split model over all of
-        them in one batch; a video that fails gets its error and the others go on."""
+    def _stage_one(self, group: list, records: list, advance) -> tuple[list[VideoScore], dict]:
+        """The group's results so far (decoding errors) and the features of its decodable videos, computed
+        in shared batches, as the models read them {position in group: tensors}."""
         results = [VideoScore(d.key, str(r.path), error=d.error) for d, r in zip(group, records)]
         for d in group:
             if d.error is not None:
@@ -287,6 +300,10 @@ class Scorer:
                 tensors[i] = self._tensors(feats)
             except Exception as exc:  # one bad video never stops the others
                 results[i].error = f"{results[i].path}: stage one failed ({type(exc).__name__}: {exc})"
+        return results, tensors
+
+    def _score_group(self, group: list, results: list[VideoScore], tensors: dict) -> None:
+        """Every split model over the group's videos in one batch; on a failure, each video alone."""
         try:
             self._score_videos([group[i] for i in tensors], list(tensors.values()), [results[i] for i in tensors])
         except Exception:  # find the video that breaks the batch: each alone
@@ -295,10 +312,6 @@ class Scorer:
                     self._score_videos([group[i]], [t], [results[i]])
                 except Exception as exc:
                     results[i].error = f"{results[i].path}: {type(exc).__name__}: {exc}"
-        for r in results:
-            if r.error is not None:
-                err.print(f"[red]failed[/] {r.error}")
-        return results
 
     def _encode(self, decoded: list, advance) -> list:
         """Stage-one features of the videos in shared batches; on a failure, each video alone (features or
