@@ -123,6 +123,8 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
 def format_table(results: Scores) -> str:
     """The short table `predict` prints: video, score, range, normalised score, novelty and flag."""
     scale, percentile = results.scale, results.unfamiliar_percentile
+    if not results:
+        return "no videos scored in this run"
     rows = [("video", "score", "range", "0-1", "novelty", "")]
     for r in results:
         if r.error is not None:
