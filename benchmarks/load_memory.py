@@ -50,33 +50,17 @@ def build_folder(folder: Path) -> None:
     1024 wide), a toy tokenizer; random weights, saved as StableDiffusionPipeline.save_pretrained lays them out."""
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     from _common import sd21_base_configs
-    from diffvqa_cache.backbone import sd_noise_schedule
+    from diffvqa_cache.synthetic import save_sd_folder
 
     tmp = folder.with_name(folder.name + ".building")
     shutil.rmtree(tmp, ignore_errors=True)
     vae_cfg, unet_cfg = sd21_base_configs()
     torch.manual_seed(0)
-    AutoencoderKL(**vae_cfg).save_pretrained(tmp / "vae")
-    unet = UNet2DConditionModel(**unet_cfg)
-    unet.save_pretrained(tmp / "unet")
-    del unet
-    (tmp / "scheduler").mkdir()
-    (tmp / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
-                                                                         **sd_noise_schedule()}))
-    tok_dir = tmp / "tokenizer"
-    tok_dir.mkdir()
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab": 6}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\na b\n")
-    CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=77).save_pretrained(tok_dir)
-    CLIPTextModel(CLIPTextConfig(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
-                                 num_attention_heads=16, max_position_embeddings=77, hidden_act="gelu",
-                                 projection_dim=512, bos_token_id=0, eos_token_id=1, pad_token_id=1)
-                  ).save_pretrained(tmp / "text_encoder")
-    (tmp / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    save_sd_folder(tmp, AutoencoderKL(**vae_cfg), UNet2DConditionModel(**unet_cfg),
+                   dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
+                        num_attention_heads=16, hidden_act="gelu", projection_dim=512), max_length=77)
     tmp.rename(folder)
 
 
