@@ -17,6 +17,7 @@ confidence interval of the MOS. `familiarity.py` says whether the content is lik
 
 from __future__ import annotations
 
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -152,7 +153,7 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
             out.append(p)
         else:
             raise UserInputError(f"{p}: no such file or folder")
-    return [p.resolve() for p in out]
+    return [Path(os.path.abspath(p)) for p in out]  # absolute, links kept as named
 
 
 @torch.no_grad()
