@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffvqa_cache.config import AdaptConfig, ExtractConfig
+from diffvqa_cache.config import PAPER_PRESET, AdaptConfig, ExtractConfig
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -41,10 +41,10 @@ DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on 
                                                               "(tcp://host:8786).")]
 
 
-def options_from(cls, panel: str, skip: tuple[str, ...] = ()):
+def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None):
     """Give a command one option per field of the config dataclass `cls` (help text from the field's
-    declaration) and pass them to it built into `cfg` (through `cls.from_options` when defined), so a new
-    setting is declared once, in the dataclass."""
+    declaration; default from the field or `defaults`) and pass them to it built into `cfg` (by `build`,
+    else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass."""
 
     def optional(kind):
         args = typing.get_args(kind)
@@ -56,11 +56,12 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = ()):
         own = inspect.signature(fn, eval_str=True)
         hints = typing.get_type_hints(cls)
         fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters]
-        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
-                                   annotation=Annotated[optional(hints[f.name]), typer.Option(help=f.metadata.get("help"),
-                                                                                         rich_help_panel=panel)])
+        defaults_ = {f.name: f.default for f in fields} | (defaults or {})
+        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults_[f.name],
+                                   annotation=Annotated[optional(hints[f.name]), typer.Option(
+                                       help=f.metadata.get("help"), rich_help_panel=panel)])
                  for f in fields]
-        build = getattr(cls, "from_options", cls)
+        make = build or getattr(cls, "from_options", cls)
 
         @functools.wraps(fn)
         def command(**kwargs):
@@ -68,7 +69,7 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = ()):
 
             values = {f.name: kwargs.pop(f.name) for f in fields}
             try:
-                cfg = build(**values)
+                cfg = make(**values)
             except UserInputError:
                 raise
             except (TypeError, ValueError) as exc:
@@ -178,10 +179,17 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
         typer.echo(json.dumps(info, indent=1, default=str))
         return
     config, ex = cache.config, cache.config.extract
+    ts = config.timesteps
+    chain = (f"{len(ts)} UNet calls at t={', '.join(map(str, ts)) if len(ts) <= 6 else f'{ts[0]}, {ts[1]}, ..., {ts[-1]}'}"
+             f"; F_MS tapped at t={ts[-1]}" if ts else "timesteps not recorded (cache of 0.1)")
+    decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
     typer.echo(f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
                f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
-               f"settings     steps={ex.steps} sampler={ex.sampler} frames={ex.frames} fps={ex.fps} "
-               f"crops={ex.crops} grid={ex.grid} view={config.view_size} seed={ex.seed} dtype={ex.dtype}\n"
+               f"settings     steps={ex.steps} sampler={ex.sampler} spacing={ex.timestep_spacing} strength={ex.strength} "
+               f"latent={ex.latent} frames={ex.frames} fps={ex.fps} crops={ex.crops} grid={ex.grid} "
+               f"view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
+               f"chain        {chain}\n"
+               f"decoded      {decoders}\n"
                f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
                f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB")
     for name, f in info["features"].items():
@@ -307,7 +315,8 @@ def fit(
     cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     config: Annotated[Optional[Path], typer.Option(help="YAML of fit settings (regressor:, train:, top-level).")] = None,
-    test_cache: Annotated[Optional[Path], typer.Option(help="Cross-dataset: train on all of --cache, test on this.")] = None,
+    test_cache: Annotated[Optional[list[Path]], typer.Option(help="A further test set (repeatable): cross-dataset "
+                                                                  "tests, or beside LSVQ's own test sets.")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's models (e.g. an LSVQ run).")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="auto, random, lsvq or cross.")] = None,
     splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of 80/20 splits (default 10).")] = None,
@@ -326,7 +335,7 @@ def fit(
         if value is not None:
             overrides[name] = value
     cfg = load_fit_config(config, overrides)
-    result = run_fit(cache, out, cfg, test_cache_path=test_cache, init=init)
+    result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init)
     typer.echo(format_summary(result, out))
 
 
@@ -409,30 +418,107 @@ def cluster(
     walltime: Annotated[str, typer.Option(help="Wall-clock limit per job.")] = "24:00:00",
     queue: Annotated[Optional[str], typer.Option(help="Partition (SLURM) or queue (PBS).")] = None,
     account: Annotated[Optional[str], typer.Option(help="Account / project to charge.")] = None,
-    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'source .venv/bin/activate'.")] = None,
+    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'module load cuda'; "
+                                                            "replaces activating this command's venv/conda env.")] = None,
     scheduler_address: Annotated[str, typer.Option(help="dask mode: the scheduler's address.")] = "tcp://SCHEDULER_HOST:8786",
+    logs: Annotated[Path, typer.Option(help="Folder of the jobs' logs (created now, before any job opens it).")] = Path("logs"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the script here (default "
                                                                           "diffvqa-<kind>-<mode>.sh).")] = None,
     print_: Annotated[bool, typer.Option("--print", help="Print the script instead of writing a file.")] = False,
+    submit: Annotated[bool, typer.Option(help="SLURM array: sbatch the parts still missing and a finishing job "
+                                              "after them that writes the manifest.")] = False,
 ) -> None:
     """Write a job script: a SLURM/PBS job array of extraction parts, or dask-jobqueue worker jobs.
 
-    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels).
+    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
+    folder and in this command's Python environment (unless --setup).
     """
-    from pipelines.cluster import JobSpec, render
+    from diffvqa_cache.errors import UserInputError
+    from pipelines.cluster import JobSpec, render, submit_line, write_scripts
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
+    with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
+        params = extract_ctx.params  # the forwarded options checked by extract's own parser, now
+    if params["num_parts"] != 1 or params["part"] is not None:
+        raise UserInputError("cluster sets --num-parts (= --jobs) and --part itself; leave them out")
+    cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
+    if submit and (kind, mode) != ("slurm", "array"):
+        raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
     spec = JobSpec(kind=kind, mode=mode, jobs=jobs, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, memory=mem,
-                   walltime=walltime, queue=queue, account=account, setup=list(setup or []), extract_args=args,
-                   scheduler_address=scheduler_address)
-    script = render(spec)
+                   walltime=walltime, queue=queue, account=account, setup=setup or None, extract_args=args,
+                   scheduler_address=scheduler_address, log_dir=str(logs))
+    Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
     if print_:
-        typer.echo(script, nl=False)
+        typer.echo(render(spec), nl=False)
         return
     path = output or Path(f"diffvqa-{kind}-{mode}.sh")
-    path.write_text(script)
-    typer.echo(str(path))
-    typer.echo(f"wrote {path}; submit it with {'sbatch' if kind == 'slurm' else 'qsub'} {path}", err=True)
+    written = write_scripts(spec, path)
+    if not submit:
+        typer.echo(str(path))
+        typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
+                   f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
+        return
+    from pipelines.submit import missing_parts, submit_array
+
+    data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
+                         params["mos_column"], params["allow_problems"])
+    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"])
+    typer.echo(submit_array(spec, path, parts).describe())
+
+
+@app.command()
+@known_errors
+@options_from(ExtractConfig, "Extraction preset (one for every dataset; defaults: the paper's chain)",
+              skip=("controller",), defaults=PAPER_PRESET, build=functools.partial(ExtractConfig.from_options,
+                                                                                   check=False))
+def reproduce(
+    cfg: ExtractConfig,
+    out: Annotated[Path, typer.Option(help="Folder of the reproduction (controller/, cache/, runs/, table.md).")],
+    lsvq: Annotated[Optional[Path], typer.Option(help="LSVQ root (labels_train_test.csv, labels_test_1080p.csv).")] = None,
+    kvd: Annotated[Optional[Path], typer.Option(help="KoNViD-1k root.")] = None,
+    lvqc: Annotated[Optional[Path], typer.Option(help="LIVE-VQC root.")] = None,
+    ytugc: Annotated[Optional[Path], typer.Option(help="YouTube-UGC root.")] = None,
+    controller: Annotated[Optional[str], typer.Option(help="An adapted Controller folder (skips adaptation).")] = None,
+    adapt_steps: Annotated[int, typer.Option(help="Adaptation steps on LSVQ-train.")] = AdaptConfig.max_steps,
+    adapt_limit: Annotated[Optional[int], typer.Option(help="Adapt on a seeded subset of N videos.")] = None,
+    splits: Annotated[int, typer.Option(help="Random splits of each fine-tuning.")] = 10,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of every fit.")] = None,
+    limit: LimitOpt = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a fit setting of every fit.")] = None,
+    workers: WorkersOpt = None,
+    dask_scheduler: DaskSchedulerOpt = None,
+) -> None:
+    """The paper's table in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
+    from diffvqa_cache.dask_cluster import dask_client
+    from diffvqa_cache.devices import resolve_device
+    from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
+
+    roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
+    fit = _parse_sets(set_) | ({"train.epochs": epochs} if epochs is not None else {})
+    rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
+                           adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
+    with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
+        typer.echo(format_table(run_reproduce(rcfg, out, client=client)))
+
+
+@app.command()
+@known_errors
+def doctor(
+    cache: Annotated[Path, typer.Option(help="Where extract will write (extract --out): free space and write "
+                                             "speed are measured there.")] = Path("cache"),
+    model: Annotated[Optional[str], typer.Option(help="Also check this SD folder's layout ('tiny', a folder, "
+                                                      "or a hub id in the local cache).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Check this machine before a long run: torch/CUDA, GPUs, the Mamba path, decoders, model, disk, cluster.
+
+    Exit 1 when an essential is missing (torch, diffusers, h5py, a video decoder, the Mamba path, --model).
+    """
+    from diffvqa_cache.doctor import format_report, run_doctor
+
+    report = run_doctor(cache, model, debug=_DEBUG["on"])
+    typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
+    raise typer.Exit(report.exit_code)
 
 
 @app.command()
@@ -450,6 +536,11 @@ def demo(
 
 
 def main() -> None:
+    import signal
+    import sys
+
+    # scancel, qdel and time limits send SIGTERM: leave through `finally` blocks, so claimed shards are released
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     app()
 
 

@@ -1,4 +1,4 @@
-"""The frozen diffusion backbone: SD's VAE, UNet and scheduler, the Controller, and their identities.
+"""The frozen diffusion backbone: SD's VAE, UNet and noise schedule, the Controller, and their identities.
 
 Heavy imports (diffusers, transformers) happen inside functions so the fit side never pays for them.
 """
@@ -134,6 +134,30 @@ def _weight_files(folder: Path) -> list[Path]:
     return [p for p in folder.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".ckpt")]
 
 
+# What extract reads in a diffusers SD folder: subfolder -> its config file (any one of each tuple).
+SD_LAYOUT = {
+    "unet": ("config.json",),
+    "vae": ("config.json",),
+    "scheduler": ("scheduler_config.json",),
+    "text_encoder": ("config.json",),
+    "tokenizer": ("tokenizer_config.json", "vocab.json"),
+}
+
+
+def model_layout_problems(folder: Path) -> list[str]:
+    """What a diffusers SD folder lacks for extract: subfolders, their config files, UNet/VAE/CLIP weights."""
+    problems = []
+    for sub, configs in SD_LAYOUT.items():
+        path = folder / sub
+        if not path.is_dir():
+            problems.append(f"no {sub}/")
+        elif not any((path / c).is_file() for c in configs):
+            problems.append(f"no {sub}/{configs[0]}")
+        elif sub in ("unet", "vae", "text_encoder") and not _weight_files(path):
+            problems.append(f"no weights in {sub}/")
+    return problems
+
+
 def resolve_model_folder(model: str, revision: str | None) -> Path:
     """A local diffusers folder as is; a hub id downloaded (or found in the local HF cache)."""
     path = Path(model).expanduser()
@@ -191,8 +215,7 @@ def load_controller(unet: torch.nn.Module, controller: str | None) -> torch.nn.M
     from diffusers import ControlNetModel
 
     if controller is None:
-        log.warning("no --controller given: using a zero-initialised Controller, i.e. plain SD "
-                    "(train one with `diffvqa-cache adapt`)")
+        log.info("no --controller: a zero-initialised Controller, i.e. plain SD")
         return ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
     folder = _controller_folder(controller)
     net = ControlNetModel.from_pretrained(folder, **_lean())
@@ -242,13 +265,19 @@ def load_backbone(model: str = "tiny", controller: str | None = None, revision: 
     identity = identify(model, controller, revision)
     if model == "tiny":
         vae, unet, null_text = build_tiny()
-        sched = sd_noise_schedule()
     else:
         folder = resolve_model_folder(model, revision)
         vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **_lean())
         unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **_lean())
-        sched_file = folder / "scheduler" / "scheduler_config.json"
-        sched = json.loads(sched_file.read_text()) if sched_file.is_file() else sd_noise_schedule()
         null_text = _null_text_embedding(folder)
-    return Backbone(vae=vae, unet=unet, controller=load_controller(unet, controller), noise_schedule=sched,
-                    null_text=null_text, identity=identity, is_tiny=model == "tiny")
+    return Backbone(vae=vae, unet=unet, controller=load_controller(unet, controller),
+                    noise_schedule=read_noise_schedule(model, revision), null_text=null_text, identity=identity,
+                    is_tiny=model == "tiny")
+
+
+def read_noise_schedule(model: str, revision: str | None = None) -> dict:
+    """The model's training noise schedule (its scheduler/scheduler_config.json; SD's for `tiny`)."""
+    if model == "tiny":
+        return sd_noise_schedule()
+    sched_file = resolve_model_folder(model, revision) / "scheduler" / "scheduler_config.json"
+    return json.loads(sched_file.read_text()) if sched_file.is_file() else sd_noise_schedule()

@@ -68,6 +68,8 @@ class VideoFeatures:
     frame_index: np.ndarray  # (T,) int32, indices into the decoded video
     branches: dict[str, BranchFeatures]  # latent (T,K,4,h,w) f16, ms (T,K,C,g,g) f16, pixels (T,K,3,P,P) u8
     crop_origin: np.ndarray | None = None  # (T, K, 2) int32: top, left of each D crop in the native frame
+    decoder: str = ""  # which decoder produced the frames ("decord", "pyav"), recorded in the shard's record
+    codec: str = ""
 
     def flat(self) -> dict[str, np.ndarray]:
         """The shard's per-row datasets by name ("frame_index", "S/latent", ..., "D/crop_origin")."""
@@ -112,7 +114,8 @@ def write_shard(path: Path, shard_id: int, fingerprint: str, videos: list[VideoF
         raise
     record = {
         "shard": shard_id, "file": path.name, "fingerprint": fingerprint, "videos": [v.key for v in videos],
-        "n_frames": n_frames.tolist(), "failed": failed, "planned": keys_planned,
+        "n_frames": n_frames.tolist(), "decoders": [v.decoder for v in videos], "codecs": [v.codec for v in videos],
+        "failed": failed, "planned": keys_planned,
         "bytes": path.stat().st_size, "sha256": file_sha256(path), "written": time.strftime("%Y-%m-%dT%H:%M:%S"),
     }
     write_json_atomic(path.with_suffix(".json"), record)
@@ -193,7 +196,8 @@ class CacheDir:
         for i, keys in enumerate(plan):
             if self.is_complete(i, keys, fp):
                 rec = self.record(i)
-                shards.append({k: rec[k] for k in ("shard", "file", "videos", "n_frames", "failed", "bytes", "sha256")})
+                shards.append({k: rec.get(k) for k in ("shard", "file", "videos", "n_frames", "decoders", "codecs", "failed",
+                                                        "bytes", "sha256")})
                 done += rec["videos"]
                 failed += rec["failed"]
         finished = set(done) | {f["video"] for f in failed}
@@ -319,6 +323,16 @@ class FeatureCache:
 
     def shard_files(self) -> list[Path]:
         return [self.dir.shards / s["file"] for s in self.manifest["shards"]]
+
+    def decoders(self) -> dict[str, str]:
+        """{codec: decoder} the extraction used (the most frequent per codec; empty for caches of 0.1)."""
+        from collections import Counter
+
+        counts: dict[str, Counter] = {}
+        for s in self.manifest["shards"]:
+            for codec, decoder in zip(s.get("codecs") or [], s.get("decoders") or []):
+                counts.setdefault(codec, Counter())[decoder] += 1
+        return {codec: c.most_common(1)[0][0] for codec, c in sorted(counts.items())}
 
     def read(self, key: str) -> VideoFeatures:
         """All arrays of one video, by id."""

@@ -20,12 +20,20 @@ from . import __version__
 from .errors import UserInputError
 
 # Bump when a change to the extraction code changes the numbers it writes.
-EXTRACTOR_VERSION = "2"
+# 3: crop positions seeded like the start noise (by frame position, not by video id); F_Latent choice.
+EXTRACTOR_VERSION = "3"
 
 SAMPLERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 NOISE_MODES = ("shared", "per-video")
+LATENTS = ("chain", "pred_x0")
+ADAPT_SPLITS = ("auto", "train", "all")
+SD21_BASE = "stabilityai/stable-diffusion-2-1-base"  # the method's default backbone (512 px)
+# The one extraction preset of `reproduce`: SD 2.1-base, the paper's 50-step DDIM chain, several crops per
+# frame, bf16 on GPU.
+PAPER_PRESET = {"model": SD21_BASE, "sampler": "ddim", "steps": 50, "frames": 8, "crops": 4, "grid": 8,
+                "pixel_size": 224, "dtype": "bf16"}
 BACKENDS = ("auto", "decord", "pyav")
 
 
@@ -117,8 +125,11 @@ class ExtractConfig(Config):
     timestep_spacing: str = setting("trailing", "trailing (every chain starts at t=999), leading or linspace.")
     strength: float = setting(1.0, "1: the paper's chain from pure noise; <1: start from z0 noised to "
                                    "t=strength*T.")
-    noise: str = setting("shared", "Start noise: shared (seeded by frame position, view and crop, the same for "
-                                   "every video, so features depend on the pixels alone) or per-video.")
+    noise: str = setting("shared", "Start noise and crop positions: shared (seeded by frame position, view and "
+                                   "crop, the same for every video, so features depend on the pixels alone) or "
+                                   "per-video (the video id too).")
+    latent: str = setting("chain", "F_Latent: chain (the reverse chain's last output) or pred_x0 (the clean "
+                                   "latent predicted at the last step; the same for dpm and euler).")
     frames: int | None = setting(8, "Frames sampled uniformly per video (or use --fps).")
     fps: float | None = setting(None, "Sample frames at a fixed rate instead of --frames.")
     crops: int = setting(1, "Cropped views per frame (the D branch).")
@@ -134,8 +145,8 @@ class ExtractConfig(Config):
     decode_workers: int = setting(2, "Threads decoding and cutting views ahead of the model.")
     backend: str = setting("auto", "Video decoder: auto (decord for H.264/HEVC/MPEG-4, else PyAV), decord or pyav.")
 
-    NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = (
-        "model", "revision", "controller", "batch_size", "device", "shard_size", "decode_workers", "backend")
+    PLACEMENT: ClassVar[tuple[str, ...]] = ("batch_size", "device", "shard_size", "decode_workers", "backend")
+    NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("model", "revision", "controller") + PLACEMENT
     RENAMED: ClassVar[dict[str, str]] = {"scheduler": "sampler"}
 
     def __post_init__(self) -> None:
@@ -146,6 +157,7 @@ class ExtractConfig(Config):
         one_of("sampler", self.sampler, SAMPLERS)
         one_of("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         one_of("noise", self.noise, NOISE_MODES)
+        one_of("latent", self.latent, LATENTS)
         one_of("dtype", self.dtype, DTYPES)
         one_of("backend", self.backend, BACKENDS)
         if not 0.0 < self.strength <= 1.0:
@@ -157,17 +169,34 @@ class ExtractConfig(Config):
             raise UserInputError(f"view_size must be a multiple of 8 (the VAE's factor), got {self.view_size}")
 
     @classmethod
-    def from_options(cls, **values) -> "ExtractConfig":
-        """From command-line values: --fps replaces the default --frames."""
+    def from_options(cls, check: bool = True, **values) -> "ExtractConfig":
+        """From command-line values: --fps replaces the default --frames; with `check`, settings under which
+        features cannot follow the input are refused before any work."""
         if values.get("fps") is not None:
             values["frames"] = None
-        return cls(**values)
+        cfg = cls(**values)
+        if check:
+            cfg.check_features_follow_input()
+        return cfg
+
+    def check_features_follow_input(self) -> None:
+        """Refuse settings under which every video gets the same diffusion features."""
+        require_input_dependence(self.controller, self.strength)
 
     def numeric_settings(self) -> dict:
         """The settings that change the numbers, under the names fingerprints were first written with
         (renaming a field must not orphan existing caches)."""
         legacy = {new: old for old, new in self.RENAMED.items()}
         return {legacy.get(k, k): v for k, v in sorted(self.to_dict().items()) if k not in self.NOT_FINGERPRINTED}
+
+
+def require_input_dependence(controller: str | None, strength: float) -> None:
+    """Without a Controller the chain from pure noise ignores the video: shared seeded noise, an empty prompt
+    and a zero-initialised Controller give every video the same features."""
+    if controller is None and strength >= 1.0:
+        raise UserInputError("no --controller with --strength 1: every video would get the same diffusion features "
+                             "(the chain starts from noise and a zero-initialised Controller adds nothing); train one "
+                             "with `diffvqa-cache adapt` and pass --controller, or use --strength < 1")
 
 
 @dataclass
@@ -179,6 +208,9 @@ class AdaptConfig(Config):
     controller: str | None = setting(None, "Start from this Controller folder (default: a zero-init copy of the UNet).")
     frames: int = setting(8, "Frames sampled uniformly per video.")
     crops: int = setting(1, "Cropped views per frame (besides the resized view).")
+    split: str = setting("auto", "Videos to adapt on: auto (the official train split where the dataset has one, "
+                                 "e.g. LSVQ, so adaptation never sees test videos; else all: adaptation is "
+                                 "label-free), train, or all.")
     limit: int | None = setting(None, "Train on a seeded random subset of N videos.")
     max_steps: int = setting(20000, "Optimizer steps.")
     batch_size: int = setting(4, "Latents per micro-batch.")
@@ -204,6 +236,7 @@ class AdaptConfig(Config):
         if self.limit is not None and self.limit < 1:
             raise UserInputError(f"limit must be >= 1, got {self.limit}")
         one_of("dtype", self.dtype, DTYPES)
+        one_of("split", self.split, ADAPT_SPLITS)
 
     def checked(self) -> dict:
         """The settings a resumed run must share with the run it continues."""
@@ -246,15 +279,17 @@ class CacheConfig(Config):
     mos_range: tuple[float, float]
     package_version: str = __version__
     tiny_model: bool = False
+    timesteps: tuple[int, ...] = ()  # the UNet's timesteps along the chain; F_MS are tapped at the last one
 
     @classmethod
-    def create(cls, cfg: ExtractConfig, identity: ModelIdentity, dataset: str,
-               mos_range: tuple[float, float]) -> "CacheConfig":
+    def create(cls, cfg: ExtractConfig, identity: ModelIdentity, dataset: str, mos_range: tuple[float, float],
+               timesteps: tuple[int, ...] = ()) -> "CacheConfig":
         view_size = cfg.view_size or identity.native_size
         return cls(fingerprint=fingerprint(cfg, identity.model_id, identity.controller_id, view_size), extract=cfg,
                    model_id=identity.model_id, controller_id=identity.controller_id, view_size=view_size,
                    pixel_size=min(cfg.pixel_size, view_size), dataset=dataset,
-                   mos_range=tuple(float(x) for x in mos_range), tiny_model=cfg.model == "tiny")
+                   mos_range=tuple(float(x) for x in mos_range), tiny_model=cfg.model == "tiny",
+                   timesteps=tuple(int(t) for t in timesteps))
 
     @property
     def identity(self) -> tuple[str, str]:

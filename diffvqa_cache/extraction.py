@@ -4,6 +4,7 @@ batches (`ViewEncoder`)."""
 
 from __future__ import annotations
 
+import hashlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -30,29 +31,37 @@ class DecodedVideo:
     frame_index: np.ndarray | None  # (T,) indices into the decoded video
     views: dict | None  # "S" (T, size, size, 3), "D" (T, K, size, size, 3), "crop_origin" (T, K, 2)
     error: str | None = None
+    decoder: str = ""  # "decord" or "pyav": which one produced the frames
+    codec: str = ""  # the stream's codec ("h264", "vp9", ...)
     fps: float | None = None  # the video's frame rate (frame_index / fps = time in seconds)
     frame_hw: tuple[int, int] | None = None  # decoded (upright) frame height and width
 
 
 def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
-                 backend: str = "auto") -> DecodedVideo:
-    """Decode one video's sampled frames and cut both views; a failure is returned, never raised."""
+                 backend: str = "auto", noise: str = "shared") -> DecodedVideo:
+    """Decode one video's sampled frames and cut both views; a failure is returned, never raised.
+
+    `backend` is "auto", "decord", "pyav", or a {codec: decoder} map (the decoders a cache used)."""
     try:
-        pixels, indices, info, _backend = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
-        return DecodedVideo(record.key, indices, make_views(pixels, indices, record.key, size, crops, seed),
-                            fps=info.fps, frame_hw=pixels.shape[1:3])
+        pixels, indices, info, used = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
+        views = make_views(pixels, size, crops, seed, noise, record.key)
+        return DecodedVideo(record.key, indices, views, decoder=used, codec=info.codec, fps=info.fps,
+                            frame_hw=pixels.shape[1:3])
     except DiffVQAError as exc:
         return DecodedVideo(record.key, None, None, str(exc))
     except Exception as exc:  # one bad video never stops the others
         return DecodedVideo(record.key, None, None, f"{record.path}: {type(exc).__name__}: {exc}")
 
 
-def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig) -> Iterator[DecodedVideo]:
-    """Decoded videos in `records` order, keeping `decode_workers + 2` in flight ahead of the consumer."""
+def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig,
+                 backend: str | dict | None = None) -> Iterator[DecodedVideo]:
+    """Decoded videos in `records` order, keeping `decode_workers + 2` in flight ahead of the consumer
+    (`backend`: instead of the config's, e.g. the {codec: decoder} map a run's cache used)."""
     cfg = config.extract
+    backend = backend or cfg.backend
 
     def decode(record):
-        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend)
+        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, backend, cfg.noise)
 
     ahead = deque(pool.submit(decode, r) for r in records[:cfg.decode_workers + 2])
     nxt = len(ahead)
@@ -80,8 +89,10 @@ class ViewEncoder:
             err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only; "
                       "its features say nothing about quality[/]")
         self.fx = FeatureExtractor(bb, steps=cfg.steps, sampler=cfg.sampler, grid=cfg.grid, dtype=cfg.dtype,
-                                   device=device, timestep_spacing=cfg.timestep_spacing, strength=cfg.strength)
+                                   device=device, timestep_spacing=cfg.timestep_spacing, strength=cfg.strength,
+                                   latent=cfg.latent)
         self.config, self.cfg = config, cfg
+        self.guard = InputDependenceGuard()
 
     def encode_stream(self, videos: Iterable[DecodedVideo], on_video=None) -> list[VideoFeatures]:
         """Consume decoded videos in order; views of consecutive videos share batches.
@@ -121,7 +132,7 @@ class ViewEncoder:
                              for t in range(len(video.frame_index))]
                 branches[b] = BranchFeatures.stack(per_frame, np.stack)
             result.append(VideoFeatures(video.key, np.asarray(video.frame_index, dtype=np.int32), branches,
-                                        video.views["crop_origin"]))
+                                        video.views["crop_origin"], video.decoder, video.codec))
         return result
 
     def _run(self, batch: list[tuple], meta: list[DecodedVideo], outs: dict) -> None:
@@ -131,10 +142,39 @@ class ViewEncoder:
         seeds = [noise_seed(cfg.seed, cfg.noise, meta[v].key, t, b, k) for v, b, t, k, _ in batch]
         feats = self.fx(imgs, seeds)
         pix = resize_frames(imgs.numpy(), pixel_size) if pixel_size != size else imgs.numpy()
-        for n, (v, b, t, k, _) in enumerate(batch):
+        for n, (v, b, t, k, image) in enumerate(batch):
             one = feats.map(lambda x: x[n].numpy())
+            self.guard.check(seeds[n], image, one, f"{meta[v].key} (frame {t}, view {b}{k if b == 'D' else ''})")
             one.pixels = pix[n].transpose(2, 0, 1)
             outs[(v, b, t, k)] = one
+
+
+class InputDependenceGuard:
+    """Stops a run whose diffusion features do not follow the pixels (a zero-initialised, broken or
+    mismatched Controller): two views with the same start-noise seed but different pixels must not get
+    identical features. Watches the first views of a run; done after a few clean comparisons."""
+
+    def __init__(self, comparisons: int = 4, max_views: int = 512):
+        self.seen: dict[int, tuple[bytes, bytes, str]] = {}
+        self.left, self.max_views = comparisons, max_views
+
+    def check(self, seed: int, image: np.ndarray, features: BranchFeatures, name: str) -> None:
+        if self.left <= 0 or self.max_views <= 0:
+            return
+        self.max_views -= 1
+        pixels = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
+        digest = hashlib.blake2b(digest_size=16)
+        for part in features.parts():
+            digest.update(np.ascontiguousarray(part).tobytes())
+        earlier = self.seen.setdefault(seed, (pixels, digest.digest(), name))
+        if earlier[0] == pixels:
+            return
+        if earlier[1] == digest.digest():
+            raise DiffVQAError(f"the diffusion features do not depend on the input: {earlier[2]} and {name} have "
+                               "different pixels but identical features; the Controller is zero, broken or not made "
+                               "for this model: check --controller (train one with `diffvqa-cache adapt`) or use "
+                               "--strength < 1")
+        self.left -= 1
 
 
 def _report(done: int, last_job: list[int], finished_jobs: int, meta: list, on_video) -> int:

@@ -1,7 +1,11 @@
 """Per-view diffusion features: VAE encode, Controller-guided reverse chain, F_Latent and pooled F_MS.
 
 F_MS are the outputs of the UNet's four up (decoder) blocks during the final denoising step, tapped
-with forward hooks (the UNet's forward is never copied).
+with forward hooks (the UNet's forward is never copied). That step runs at the chain's last timestep:
+with "trailing" spacing t = 1000/steps - 1 (19 for 50 steps, 249 for 4, 999 for 1; with strength < 1 the
+chain has ceil(steps/strength) slots); "leading" and "linspace" end near t=0. `chain_timesteps` gives the
+exact list, which extraction records in the cache (`CacheConfig.timesteps`). F_Latent is the chain's last
+output ("chain") or the clean latent predicted at the last step ("pred_x0").
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import torch
 
 from .backbone import Backbone
 from .branches import N_LEVELS, BranchFeatures
+from .config import LATENTS
 from .devices import autocast
 from .pooling import pool_to_grid
 
@@ -26,6 +31,25 @@ def make_sampler(name: str, config: dict, timestep_spacing: str = "trailing"):
 
     cls = {"ddim": DDIMScheduler, "dpm": DPMSolverMultistepScheduler, "euler": EulerDiscreteScheduler}[name]
     return cls.from_config(config, timestep_spacing=timestep_spacing)
+
+
+def make_chain(name: str, schedule: dict, steps: int, spacing: str = "trailing", strength: float = 1.0,
+               device=None):
+    """(sampler, timesteps) of a reverse chain: `steps` steps from pure noise (strength 1) or the last
+    `steps` of ceil(steps/strength) slots (strength < 1, img2img style)."""
+    sampler = make_sampler(name, schedule, spacing)
+    if strength >= 1.0:
+        sampler.set_timesteps(steps, device=device)
+        return sampler, sampler.timesteps
+    sampler.set_timesteps(math.ceil(steps / strength), device=device)
+    if hasattr(sampler, "set_begin_index"):
+        sampler.set_begin_index(len(sampler.timesteps) - steps)
+    return sampler, sampler.timesteps[-steps:]
+
+
+def chain_timesteps(name: str, schedule: dict, steps: int, spacing: str = "trailing", strength: float = 1.0) -> list[int]:
+    """The UNet's timesteps along the chain; F_MS are tapped at the last one."""
+    return [int(t) for t in make_chain(name, schedule, steps, spacing, strength)[1]]
 
 
 class _UpBlockTap:
@@ -52,8 +76,10 @@ class FeatureExtractor:
 
     def __init__(self, backbone: Backbone, steps: int, sampler: str = "ddim", grid: int = 8,
                  dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing",
-                 strength: float = 1.0):
-        self.bb, self.steps, self.grid = backbone, steps, grid
+                 strength: float = 1.0, latent: str = "chain"):
+        if latent not in LATENTS:
+            raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
+        self.bb, self.steps, self.grid, self.latent = backbone, steps, grid, latent
         self.device = torch.device(device)
         self.dtype = dtype  # weights stay fp32; a lower precision is autocast
         self.bb.to(self.device)
@@ -76,31 +102,41 @@ class FeatureExtractor:
         # 2. seeded start noise, drawn on the CPU so it is the same on every device and batch split
         noise = torch.stack([torch.randn(z0.shape[1:], generator=torch.Generator().manual_seed(s))
                              for s in noise_seeds]).to(self.device)
-        sampler = make_sampler(self.sampler_name, self.bb.noise_schedule, self.timestep_spacing)
+        sampler, timesteps = make_chain(self.sampler_name, self.bb.noise_schedule, self.steps, self.timestep_spacing,
+                                        self.strength, self.device)
         if self.strength >= 1.0:  # the paper's chain: from pure noise z_T
-            sampler.set_timesteps(self.steps, device=self.device)
-            timesteps = sampler.timesteps
             z = noise * sampler.init_noise_sigma
-        else:  # img2img-style: from z0 noised to t = strength * T, over the last `steps` timesteps
-            sampler.set_timesteps(math.ceil(self.steps / self.strength), device=self.device)
-            timesteps = sampler.timesteps[-self.steps:]
-            if hasattr(sampler, "set_begin_index"):
-                sampler.set_begin_index(len(sampler.timesteps) - self.steps)
+        else:  # img2img-style: from z0 noised to t = strength * T
             z = sampler.add_noise(z0, noise, timesteps[:1])
         text = self.bb.null_text.expand(len(views), -1, -1)
         tap = _UpBlockTap(self.bb.unet, self.grid)
         try:
             # 3. reverse chain z_T ... z_0_hat, Controller conditioned on z0; F_MS tapped at the final step
             for i, t in enumerate(timesteps):
-                tap.armed = i == len(timesteps) - 1
+                last = i == len(timesteps) - 1
+                tap.armed = last
                 z_in = sampler.scale_model_input(z, t)
                 with autocast(self.device, self.dtype):
                     down, mid = self.bb.controller(z_in, t, encoder_hidden_states=text, controlnet_cond=z0,
                                                    return_dict=False)
                     eps = self.bb.unet(z_in, t, encoder_hidden_states=text, down_block_additional_residuals=down,
                                        mid_block_additional_residual=mid, return_dict=False)[0]
-                z = sampler.step(eps.float(), t, z, return_dict=False)[0]
+                x0 = _predicted_clean(sampler, eps.float(), t, z) if last and self.latent == "pred_x0" else None
+                out = sampler.step(eps.float(), t, z)
+                z = out.prev_sample
+                if x0 is None and last and self.latent == "pred_x0":
+                    x0 = out.pred_original_sample
         finally:
             tap.remove()
         # 4. move compact fp16 features to the host
-        return BranchFeatures(latent=z.half().cpu(), ms=tuple(m.half().cpu() for m in tap.maps))
+        latent = x0 if self.latent == "pred_x0" else z
+        return BranchFeatures(latent=latent.half().cpu(), ms=tuple(m.half().cpu() for m in tap.maps))
+
+
+def _predicted_clean(sampler, eps: torch.Tensor, t, z: torch.Tensor) -> torch.Tensor | None:
+    """The clean latent the model predicts at `t`, for samplers whose step does not return it (DPM-Solver
+    converts its model output to it); None for the others (their step's pred_original_sample is used)."""
+    if hasattr(sampler, "convert_model_output") and getattr(sampler.config, "algorithm_type", "") in (
+            "dpmsolver++", "sde-dpmsolver++"):
+        return sampler.convert_model_output(eps, sample=z)
+    return None

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
@@ -17,7 +16,7 @@ from .data import LoadSpec, VideoTable
 from .devices import resolve_device
 from .errors import UserInputError
 from .metrics import compute_metrics_ids
-from .protocols import PROTOCOLS, Split, carve_validation
+from .protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
 from .regressor import DiffVQARegressor, RegressorConfig
 from .training import TrainConfig, check_finite, predict_raw, train
 
@@ -30,26 +29,36 @@ class FitConfig(Config):
 
     regressor: RegressorConfig = field(default_factory=RegressorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with a test cache, else random
+    protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with test caches, else random
+    cross_train: str = "train"  # cross: train on the official train part of a cache that has one ("all": every video)
     splits: int = 10  # random protocol: number of repeated splits
     test_fraction: float = 0.2
     seed: int = 0  # seeds splits, initialisation and batches (split i uses seed + i)
     grid: int | None = None  # load-time pooling of F_MS / F_Latent (None: the cache's grid)
     num_frames: int | None = None  # frames per video used (None: all cached)
-    pixel_size: int = 64  # TCAB input side (the cached view pixels are resized at load time)
+    # TCAB input side: None = the cache's pixel copy (224 px by default: 14x14 = 196 tokens of 16 px per
+    # frame, as VideoMamba sees a frame); smaller values are resized at load time (64 for quick CPU runs).
+    pixel_size: int | None = None
     memory_gb: float = 12.0  # in-memory budget for the feature tables
     verify: bool = True  # re-hash every shard before training (catches silent corruption)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
             raise UserInputError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
+        if self.cross_train not in CROSS_TRAIN:
+            raise UserInputError(f"cross_train must be one of {CROSS_TRAIN}, got {self.cross_train!r}")
         if self.splits < 1 or not 0 < self.test_fraction < 1:
             raise UserInputError(f"need splits >= 1 and 0 < test_fraction < 1, got {self.splits}, {self.test_fraction}")
 
-    def load_spec(self) -> LoadSpec:
+    def load_spec(self, cached_pixel_size: int) -> LoadSpec:
+        """What to load from a cache whose view copies are `cached_pixel_size` wide."""
+        if self.pixel_size is not None and self.pixel_size > cached_pixel_size:
+            raise UserInputError(f"pixel_size {self.pixel_size} is larger than the cache's {cached_pixel_size} px view "
+                                 f"copies; use at most {cached_pixel_size} or re-extract with --pixel-size {self.pixel_size}")
         r = self.regressor
         return LoadSpec(branches=r.branches, ms_levels=tuple(r.ms_levels), use_latent=r.use_latent,
-                        use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size, num_frames=self.num_frames)
+                        use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size or cached_pixel_size,
+                        num_frames=self.num_frames)
 
     def with_overrides(self, overrides: dict) -> "FitConfig":
         """Apply {'train.epochs': 5, 'use_tcab': False, ...}; a bare name must match one field."""
@@ -100,10 +109,11 @@ class FittedSplit:
     result: object  # training.TrainResult
 
 
-def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int, test_table: VideoTable | None = None,
-              init_state: dict | None = None, device=None, on_epoch=None) -> FittedSplit:
+def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int,
+              test_tables: dict[str, VideoTable] | None = None, init_state: dict | None = None, device=None,
+              on_epoch=None) -> FittedSplit:
     """Train one model on a split's train videos (validation carved from them) and score its test sets
-    (looked up in `test_table` when given, else in `table`)."""
+    (test set `name` is looked up in `test_tables[name]` when there is one, else in `table`)."""
     device = device or resolve_device(cfg.train.device)
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)
@@ -116,9 +126,9 @@ def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int, test_t
     res = train(model, train_t, cfg.train, seed, val_t, on_epoch=on_epoch)
     entry = {"split": split.name, "n_train": len(train_keys), "n_val": len(val_keys), "best_epoch": res.best_epoch}
     rows = []
-    src = test_table if test_table is not None else table
-    src_row_of = {k: i for i, k in enumerate(src.keys)}
     for test_name, keys in split.test.items():
+        src = (test_tables or {}).get(test_name, table)
+        src_row_of = {k: i for i, k in enumerate(src.keys)}
         tt = src.subset(np.array([src_row_of[k] for k in keys]))
         pred = predict_raw(model, tt, cfg.train, device) * res.scale[0] + res.scale[1]
         check_finite(pred, tt.keys, f"split {split.name}")
@@ -136,18 +146,20 @@ class RunConfig(Config):
     cache: CacheConfig  # the training cache's identity (its fingerprint is the run's)
     cache_path: str
     feature_spec: dict
-    test_cache_path: str | None = None
+    test_cache_paths: list[str] = field(default_factory=list)
     init: str | None = None
+    decoders: dict = field(default_factory=dict)  # {codec: decoder} of the training cache; predict decodes alike
     package_version: str = __version__
     fingerprint: str = ""  # = cache.fingerprint, kept at the top level for tools that grep runs
 
-    RENAMED: ClassVar[dict[str, str]] = {"test_cache": "test_cache_path"}
-
     @classmethod
     def from_dict(cls, data: dict, what: str | None = None) -> "RunConfig":
-        if "extract" in data:  # written before 0.2: "extract" held the cache config, "cache" its path
+        if "extract" in data:  # written by 0.1: "extract" held the cache config, "cache" its path
             data = {**data, "cache_path": data.get("cache"), "cache": data["extract"]}
             del data["extract"]
+        if "test_cache" in data:  # 0.1: one test cache path or None
+            old = data.pop("test_cache")
+            data = {**data, "test_cache_paths": [old] if old else []}
         return super().from_dict(data, what)
 
     @classmethod

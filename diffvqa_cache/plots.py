@@ -78,6 +78,21 @@ def sweep_summary(path: Path, summary: list[dict], title: str) -> None:
     _save(fig, path)
 
 
+def paper_comparison(path: Path, labels: list[str], ours: list[float], paper: list[float | None]) -> None:
+    """Our median SRCC per (trained on -> tested on) beside the published one (where there is one)."""
+    plt = _plt()
+    y = np.arange(len(labels))[::-1]
+    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.4 * len(labels)), dpi=110)
+    ax.barh(y + 0.2, np.nan_to_num(ours), height=0.4, label="this run")
+    ax.barh(y - 0.2, [np.nan if p is None else p for p in paper], height=0.4, label="DiffVQA (paper)")
+    ax.set_yticks(y, labels, fontsize=8)
+    ax.set_xlim(min(0.0, float(np.nanmin(np.nan_to_num(ours)))), 1.0)
+    ax.set_xlabel("SRCC")
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def loss_curve(path: Path, rows: list[dict]) -> None:
     """An adaptation's loss per step (raw and a running mean), log scale."""
     plt = _plt()

@@ -7,7 +7,7 @@ import contextlib
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # long lines (paths, errors) stay whole in logs
 
 
 def bar(description: str, total: int, enabled: bool = True, unit_text: str = ""):

@@ -1,8 +1,10 @@
 """Evaluation protocols: which videos train and which test, for every split of a fit.
 
 `random`: repeated random splits by video (frames of one video never on both sides), seeded;
-`lsvq`: the official split (train -> test and test1080p); `cross`: all of one cache -> all of another.
-A validation set for early stopping is carved out of a split's train part, never out of its test part.
+`lsvq`: the official split (train -> test and test1080p, plus every --test-cache as a further test set);
+`cross`: one cache -> each of the others (a cache with an official split trains on its train part only,
+so LSVQ -> KoNViD-1k never sees LSVQ's test videos). A validation set for early stopping is carved out
+of a split's train part, never out of its test part.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from .config import Config
 from .errors import UserInputError
 
 PROTOCOLS = ("auto", "random", "lsvq", "cross")
+CROSS_TRAIN = ("train", "all")  # cross protocol: the training cache's official train part, or every video
 
 
 @dataclass(frozen=True)
@@ -46,22 +49,43 @@ def carve_validation(train_keys: list[str], fraction: float, seed: int) -> tuple
     return sorted(train_keys[j] for j in perm[n_val:]), sorted(train_keys[j] for j in perm[:n_val])
 
 
-def plan_splits(protocol: str, cache, test_cache=None, n_splits: int = 10, test_fraction: float = 0.2,
-                seed: int = 0) -> tuple[str, list[Split]]:
-    """The protocol actually used ("auto" resolved) and its splits over `cache` (a FeatureCache)."""
-    splits_present = {cache.labels[k]["split"] for k in cache.keys}
+def test_set_names(caches: list, taken: tuple[str, ...] = ()) -> list[str]:
+    """One unique test-set name per test cache: its dataset name (suffixed -2, -3 ... when repeated)."""
+    names: list[str] = []
+    for cache in caches:
+        name, n = cache.config.dataset, 1
+        while name in names or name in taken:
+            n += 1
+            name = f"{cache.config.dataset}-{n}"
+        names.append(name)
+    return names
+
+
+def plan_splits(protocol: str, cache, test_caches: list = (), n_splits: int = 10, test_fraction: float = 0.2,
+                seed: int = 0, cross_train: str = "train") -> tuple[str, list[Split]]:
+    """The protocol actually used ("auto" resolved) and its splits over `cache` (a FeatureCache); each
+    of `test_caches` is a test set of its own, named by `test_set_names`.
+
+    auto: lsvq when the cache has an official split (the test caches join as further test sets), cross
+    when test caches are given, else random."""
+    by = {s: [k for k in cache.keys if cache.labels[k]["split"] == s] for s in ("train", "test", "test1080p")}
+    official = bool(by["train"] and by["test"])
     if protocol == "auto":
-        protocol = "cross" if test_cache is not None else ("lsvq" if "test" in splits_present else "random")
+        protocol = "lsvq" if official else ("cross" if test_caches else "random")
+    extra = dict(zip(test_set_names(list(test_caches), ("test", "test1080p")), (list(c.keys) for c in test_caches)))
     if protocol == "cross":
-        if test_cache is None:
+        if not test_caches:
             raise UserInputError("protocol cross needs --test-cache")
-        return protocol, [Split("cross", list(cache.keys), {test_cache.config.dataset: list(test_cache.keys)})]
+        train = by["train"] if official and cross_train == "train" else list(cache.keys)
+        return protocol, [Split("cross", train, extra)]
     if protocol == "lsvq":
-        by = {s: [k for k in cache.keys if cache.labels[k]["split"] == s] for s in ("train", "test", "test1080p")}
-        if not by["train"] or not by["test"]:
+        if not official:
+            found = sorted({cache.labels[k]["split"] for k in cache.keys})
             raise UserInputError(f"{cache.path}: the lsvq protocol needs train and test videos in labels.csv's split "
-                                 f"column (found {sorted(splits_present)}); use --protocol random")
-        return protocol, [Split("lsvq", by["train"], {s: by[s] for s in ("test", "test1080p") if by[s]})]
+                                 f"column (found {found}); use --protocol random")
+        return protocol, [Split("lsvq", by["train"], {**{s: by[s] for s in ("test", "test1080p") if by[s]}, **extra})]
+    if test_caches:
+        raise UserInputError("--test-cache goes with --protocol cross or lsvq, not random splits")
     if len(cache) < 10:
         raise UserInputError(f"{cache.path}: only {len(cache)} videos, too few for random {test_fraction:.0%} test splits")
     return "random", random_splits(list(cache.keys), n_splits, test_fraction, seed)

@@ -74,6 +74,7 @@ class VideoScore:
     unfamiliar: bool | None = None  # novelty above the threshold (None: the run has no reference)
     frames: list[FrameScore] = field(default_factory=list)
     error: str | None = None
+    decoder: str | None = None  # "decord" or "pyav": which one produced the frames
 
     def row(self) -> dict:
         """Flat columns (CSV, pandas), frames left out."""
@@ -81,7 +82,7 @@ class VideoScore:
         return {"video": self.video, "path": self.path, "score": self.score, "normalised_score": self.normalised,
                 "spread_std": s and s.std, "spread_min": s and s.min, "spread_max": s and s.max,
                 "models": s and s.models, "novelty_percentile": self.novelty, "unfamiliar": self.unfamiliar,
-                "error": self.error}
+                "decoder": self.decoder, "error": self.error}
 
     def frame_rows(self) -> list[dict]:
         """Long form: the video's columns repeated on one row per frame (one row without frames on error)."""
@@ -206,6 +207,7 @@ class Scorer:
         recorded = run_cfg.cache
         cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
                                        controller=controller or recorded.extract.controller)
+        cfg.check_features_follow_input()
         self.config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
                                          recorded.mos_range)
         if self.config.fingerprint != run_cfg.fingerprint:
@@ -213,6 +215,7 @@ class Scorer:
                              f"trained with ({recorded.model_id}, {recorded.controller_id}); pass those with "
                              "--model/--controller")
         self.scale = Scale(recorded.dataset, *map(float, recorded.mos_range))
+        self.decoders = run_cfg.decoders  # {codec: decoder} of the training cache: decode alike
         # 2. the split models, the unfamiliar-content reference, the stage-one model
         self.device = resolve_device(device)
         self.models = load_run_models(self.run, run_cfg.fingerprint, self.device)
@@ -272,7 +275,7 @@ class Scorer:
                     if on_result is not None:
                         on_result(result)
 
-            stream = decode_ahead(pool, records, self.config)
+            stream = decode_ahead(pool, records, self.config, self.decoders or None)
             pending = None
             for start in range(0, len(records), self.group_size):
                 recs = records[start:start + self.group_size]
@@ -288,10 +291,14 @@ class Scorer:
     def _stage_one(self, group: list, records: list, advance) -> tuple[list[VideoScore], dict]:
         """The group's results so far (decoding errors) and the features of its decodable videos, computed
         in shared batches, as the models read them {position in group: tensors}."""
-        results = [VideoScore(d.key, str(r.path), error=d.error) for d, r in zip(group, records)]
-        for d in group:
+        results = [VideoScore(d.key, str(r.path), error=d.error, decoder=d.decoder or None)
+                   for d, r in zip(group, records)]
+        for d, r in zip(group, records):
             if d.error is not None:
                 advance()
+            elif self.decoders.get(d.codec, d.decoder) != d.decoder:
+                err.print(f"[yellow]{r.path}: the run's cache decoded {d.codec} with {self.decoders[d.codec]}, which "
+                          f"cannot decode it here; used {d.decoder} (pixels, hence scores, may differ slightly)[/]")
         ok = [i for i, d in enumerate(group) if d.error is None]
         tensors = {}
         for i, feats in zip(ok, self._encode([group[i] for i in ok], advance)):

@@ -1,4 +1,9 @@
-"""Seeds that are the same on every machine, Python run, device and batch split."""
+"""Seeds that are the same on every machine, Python run, device and batch split.
+
+A view's start noise and crop position are seeded by (seed, frame position, view, crop): the same for
+every video when `noise` is "shared" (features then depend on the pixels alone, so a renamed or copied
+file gets the same features and score), keyed by the video id as well when it is "per-video".
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,11 @@ def stable_seed(*parts: object) -> int:
     return int.from_bytes(hashlib.sha256(blob).digest()[:8], "little") >> 1
 
 
+def view_seed(purpose: str, seed: int, noise: str, key: str, position: int, branch: str, crop: int) -> int:
+    """Seed of one view's `purpose` ("noise" or "crop") at frame `position`, branch and crop."""
+    return stable_seed(purpose, seed, *((key,) if noise == "per-video" else ()), position, branch, crop)
+
+
 def noise_seed(seed: int, noise: str, key: str, position: int, branch: str, crop: int) -> int:
-    """Seed of one view's start noise: shared by all videos at this (frame position, view, crop) when
-    `noise` is "shared", also keyed by the video id when it is "per-video"."""
-    return stable_seed("noise", seed, *((key,) if noise == "per-video" else ()), position, branch, crop)
+    """Seed of one view's start noise."""
+    return view_seed("noise", seed, noise, key, position, branch, crop)

@@ -77,6 +77,19 @@ class TrainResult:
     scale: tuple[float, float]  # raw output -> MOS: a * raw + b, fitted on the training set
 
 
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups as in the field: weight decay on weight matrices and kernels only; none on biases, norm
+    weights, other 1-D parameters and those marked `_no_weight_decay` (Mamba's A_log and D, TCAB's
+    position embeddings)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        skip = p.ndim < 2 or name.endswith(".bias") or getattr(p, "_no_weight_decay", False)
+        (no_decay if skip else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
 def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, seed: int,
           val_table: VideoTable | None = None, on_epoch=None) -> TrainResult:
     """Fit `model` in place; keeps the weights of the best validation epoch when a validation set is given."""
@@ -89,7 +102,7 @@ def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, see
     steps_per_epoch = max(1, math.ceil(len(train_table) / cfg.batch_size))
     total = steps_per_epoch * cfg.epochs
     warm = int(cfg.warmup_epochs * steps_per_epoch)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: (s + 1) / max(1, warm) if s < warm else
                                               0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, total - warm))))
     n_crops = max(train_table.n_crops.values())

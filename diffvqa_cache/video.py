@@ -172,8 +172,10 @@ def _has_decord() -> bool:
     return True
 
 
-def _read(info: VideoInfo, indices: np.ndarray, backend: str) -> tuple[np.ndarray, str]:
+def _read(info: VideoInfo, indices: np.ndarray, backend: str | dict) -> tuple[np.ndarray, str]:
     path = info.path
+    if isinstance(backend, dict):  # the decoder another run used for this codec
+        backend = backend.get(info.codec, "auto")
     if backend not in ("auto", "decord", "pyav"):
         raise UserInputError(f"unknown backend {backend!r}; use auto, decord or pyav")
     use_decord = backend == "decord" or (
@@ -194,16 +196,18 @@ def _read(info: VideoInfo, indices: np.ndarray, backend: str) -> tuple[np.ndarra
     raise DecodeError(f"{path}: cannot decode with decord or PyAV ({'; '.join(reasons)}); {REENCODE_HINT}")
 
 
-def read_frames(path, indices, backend: str = "auto") -> tuple[np.ndarray, str]:
+def read_frames(path, indices, backend: str | dict = "auto") -> tuple[np.ndarray, str]:
     """Decode the given frame indices as uint8 RGB (N, H, W, 3), upright; returns (frames, backend used)."""
     info = probe(path)
     return _read(info, np.asarray(indices, dtype=np.int64).reshape(-1), backend)
 
 
 def load_video_frames(
-    path, n_frames: int | None = 8, fps: float | None = None, backend: str = "auto"
+    path, n_frames: int | None = 8, fps: float | None = None, backend: str | dict = "auto"
 ) -> tuple[np.ndarray, np.ndarray, VideoInfo, str]:
-    """Probe, sample indices and decode: returns (frames, indices, info, backend)."""
+    """Probe, sample indices and decode: returns (frames, indices, info, decoder used).
+
+    `backend`: "auto", "decord", "pyav", or a {codec: decoder} map (per codec, "auto" for others)."""
     info = probe(path)
     indices = sample_indices(info.n_frames, n_frames, fps, info.fps, path=info.path)
     frames, used = _read(info, indices, backend)

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .seeds import stable_seed
+from .seeds import view_seed
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
@@ -17,9 +17,9 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     return y.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous().numpy()
 
 
-def crop_origin(height: int, width: int, size: int, seed: int, key: str, frame_index: int, crop: int) -> tuple[int, int]:
-    """Top-left of a size x size crop, drawn from a generator seeded by (seed, video, frame, crop)."""
-    rng = np.random.default_rng(stable_seed("crop", seed, key, frame_index, crop))
+def crop_origin(height: int, width: int, size: int, seed: int) -> tuple[int, int]:
+    """Top-left of a size x size crop, drawn from a generator seeded by `seed` (see `seeds.view_seed`)."""
+    rng = np.random.default_rng(seed)
     top = int(rng.integers(0, max(height - size, 0) + 1))
     left = int(rng.integers(0, max(width - size, 0) + 1))
     return top, left
@@ -36,10 +36,13 @@ def crop_frame(frame: np.ndarray, top: int, left: int, size: int) -> np.ndarray:
     return out
 
 
-def make_views(frames: np.ndarray, indices: np.ndarray, key: str, size: int, crops: int, seed: int) -> dict:
-    """Both views of every frame: S (T, size, size, 3), D (T, K, size, size, 3), crop origins (T, K, 2)."""
+def make_views(frames: np.ndarray, size: int, crops: int, seed: int, noise: str = "shared", key: str = "") -> dict:
+    """Both views of every frame: S (T, size, size, 3), D (T, K, size, size, 3), crop origins (T, K, 2).
+
+    Crop k of the frame at position t is seeded like its start noise, by (seed, t, "D", k) (plus `key`
+    when `noise` is "per-video"), so the same pixels give the same crops whatever the file is called."""
     T, H, W, _ = frames.shape
-    origins = np.array([[crop_origin(H, W, size, seed, key, int(fi), k) for k in range(crops)] for fi in indices],
-                       dtype=np.int32).reshape(T, crops, 2)
+    origins = np.array([[crop_origin(H, W, size, view_seed("crop", seed, noise, key, t, "D", k)) for k in range(crops)]
+                        for t in range(T)], dtype=np.int32).reshape(T, crops, 2)
     d = np.stack([np.stack([crop_frame(frames[t], *origins[t, k], size) for k in range(crops)]) for t in range(T)])
     return {"S": resize_frames(frames, size), "D": d, "crop_origin": origins}

@@ -45,9 +45,16 @@ class AdaptResult:
                 f"final loss {np.mean(last):.4g} (mean of last {len(last)}) in {self.seconds:.1f} s")
 
 
-def pick_records(dataset: Dataset, limit: int | None, seed: int) -> list:
-    """All usable records, or a seeded random subset of `limit` of them (in label-file order)."""
+def pick_records(dataset: Dataset, limit: int | None, seed: int, split: str = "all") -> list:
+    """The records of `split` ("train": the official train split; "auto": that where the dataset has one),
+    or a seeded random subset of `limit` of them (in label-file order)."""
     records = dataset.records
+    official = any(r.split == "train" for r in records)
+    if split == "train" and not official:
+        raise UserInputError(f"--split train: {dataset.name} has no official train split; use --split all (adaptation "
+                             "is label-free, so it may see every video of a random-split dataset)")
+    if split == "train" or (split == "auto" and official):
+        records = [r for r in records if r.split == "train"]
     if limit is None or limit >= len(records):
         return list(records)
     rng = np.random.default_rng(stable_seed("adapt-videos", seed))
@@ -119,7 +126,7 @@ def run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool = Fals
     if bb.is_tiny:
         err.print("[yellow]--model tiny: a small random test model, for plumbing and tests only[/]")
     fx = FeatureExtractor(bb, steps=1, dtype=training_dtype(device, cfg.dtype), device=device)
-    records = pick_records(dataset, cfg.limit, cfg.seed)
+    records = pick_records(dataset, cfg.limit, cfg.seed, cfg.split)
     latents, failed = encode_dataset(records, fx, bb.native_size, cfg, progress)
     err.print(f"{len(latents)} views of {len(records) - len(failed)} videos encoded "
               f"({latents.numel() * 4 / 1e6:.0f} MB of latents in memory)")
@@ -161,7 +168,7 @@ def run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool = Fals
     tail = [r["loss"] for r in rows[-100:]]
     write_json_atomic(out / "adapt_config.json", {
         **cfg.to_dict(), "model_id": bb.model_id, "init_controller_id": bb.controller_id, "dataset": dataset.name,
-        "dataset_root": str(dataset.root), "videos": result.videos, "views": result.views, "failed": failed,
+        "splits_seen": sorted({r.split or "(no official split)" for r in records}), "dataset_root": str(dataset.root), "videos": result.videos, "views": result.views, "failed": failed,
         "steps": cfg.max_steps, "final_loss": rows[-1]["loss"], "final_loss_mean100": float(np.mean(tail)),
         "prediction_type": trainer.prediction, "seconds": el, "package_version": __version__,
         "device": str(device), "torch_version": torch.__version__,

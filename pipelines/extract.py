@@ -62,10 +62,13 @@ def resolve_part(num_parts: int, part: int | None) -> int:
 
 def prepare_cache(dataset: Dataset, cfg: ExtractConfig, out: Path) -> tuple[Path, CacheConfig]:
     """Identify the weights, create the cache directory, write config.json (once) and labels.csv."""
-    from diffvqa_cache.backbone import identify
+    from diffvqa_cache.backbone import identify, read_noise_schedule
+    from diffvqa_cache.features import chain_timesteps
 
+    timesteps = chain_timesteps(cfg.sampler, read_noise_schedule(cfg.model, cfg.revision), cfg.steps,
+                                cfg.timestep_spacing, cfg.strength)
     config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), dataset.name,
-                                dataset.mos_range)
+                                dataset.mos_range, timesteps)
     cache_dir = Path(out) / dataset.name / config.fingerprint
     (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "config.json").is_file():
@@ -143,6 +146,7 @@ def run_extract(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: int 
     the shard records and writes the manifest. Both paths write bit-identical shards.
     """
     part = resolve_part(num_parts, part)
+    cfg.check_features_follow_input()
     t0 = time.perf_counter()
     cache_dir, config = prepare_cache(dataset, cfg, out)
     cdir = CacheDir(cache_dir)

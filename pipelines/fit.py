@@ -1,8 +1,9 @@
 """Stage two: train the regressor over a cache under a protocol and write a self-describing run directory.
 
 Protocols (`diffvqa_cache.protocols`): `random` (repeated 80/20 splits by video, median over splits),
-`lsvq` (the official split: train -> test and test1080p), `cross` (all of the cache -> all of
---test-cache); `--init` fine-tunes from an earlier run. The test split is only ever used for reporting.
+`lsvq` (the official split: train -> test and test1080p, and every --test-cache), `cross` (the cache, or
+its official train part -> each --test-cache); `--init` fine-tunes from an earlier run. Test sets are
+only ever used for reporting.
 """
 
 from __future__ import annotations
@@ -23,50 +24,52 @@ from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_a
 from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models
 from diffvqa_cache.metrics import METRIC_KEYS, summarize
 from diffvqa_cache.progress import bar
-from diffvqa_cache.protocols import Split, plan_splits
+from diffvqa_cache.protocols import Split, plan_splits, test_set_names
 
 
 @dataclass
 class FitInputs:
     cache: FeatureCache
-    test_cache: FeatureCache | None
+    test_caches: list[FeatureCache]
     protocol: str
     splits: list[Split]
     table: VideoTable
-    test_table: VideoTable | None
+    test_tables: dict[str, VideoTable]  # test-set name -> the table of a --test-cache
 
 
-def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_path: Path | None = None,
+def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
                     progress: bool = False) -> FitInputs:
-    """Open and check the cache(s), plan the protocol's splits, load the selected features once."""
+    """Open and check the caches, plan the protocol's splits, load the selected features once."""
     cache = FeatureCache(cache_path)
     cache.check_complete(cfg.verify)
-    test_cache = FeatureCache(test_cache_path) if test_cache_path else None
-    if test_cache is not None:
+    test_caches = [FeatureCache(p) for p in test_cache_paths]
+    for test_cache in test_caches:
         test_cache.check_complete(cfg.verify)
         if test_cache.fingerprint != cache.fingerprint:
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
                              f"cache {cache.fingerprint}: extract both with the same settings")
-    protocol, splits = plan_splits(cfg.protocol, cache, test_cache, cfg.splits, cfg.test_fraction, cfg.seed)
-    spec = cfg.load_spec()
-    need = estimate_bytes(cache, spec) + (estimate_bytes(test_cache, spec) if test_cache else 0)
+    protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
+                                   cfg.cross_train)
+    spec = cfg.load_spec(cache.config.pixel_size)
+    need = sum(estimate_bytes(c, spec) for c in [cache, *test_caches])
     if need > cfg.memory_gb * 1e9:
         raise UserInputError(f"the selected features need {need / 1e9:.1f} GB in memory, over memory_gb="
                              f"{cfg.memory_gb}; raise it, or pool more (grid) / use fewer levels or frames")
     with bar("load cache", len(cache.shard_files()), progress) as pb:
         table = load_table(cache, spec, progress=lambda: pb.update(advance=1))
-    test_table = load_table(test_cache, spec) if test_cache else None
-    return FitInputs(cache, test_cache, protocol, splits, table, test_table)
+    test_tables = {name: load_table(c, spec) for name, c in zip(test_set_names(test_caches, ("test", "test1080p")),
+                                                                 test_caches)}
+    return FitInputs(cache, test_caches, protocol, splits, table, test_tables)
 
 
-def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path | None = None,
+def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
             init: Path | None = None, progress: bool = True) -> dict:
     """Train and evaluate under the protocol; write the run directory; return metrics.json's content."""
     t_start = time.perf_counter()
     # 1. caches, protocol, features in memory (pooling and selection happen at load time)
-    inputs = load_fit_inputs(cache_path, cfg, test_cache_path, progress)
-    cache, test_cache, protocol, splits = inputs.cache, inputs.test_cache, inputs.protocol, inputs.splits
-    table, test_table, spec = inputs.table, inputs.test_table, cfg.load_spec()
+    inputs = load_fit_inputs(cache_path, cfg, test_cache_paths, progress)
+    cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
+    table, test_tables, spec = inputs.table, inputs.test_tables, cfg.load_spec(inputs.cache.config.pixel_size)
     init_models = load_run_models(init, cache.fingerprint, "cpu") if init else None
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -77,8 +80,8 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
                    "fingerprint": cache.fingerprint, "cache": cache.config.to_dict(),
                    "mos_range": list(cache.config.mos_range)}
     RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path), feature_spec=feature_spec,
-              test_cache_path=str(test_cache.path) if test_cache else None, init=str(init) if init else None,
-              fingerprint=cache.fingerprint).save(out / "config.json")
+              test_cache_paths=[str(c.path) for c in inputs.test_caches], init=str(init) if init else None,
+              decoders=cache.decoders(), fingerprint=cache.fingerprint).save(out / "config.json")
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
     # what the training videos' features look like, for predict's unfamiliar-content flag
     write_reference(out / FAMILIARITY_FILE, table, sorted({k for s in splits for k in s.train}),
@@ -89,7 +92,7 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_path: Path |
     for si, split in enumerate(splits):
         init_state = init_models[min(si, len(init_models) - 1)][0].state_dict() if init_models else None
         with bar(f"{split.name} ({si + 1}/{len(splits)})", cfg.train.epochs, progress) as pb:
-            fitted = fit_split(table, split, cfg, cfg.seed + si, test_table, init_state, device,
+            fitted = fit_split(table, split, cfg, cfg.seed + si, test_tables, init_state, device,
                                on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
                                    f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")))
         histories[split.name] = fitted.result.history

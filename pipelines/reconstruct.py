@@ -16,7 +16,7 @@ import torch
 
 from diffvqa_cache import __version__
 from diffvqa_cache.adaptation import psnr, ssim
-from diffvqa_cache.config import DTYPES, NOISE_MODES, SAMPLERS, one_of
+from diffvqa_cache.config import DTYPES, NOISE_MODES, SAMPLERS, one_of, require_input_dependence
 from diffvqa_cache.datasets import safe_key
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
@@ -69,6 +69,7 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     from diffvqa_cache.backbone import load_backbone
     from diffvqa_cache.features import FeatureExtractor
 
+    require_input_dependence(controller, strength)
     one_of("--sampler", sampler, SAMPLERS)
     one_of("--dtype", dtype, DTYPES)
     one_of("--noise", noise, NOISE_MODES)
@@ -85,7 +86,7 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     if size % 8:
         raise UserInputError(f"--view-size must be a multiple of 8, got {size}")
     pixels, indices, _info, _ = load_video_frames(video, n_frames=frames)
-    views = make_views(pixels, indices, key, size, 1, seed)["S"]
+    views = make_views(pixels, size, 1, seed, noise, key)["S"]
     # 2. stage one's reverse chain with stage one's start-noise seeds; decode z0_hat
     fx = FeatureExtractor(bb, steps=steps, sampler=sampler, grid=1, dtype=dtype, device=dev, strength=strength)
     seeds = [noise_seed(seed, noise, key, t, "S", 0) for t in range(len(indices))]

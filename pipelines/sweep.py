@@ -146,7 +146,8 @@ def run_task(cache_path: str, task: SweepTask, out: Path) -> dict:
               "error": None, "worker": f"{socket.gethostname()}:{os.getpid()}"}
     try:
         cfg = FitConfig().with_overrides({**task.base, **task.overrides})
-        fitted = fit_split(cached_table(cache_path, cfg.load_spec()), task.split, cfg, task.seed)
+        spec = cfg.load_spec(FeatureCache(cache_path).config.pixel_size)
+        fitted = fit_split(cached_table(cache_path, spec), task.split, cfg, task.seed)
         result.update(n_train=fitted.entry["n_train"], best_epoch=fitted.entry["best_epoch"],
                       metrics={t: fitted.entry[t] for t in task.split.test})
     except Exception as exc:  # one bad configuration never stops the others
@@ -173,8 +174,8 @@ def plan_tasks(cache_path: Path, base: dict, configs: list[tuple[str, dict]]) ->
     cache = FeatureCache(cache_path)
     base_cfg = FitConfig().with_overrides(base)
     cache.check_complete(base_cfg.verify)  # once, in the driver: the tasks then trust the checksummed shards
-    protocol, splits = plan_splits(base_cfg.protocol, cache, None, base_cfg.splits, base_cfg.test_fraction,
-                                   base_cfg.seed)
+    protocol, splits = plan_splits(base_cfg.protocol, cache, (), base_cfg.splits, base_cfg.test_fraction,
+                                   base_cfg.seed, base_cfg.cross_train)
     tasks = [SweepTask(name, overrides, base, split, base_cfg.seed + i, cache.fingerprint)
              for name, overrides in configs for i, split in enumerate(splits)]
     return cache, protocol, tasks

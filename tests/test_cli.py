@@ -22,7 +22,7 @@ def test_every_command_explains_itself(args):
 
 
 def test_extract_then_cache_info_and_verify(sample_root, tmp_path):
-    args = ["extract", "--dataset", "sample", "--limit", "2", "--steps", "1", "--frames", "2", "--grid", "4",
+    args = ["extract", "--dataset", "sample", "--limit", "2", "--steps", "1", "--strength", "0.5", "--frames", "2", "--grid", "4",
             "--pixel-size", "32", "--out", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -40,7 +40,8 @@ def test_extract_then_cache_info_and_verify(sample_root, tmp_path):
 
 
 def test_bad_root_is_one_line_exit_2(tmp_path):
-    result = runner.invoke(app, ["extract", "--dataset", "kvd", "--root", str(tmp_path / "nope"), "--out", str(tmp_path)])
+    result = runner.invoke(app, ["extract", "--dataset", "kvd", "--root", str(tmp_path / "nope"), "--strength", "0.5",
+                                 "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert result.stderr.count("\n") == 1 and "nope" in result.stderr
     assert not (tmp_path / "kvd").exists()

@@ -52,7 +52,7 @@ def test_validation_is_one_user_error_echoing_the_value(cls, kwargs, message):
 
 
 def test_fps_replaces_the_default_frames_on_the_command_line():
-    cfg = ExtractConfig.from_options(frames=8, fps=1.0)
+    cfg = ExtractConfig.from_options(frames=8, fps=1.0, strength=0.5)
     assert (cfg.frames, cfg.fps) == (None, 1.0)
 
 
@@ -89,9 +89,19 @@ def test_run_config_reads_runs_written_by_earlier_versions():
            "extract": cache.to_dict(), "test_cache": None, "init": None, "package_version": "0.1.0",
            "feature_spec": {"grid": 4}}
     run = RunConfig.from_dict(old)
-    assert run.cache == cache and run.cache_path == "/caches/kvd/x" and run.test_cache_path is None
+    assert run.cache == cache and run.cache_path == "/caches/kvd/x" and run.test_cache_paths == []
+    assert RunConfig.from_dict({**old, "test_cache": "/caches/lvqc/y"}).test_cache_paths == ["/caches/lvqc/y"]
 
 
 def test_adapt_resume_compares_only_what_changes_the_training():
     a, b = AdaptConfig(), AdaptConfig(max_steps=5, device="cpu", save_every=1)
     assert a.checked() == b.checked() and a.checked() != AdaptConfig(lr=1e-3).checked()
+
+
+def test_tcab_sees_the_cached_views_at_their_size_by_default():
+    """224 px copies and 16 px patches: 196 tokens per frame, as VideoMamba sees a frame (0.1 resized to 64)."""
+    spec = FitConfig().load_spec(224)
+    assert spec.pixel_size == 224 and RegressorConfig().tcab_patch == 16 and (224 // 16) ** 2 == 196
+    assert FitConfig(pixel_size=64).load_spec(224).pixel_size == 64  # the small setting for CPU runs
+    with pytest.raises(UserInputError, match="larger than the cache's 128 px"):
+        FitConfig(pixel_size=224).load_spec(128)

@@ -50,3 +50,20 @@ def test_trailing_spacing_starts_few_step_chains_from_noise(name):
     leading = make_sampler("ddim", sd_noise_schedule(), "leading")
     leading.set_timesteps(1)
     assert int(leading.timesteps[0]) < 999
+
+
+def test_f_latent_is_the_chain_output_or_the_predicted_clean_latent(backbone):
+    v = views(2)
+    chain = FeatureExtractor(backbone, steps=2, grid=4, latent="chain")(v, [1, 2])
+    x0 = FeatureExtractor(backbone, steps=2, grid=4, latent="pred_x0")(v, [1, 2])
+    assert not torch.equal(chain.latent, x0.latent)  # DDIM's last step does not land on its x0 prediction
+    assert all(torch.equal(a, b) for a, b in zip(chain.ms, x0.ms))  # F_MS are the same taps
+
+
+def test_chain_timesteps_where_f_ms_are_tapped():
+    from diffvqa_cache.features import chain_timesteps
+
+    schedule = sd_noise_schedule()
+    assert [chain_timesteps("ddim", schedule, n)[-1] for n in (1, 4, 50)] == [999, 249, 19]
+    assert chain_timesteps("ddim", schedule, 4, "leading")[-1] == 1
+    assert chain_timesteps("ddim", schedule, 2, strength=0.5) == [499, 249]

@@ -71,3 +71,21 @@ def test_evaluation_averages_the_crops(table):
 def test_non_finite_predictions_name_the_videos():
     with pytest.raises(UserInputError, match=r"videos \['b'\]"):
         check_finite(np.array([1.0, np.nan]), ["a", "b"], "split-00")
+
+
+def test_weight_decay_spares_biases_norms_and_mamba_state_parameters():
+    from diffvqa_cache.training import param_groups
+
+    spec = {"ms_channels": [8, 8, 4, 4], "latent_channels": 4, "grid": 2, "pixel_size": 16, "num_frames": 2}
+    model = DiffVQARegressor(RegressorConfig(**{**REG, "use_tcab": True, "tcab_d_model": 8, "tcab_depth": 1}), spec)
+    decay, no_decay = param_groups(model, 0.05)
+    assert (decay["weight_decay"], no_decay["weight_decay"]) == (0.05, 0.0)
+    names = {id(p): n for n, p in model.named_parameters()}
+    spared = {names[id(p)] for p in no_decay["params"]}
+    decayed = {names[id(p)] for p in decay["params"]}
+    assert len(spared) + len(decayed) == len(names)
+    mamba = "branches.D.tcab.blocks.0.forward_mamba"
+    assert {f"{mamba}.A_log", f"{mamba}.D", f"{mamba}.dt_proj.bias", "branches.D.tcab.pos_spatial",
+            "branches.D.tcab.norm.weight", "branches.D.dff.fuse.1.weight", "head.quality_mlp.0.bias"} <= spared
+    assert {f"{mamba}.in_proj.weight", f"{mamba}.conv1d.weight", "branches.D.dff.fuse.0.weight",
+            "head.quality_mlp.0.weight"} <= decayed

@@ -37,6 +37,7 @@ class TCAB(nn.Module):
         self.pos_temporal = nn.Parameter(torch.zeros(1, num_frames, 1, d_model))
         nn.init.trunc_normal_(self.pos_spatial, std=0.02)
         nn.init.trunc_normal_(self.pos_temporal, std=0.02)
+        self.pos_spatial._no_weight_decay = self.pos_temporal._no_weight_decay = True  # as VideoMamba's
         self.blocks = nn.ModuleList([BiMamba(d_model, d_state=d_state) for _ in range(depth)])
         self.norm = nn.LayerNorm(d_model)
 

@@ -21,9 +21,10 @@ def root(tmp_path, sample_root):
     return root
 
 
-def extract(root, out, *extra):
+def extract(root, out, *extra, strength: str | None = "0.5"):
+    """The CLI's extract on `root`; --strength 0.5 unless `strength` is None (a chain from pure noise)."""
     return runner.invoke(app, ["extract", "--dataset", "csv", "--root", str(root), "--out", str(out),
-                               "--steps", "1", "--frames", "2", *extra])
+                               "--steps", "1", "--frames", "2", *(["--strength", strength] if strength else []), *extra])
 
 
 @pytest.mark.parametrize("labels, expected", [
@@ -47,7 +48,7 @@ def test_problems_can_be_skipped_explicitly(root, tmp_path):
 
 def test_label_file_of_another_dataset(root, tmp_path):
     mat = next((__import__("pathlib").Path(__file__).parents[1] / "fixtures" / "labels").glob("*.mat"))
-    result = runner.invoke(app, ["extract", "--dataset", "kvd", "--root", str(root), "--labels", str(mat),
+    result = runner.invoke(app, ["extract", "--dataset", "kvd", "--root", str(root), "--labels", str(mat), "--strength", "0.5",
                                  "--out", str(tmp_path / "out")])
     assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
     assert not (tmp_path / "out").exists()
@@ -64,4 +65,13 @@ def test_bad_arguments(root, tmp_path, args, expected):
     (root / "labels.csv").write_text("video,mos\nvideos/sample_000.mp4,3.1\n")
     result = extract(root, tmp_path / "out", *args)
     assert result.exit_code == 2 and expected in result.stderr and result.stderr.count("\n") == 1, result.output
+    assert not (tmp_path / "out").exists()
+
+
+def test_features_that_cannot_follow_the_input_are_refused(root, tmp_path):
+    """No Controller and a chain from pure noise: every video would get the same features."""
+    (root / "labels.csv").write_text("video,mos\nvideos/sample_000.mp4,3.1\nvideos/sample_001.mp4,2.0\n")
+    result = extract(root, tmp_path / "out", strength=None)
+    assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+    assert "same diffusion features" in result.stderr and "adapt" in result.stderr and "--strength < 1" in result.stderr
     assert not (tmp_path / "out").exists()

@@ -123,3 +123,18 @@ def test_gradient_checkpointing_gives_the_same_step():
         weights.append((loss, torch.cat([p.detach().flatten() for p in bb.controller.parameters()])))
     assert weights[0][0] == pytest.approx(weights[1][0], rel=1e-5)
     torch.testing.assert_close(weights[0][1], weights[1][1], rtol=1e-4, atol=1e-6)
+
+
+def test_adaptation_never_sees_the_test_videos_of_an_official_split(clip):
+    from dataclasses import replace
+
+    from pipelines.adapt import pick_records
+
+    records = [replace(clip.records[0], key=f"v{i}", split=s) for i, s in enumerate(["train", "test", "train",
+                                                                                      "test1080p"])]
+    lsvq = replace(clip, name="lsvq", records=records)
+    assert [r.key for r in pick_records(lsvq, None, 0, "auto")] == ["v0", "v2"]
+    assert [r.key for r in pick_records(lsvq, None, 0, "all")] == ["v0", "v1", "v2", "v3"]
+    assert pick_records(clip, None, 0, "auto") == clip.records  # no official split: label-free, all of it
+    with pytest.raises(UserInputError, match="no official train split"):
+        pick_records(clip, None, 0, "train")

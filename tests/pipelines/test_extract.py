@@ -149,3 +149,62 @@ def test_config_saved_beside_the_cache(extracted, tiny_extract_config):
     assert cfg["fingerprint"] == result.cache_dir.name == result.fingerprint
     assert cfg["extract"]["steps"] == 1 and cfg["model_id"].startswith("tiny-") and cfg["controller_id"] == "zero-init"
     assert cfg["mos_range"] == [1.0, 5.0]
+
+
+def test_same_pixels_same_features_whatever_the_file_is_called(sample_root, tiny_extract_config, tmp_path):
+    """One clip under two names in one extraction: identical arrays (crops and noise follow the pixels).
+    One video per batch, so both are computed in batches of the same shape."""
+    root = tmp_path / "ds"
+    (root / "a").mkdir(parents=True)
+    for name in ("a/first.mp4", "747.mp4"):
+        shutil.copy(sample_root / "videos" / "sample_003.mp4", root / name)
+    (root / "labels.csv").write_text("video,mos\na/first.mp4,3.0\n747.mp4,3.0\n")
+    cfg = dataclasses.replace(tiny_extract_config, batch_size=6, shard_size=2)  # 2 frames x (S + 2 crops)
+    cache = FeatureCache(run_extract(load_dataset("csv", root), cfg, tmp_path / "out", progress=False).cache_dir)
+    a, b = cache.read("a__first").flat(), cache.read("747").flat()
+    assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def test_predict_recomputes_a_cached_video_bit_for_bit(sample_cache, tiny_extract_config, tmp_path):
+    """predict's path (decode_views + ViewEncoder on a file under another name) gives the cached arrays."""
+    import torch
+
+    from diffvqa_cache.datasets import VideoRecord
+    from diffvqa_cache.extraction import ViewEncoder, decode_views
+
+    result = sample_cache(limit=2, batch_size=6)
+    cache = FeatureCache(result.cache_dir)
+    key = cache.keys[1]
+    renamed = tmp_path / "my upload.mp4"
+    shutil.copy(cache.labels[key]["path"], renamed)
+    ex = cache.config.extract
+    decoded = decode_views(VideoRecord("my_upload", renamed, float("nan")), cache.config.view_size, ex.crops, ex.seed,
+                           ex.frames, ex.fps, cache.decoders(), ex.noise)
+    again = ViewEncoder(cache.config, torch.device("cpu")).encode_stream([decoded])[0].flat()
+    cached = cache.read(key).flat()
+    assert again.keys() == cached.keys() and all(np.array_equal(again[n], cached[n]) for n in cached)
+
+
+def test_a_controller_that_ignores_the_input_stops_the_run(sample_root, tiny_extract_config, tmp_path):
+    """A zero Controller with a chain from pure noise passes the settings check but gives every video the
+    same features: the first videos show it and the run stops, naming the views."""
+    from diffusers import ControlNetModel
+
+    from diffvqa_cache.backbone import load_backbone
+    from diffvqa_cache.errors import DiffVQAError
+
+    zero = tmp_path / "zero"
+    ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
+                              conditioning_embedding_out_channels=(16,)).save_pretrained(zero)
+    cfg = dataclasses.replace(tiny_extract_config, controller=str(zero), strength=1.0)
+    expected = r"do not depend on the input: videos__sample_000 \(frame 0, view S\) and videos__sample_001"
+    with pytest.raises(DiffVQAError, match=expected):
+        run_extract(load_dataset("sample", None, limit=3), cfg, tmp_path / "out", progress=False)
+
+
+def test_records_the_decoder_and_the_chain(extracted):
+    result, _ = extracted
+    cache = FeatureCache(result.cache_dir)
+    assert set(cache.decoders()) == {"h264"} and cache.decoders()["h264"] in ("decord", "pyav")
+    # tiny settings: 1 step at strength 0.5 = the last of 2 trailing slots
+    assert cache.config.timesteps == (499,)

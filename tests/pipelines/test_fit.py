@@ -85,15 +85,20 @@ def test_checkpoint_refuses_features_with_another_fingerprint(fast_run, whole_sa
         load_checkpoint(out / "models" / "split-01.safetensors", "0" * 16)
 
 
-def test_fit_learns_far_better_than_shuffled_labels(whole_sample, fast_fit, tmp_path):
+def test_fit_learns_far_better_than_shuffled_labels(fast_fit, tmp_path):
     """Real labels are learned; shuffled ones are not. The shuffled-label control catches leakage of test
-    videos into training (a leaking fit would memorise the shuffled test labels too); its bound leaves room
-    for chance (median of 3 splits of 19 test videos)."""
-    cfg = FitConfig().with_overrides({**fast_fit, "train.epochs": 15, "splits": 3})
-    real = run_fit(whole_sample, tmp_path / "real", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
-    shuffled_cache = relabel(whole_sample, tmp_path / "shuffled_cache", shuffle_seed=0)
+    videos into training (a leaking fit memorises the shuffled test labels too). On a synthetic cache whose
+    features carry the MOS (the tiny random backbone's features of the sample carry a weak, noisy signal:
+    SRCC 0.5 +- 0.2 per split, too little to test learning on 3 splits)."""
+    from diffvqa_cache.synthetic import write_synthetic_cache
+
+    cache = write_synthetic_cache(tmp_path / "synthetic", 60, frames=2, crops=2, grid=2, latent_hw=8, pixel_size=16,
+                                  ms_channels=(16, 16, 8, 8), shard_size=20).cache_dir
+    cfg = FitConfig().with_overrides({**fast_fit, "train.epochs": 8, "splits": 3})
+    real = run_fit(cache, tmp_path / "real", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
+    shuffled_cache = relabel(cache, tmp_path / "shuffled_cache", shuffle_seed=0)
     shuffled = run_fit(shuffled_cache, tmp_path / "shuf", cfg, progress=False)["summary"]["test"]["srcc"]["median"]
-    assert real > 0.55 and shuffled < 0.45 and real > shuffled + 0.2, (real, shuffled)
+    assert real > 0.8 and shuffled < 0.45, (real, shuffled)
 
 
 def test_lsvq_official_split_tests_on_both_test_sets(whole_sample, fast_fit, tmp_path):
@@ -106,12 +111,26 @@ def test_lsvq_official_split_tests_on_both_test_sets(whole_sample, fast_fit, tmp
 def test_cross_dataset_and_fine_tune(fast_run, whole_sample, fast_fit, tmp_path):
     _, first = fast_run
     other = relabel(whole_sample, tmp_path / "other")
-    result = run_fit(whole_sample, tmp_path / "cross", FitConfig().with_overrides(fast_fit), test_cache_path=other,
+    result = run_fit(whole_sample, tmp_path / "cross", FitConfig().with_overrides(fast_fit), test_cache_paths=[other],
                      init=first, progress=False)
     n_videos = len(load_dataset("sample", None).records)
     assert result["protocol"] == "cross" and list(result["summary"]) == ["sample"]
     assert result["splits"][0]["n_train"] == n_videos and result["splits"][0]["sample"]["n"] == n_videos
     assert json.loads((tmp_path / "cross" / "config.json").read_text())["init"] == str(first)
+
+
+def test_lsvq_protocol_with_further_test_caches(whole_sample, fast_fit, tmp_path):
+    """LSVQ -> its test sets and two other datasets in one run, each reported on its own (a KeyError in 0.1)."""
+    lsvq = relabel(whole_sample, tmp_path / "lsvq", split_of=lambda i: ["train", "train", "test", "test1080p"][i % 4])
+    others = [relabel(whole_sample, tmp_path / f"other{i}") for i in range(2)]
+    result = run_fit(lsvq, tmp_path / "run", FitConfig().with_overrides(fast_fit), test_cache_paths=others,
+                     progress=False)
+    n = len(load_dataset("sample", None).records)
+    assert result["protocol"] == "lsvq" and list(result["summary"]) == ["test", "test1080p", "sample", "sample-2"]
+    assert result["splits"][0]["n_train"] == n // 2 and result["splits"][0]["sample-2"]["n"] == n
+    cross = run_fit(lsvq, tmp_path / "cross", FitConfig().with_overrides({**fast_fit, "protocol": "cross"}),
+                    test_cache_paths=others[:1], progress=False)
+    assert list(cross["summary"]) == ["sample"] and cross["splits"][0]["n_train"] == n // 2  # LSVQ-train only
 
 
 def test_fit_refuses_damaged_cache(whole_sample, fast_fit, tmp_path):

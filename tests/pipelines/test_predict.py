@@ -150,3 +150,33 @@ def test_predict_errors_are_clear(run_dir, tmp_path):
         run_predict([tmp_path / "nope.mp4"], run_dir, progress=False)
     with pytest.raises(UserInputError, match="no config.json"):
         run_predict([tmp_path], tmp_path, progress=False)
+
+
+def test_predict_refuses_a_run_whose_features_ignore_the_input(run_dir, sample_root, tmp_path):
+    import json
+
+    bad = tmp_path / "run"
+    shutil.copytree(run_dir, bad)
+    config = json.loads((bad / "config.json").read_text())
+    config["cache"]["extract"].update(strength=1.0, controller=None)
+    (bad / "config.json").write_text(json.dumps(config))
+    with pytest.raises(UserInputError, match="same diffusion features"):
+        run_predict([sample_root / "videos" / "sample_001.mp4"], bad, progress=False)
+
+
+def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, monkeypatch, capsys):
+    import diffvqa_cache.video as video
+
+    from diffvqa_cache.fitting import RunConfig
+
+    used = RunConfig.read(run_dir).decoders
+    assert set(used) == {"h264"}
+    [row] = run_predict([sample_root / "videos" / "sample_001.mp4"], run_dir, progress=False)
+    assert row.decoder == used["h264"]
+    if used["h264"] == "decord":  # decord missing here: PyAV decodes, and the user is told
+        def no_decord(*args, **kwargs):
+            raise ImportError("No module named 'decord'")
+
+        monkeypatch.setattr(video, "_read_decord", no_decord)
+        [row] = run_predict([sample_root / "videos" / "sample_001.mp4"], run_dir, progress=False)
+        assert row.decoder == "pyav" and "cannot decode it here" in capsys.readouterr().err

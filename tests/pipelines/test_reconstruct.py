@@ -35,7 +35,8 @@ def test_psnr_and_ssim():
 
 def test_png_and_json(clip, tmp_path):
     rec = clip.records[0]
-    res = run_reconstruct(rec.path, tmp_path / "r" / "recon.png", frames=2, steps=2, key=rec.key, device="cpu")
+    res = run_reconstruct(rec.path, tmp_path / "r" / "recon.png", frames=2, steps=2, key=rec.key, device="cpu",
+                          strength=0.5)
     img = np.asarray(Image.open(res.png))
     assert img.shape == (2 * 128, 3 * 128, 3)  # one row per frame: view | reconstruction | error
     report = json.loads((tmp_path / "r" / "recon.json").read_text())
@@ -67,8 +68,16 @@ def test_adaptation_improves_the_reconstruction(clip, tmp_path):
     the chain does; the chain's own error, z0_hat against z0, is what adaptation must lower."""
     from pipelines.adapt import run_adapt
 
+    from diffusers import ControlNetModel
+
+    from diffvqa_cache.backbone import load_backbone
+
     rec = clip.records[0]
-    before = run_reconstruct(rec.path, tmp_path / "before.png", steps=4, key=rec.key, device="cpu").report
+    zero = tmp_path / "zero-init"  # plain SD: what adaptation starts from
+    ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
+                              conditioning_embedding_out_channels=(16,)).save_pretrained(zero)
+    before = run_reconstruct(rec.path, tmp_path / "before.png", steps=4, key=rec.key, controller=str(zero),
+                             device="cpu").report
     cfg = AdaptConfig(frames=2, batch_size=2, lr=5e-3, warmup=0, max_steps=60, save_every=0, device="cpu")
     run_adapt(clip, cfg, tmp_path / "ctrl", progress=False)
     after = run_reconstruct(rec.path, tmp_path / "after.png", steps=4, key=rec.key, controller=str(tmp_path / "ctrl"),
@@ -83,8 +92,10 @@ def test_cli_reconstruct(clip, tmp_path):
 
     out = tmp_path / "recon.png"
     res = CliRunner().invoke(app, ["reconstruct", str(clip.records[0].path), "--steps", "1", "--frames", "2",
-                                   "--out", str(out), "--device", "cpu"])
+                                   "--strength", "0.5", "--out", str(out), "--device", "cpu"])
     assert res.exit_code == 0, res.output
     assert "PSNR" in res.stdout and out.is_file() and out.with_suffix(".json").is_file()
-    res = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "nope.mp4"), "--out", str(out)])
+    res = CliRunner().invoke(app, ["reconstruct", str(tmp_path / "nope.mp4"), "--strength", "0.5", "--out", str(out)])
     assert res.exit_code != 0 and "does not exist" in res.output
+    res = CliRunner().invoke(app, ["reconstruct", str(clip.records[0].path), "--out", str(out)])
+    assert res.exit_code == 2 and "same diffusion features" in res.output  # no Controller, chain from pure noise

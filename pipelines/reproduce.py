@@ -1,0 +1,195 @@
+"""The paper's table as one command: adapt on LSVQ-train, extract every dataset with one preset, the LSVQ
+official protocol (its test sets and, from LSVQ-train, every other dataset), fine-tuning from it on each
+other dataset (random splits), then `table.md` / `table.png` beside the published values.
+
+Each step is skipped when its result is already there (the Controller's adapt_config.json, a complete
+cache, a run's metrics.json), so rerunning the same command resumes where it stopped; the settings are
+recorded in OUT/reproduce.json and a rerun with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from diffvqa_cache.config import AdaptConfig, Config, ExtractConfig
+from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.files import write_json_atomic, write_text_atomic
+from diffvqa_cache.progress import err
+
+DATASET_NAMES = {"lsvq": "LSVQ", "kvd": "KoNViD-1k", "lvqc": "LIVE-VQC", "ytugc": "YouTube-UGC"}
+# DiffVQA's published SRCC / PLCC (ICML 2025, tables 1 and 2): (trained on, tested on) -> values.
+PAPER = {
+    ("lsvq", "test"): (0.915, 0.907), ("lsvq", "test1080p"): (0.818, 0.860),
+    ("lsvq", "kvd"): (0.905, 0.906), ("lsvq", "lvqc"): (0.861, 0.868),
+    ("kvd", "kvd"): (0.936, 0.929), ("lvqc", "lvqc"): (0.910, 0.924), ("ytugc", "ytugc"): (0.923, 0.926),
+}
+
+
+@dataclass
+class ReproduceConfig(Config):
+    """Everything the table depends on; saved as OUT/reproduce.json."""
+
+    roots: dict = field(default_factory=dict)  # dataset short name -> root folder (any subset of DATASET_NAMES)
+    extract: ExtractConfig = field(default_factory=ExtractConfig)  # the one preset (its controller: adapted here)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)  # used when no Controller is given
+    fit: dict = field(default_factory=dict)  # FitConfig overrides for every fit (e.g. {"train.epochs": 30})
+    splits: int = 10  # random splits of each fine-tuning
+    limit: int | None = None  # first N videos of each dataset (a quick trial)
+
+
+@dataclass
+class ReproduceResult:
+    out: Path
+    rows: list[dict]
+    seconds: float
+
+
+def run_reproduce(cfg: ReproduceConfig, out: Path, client=None, progress: bool = True) -> ReproduceResult:
+    """Run (or resume) every step into OUT and write the table."""
+    t0 = time.perf_counter()
+    out = Path(out)
+    unknown = sorted(set(cfg.roots) - set(DATASET_NAMES))
+    if not cfg.roots or unknown:
+        raise UserInputError(f"give dataset roots among {sorted(DATASET_NAMES)} (e.g. --lsvq /data/LSVQ), got "
+                             f"{unknown or 'none'}")
+    _record(cfg, out)
+    datasets = {name: _dataset(name, root, cfg.limit) for name, root in cfg.roots.items()}
+    # 1. the Controller: given, or adapted on LSVQ-train (else the first dataset: adaptation is label-free)
+    controller = cfg.extract.controller or str(_adapt(cfg, datasets, out / "controller", progress))
+    extract = cfg.extract.replace(controller=controller)
+    # 2. features of every dataset with the one preset
+    caches = {name: _extract(ds, extract, out / "cache", client, progress) for name, ds in datasets.items()}
+    # 3. LSVQ's official protocol, tested on its own test sets and (trained on LSVQ-train) every other dataset
+    runs = {}
+    others = [n for n in caches if n != "lsvq"]
+    if "lsvq" in caches:
+        runs["lsvq"] = _fit(caches["lsvq"], out / "runs" / "lsvq", cfg.fit, [caches[n] for n in others], None,
+                            progress)
+    # 4. each other dataset: random splits, fine-tuned from the LSVQ run when there is one
+    for name in others:
+        runs[name] = _fit(caches[name], out / "runs" / f"{name}-ft", {**cfg.fit, "splits": cfg.splits}, [],
+                          out / "runs" / "lsvq" if "lsvq" in runs else None, progress)
+    rows = table_rows(runs)
+    write_table(out, rows)
+    return ReproduceResult(out, rows, time.perf_counter() - t0)
+
+
+def _record(cfg: ReproduceConfig, out: Path) -> None:
+    """Save the settings, or refuse to resume a folder started with other ones (placement may change)."""
+    path = out / "reproduce.json"
+
+    def numbers(c: ReproduceConfig) -> dict:
+        d = c.to_dict()
+        d["extract"] = {k: v for k, v in d["extract"].items() if k not in ExtractConfig.PLACEMENT}
+        d["adapt"] = {k: v for k, v in d["adapt"].items() if k not in AdaptConfig.NOT_CHECKED}
+        return d
+
+    if path.is_file() and numbers(ReproduceConfig.load(path)) != numbers(cfg):
+        raise UserInputError(f"{out} holds a reproduction with other settings (see {path}); use another --out, or "
+                             "the settings recorded there to resume it")
+    out.mkdir(parents=True, exist_ok=True)
+    cfg.save(path)
+
+
+def _dataset(name: str, root: str, limit: int | None):
+    dataset = load_dataset(name, root, limit=limit)
+    dataset.check()
+    err.print(dataset.summary())
+    return dataset
+
+
+def _adapt(cfg: ReproduceConfig, datasets: dict, folder: Path, progress: bool) -> Path:
+    from pipelines.adapt import run_adapt
+
+    if (folder / "adapt_config.json").is_file():
+        err.print(f"[bold]adapt[/]: {folder} is done, skipped")
+        return folder
+    name = "lsvq" if "lsvq" in datasets else next(iter(datasets))
+    err.print(f"[bold]adapt[/]: the Controller on {DATASET_NAMES[name]}"
+              f"{'-train' if name == 'lsvq' else ' (no LSVQ given; label-free, all videos)'}")
+    adapt = cfg.adapt.replace(model=cfg.extract.model, revision=cfg.extract.revision,
+                              split="train" if name == "lsvq" else "all")
+    run_adapt(datasets[name], adapt, folder, resume=bool(list((folder / "checkpoints").glob("step-*"))),
+              progress=progress)
+    return folder
+
+
+def _extract(dataset, cfg: ExtractConfig, out: Path, client, progress: bool) -> Path:
+    from pipelines.extract import run_extract
+
+    err.print(f"[bold]extract[/]: {DATASET_NAMES[dataset.name]}")
+    result = run_extract(dataset, cfg, out, client=client, progress=progress)
+    if not result.manifest.get("complete"):
+        raise UserInputError(f"{result.cache_dir}: not every video was extracted; rerun the same command")
+    return result.cache_dir
+
+
+def _fit(cache: Path, run: Path, overrides: dict, test_caches: list[Path], init: Path | None, progress: bool) -> Path:
+    from diffvqa_cache.fitting import FitConfig
+    from pipelines.fit import run_fit
+
+    if (run / "metrics.json").is_file():
+        err.print(f"[bold]fit[/]: {run} is done, skipped")
+        return run
+    err.print(f"[bold]fit[/]: {run.name}")
+    run_fit(cache, run, FitConfig().with_overrides(overrides), test_caches, init, progress)
+    return run
+
+
+def table_rows(runs: dict[str, Path]) -> list[dict]:
+    """One row per (trained on, tested on) with our median SRCC / PLCC beside the paper's and the gaps."""
+    rows = []
+    for trained_on, run in runs.items():
+        summary = json.loads((run / "metrics.json").read_text())["summary"]
+        for test_set, s in summary.items():
+            tested_on = trained_on if test_set == "test" and trained_on != "lsvq" else test_set
+            paper = PAPER.get((trained_on, tested_on))
+            ours = (s["srcc"]["median"], s["plcc"]["median"])
+            rows.append({"trained_on": trained_on, "tested_on": tested_on, "protocol": _protocol(trained_on, tested_on),
+                         "srcc": ours[0], "plcc": ours[1], "n_splits": s["n_splits"],
+                         "paper_srcc": paper[0] if paper else None, "paper_plcc": paper[1] if paper else None,
+                         "gap_srcc": ours[0] - paper[0] if paper else None,
+                         "gap_plcc": ours[1] - paper[1] if paper else None, "run": str(run)})
+    return rows
+
+
+def _protocol(trained_on: str, tested_on: str) -> str:
+    if trained_on == tested_on:
+        return "LSVQ pre-training, fine-tuned, random splits" if trained_on != "lsvq" else "official split"
+    if trained_on == "lsvq":
+        return "official split" if tested_on in ("test", "test1080p") else "cross-dataset from LSVQ-train"
+    return "random splits"
+
+
+def _label(name: str) -> str:
+    return {"test": "LSVQ-test", "test1080p": "LSVQ-1080p"}.get(name, DATASET_NAMES.get(name, name))
+
+
+def write_table(out: Path, rows: list[dict]) -> None:
+    """table.md (ours, the paper's, the gap per cell), table.json and table.png."""
+    def cell(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    def gap(x):
+        return "n/a" if x is None else f"{x:+.3f}"
+
+    lines = ["# DiffVQA reproduction", "", "Median over splits; the paper's values are SRCC / PLCC from its tables.", "",
+             "| trained on | tested on | protocol | SRCC | PLCC | paper SRCC | paper PLCC | gap SRCC | gap PLCC | splits |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {_label(r['trained_on'])} | {_label(r['tested_on'])} | {r['protocol']} | {cell(r['srcc'])} | "
+              f"{cell(r['plcc'])} | {cell(r['paper_srcc'])} | {cell(r['paper_plcc'])} | {gap(r['gap_srcc'])} | "
+              f"{gap(r['gap_plcc'])} | {r['n_splits']} |" for r in rows]
+    write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
+    write_json_atomic(out / "table.json", rows)
+    from diffvqa_cache.plots import paper_comparison
+
+    paper_comparison(out / "table.png", [f"{_label(r['trained_on'])} -> {_label(r['tested_on'])}" for r in rows],
+                     [r["srcc"] for r in rows], [r["paper_srcc"] for r in rows])
+
+
+def format_table(result: ReproduceResult) -> str:
+    return (result.out / "table.md").read_text() + f"\n{len(result.rows)} rows in {result.seconds:.0f} s; {result.out}"
