@@ -354,32 +354,27 @@ def predict(
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
     model: Annotated[Optional[str], typer.Option(help="Where the run's SD weights are now (default: as recorded).")] = None,
     controller: Annotated[Optional[str], typer.Option(help="Where the run's Controller is now.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV (or JSON by suffix) here.")] = None,
-    as_json: JsonOpt = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV (or JSON by suffix) here, as "
+                                                   "it goes; run again, it scores only the videos not in it yet.")] = None,
+    per_frame: Annotated[bool, typer.Option("--per-frame", help="Add every sampled frame: index, time, quality, "
+                                            "weight (CSV: one row per frame; JSON: nested).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write one timeline PNG per video into this folder.")] = None,
+    unfamiliar_percentile: Annotated[float, typer.Option(help="Flag a video UNFAMILIAR when its distance to the "
+                                                         "training videos exceeds this percentile of theirs.")] = 99.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
 ) -> None:
-    """Score videos on the training MOS scale with a fitted run (features computed on the fly)."""
-    import csv
-    import io
+    """Score videos with a fitted run: MOS-scale and 0-1 scores, the split models' range, an unfamiliar-content
+    flag, and (--per-frame, --plot) each frame's quality and weight."""
+    from pipelines.predict import format_table, run_predict, to_json
 
-    from pipelines.predict import run_predict
-
-    rows = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size)
-    if as_json or (output is not None and output.suffix == ".json"):
-        text = json.dumps(rows, indent=1)
-    else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["video", "score", "path", "error"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        text = buf.getvalue()
+    results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
+                          output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile)
+    typer.echo(json.dumps(to_json(results, run.resolve(), per_frame), indent=1) if as_json else format_table(results))
     if output is not None:
-        output.write_text(text)
-        typer.echo(f"wrote {len(rows)} scores to {output}", err=True)
-    else:
-        typer.echo(text.rstrip("\n"))
-    if any("error" in r for r in rows):
+        typer.echo(f"wrote {output} ({len(results)} videos scored in this run)", err=True)
+    if any(r.error is not None for r in results):
         raise typer.Exit(1)
 
 

@@ -50,6 +50,9 @@ def _pick_frames(n_have: int, n_want: int) -> np.ndarray:
     return np.minimum(((np.arange(n_want) + 0.5) * n_have / n_want).astype(np.int64), n_have - 1)
 
 
+pick_frames = _pick_frames  # public: which decoded frames a fit's `num_frames` keeps (scoring reports them)
+
+
 def _resize_pixels(pix: torch.Tensor, size: int) -> torch.Tensor:
     """(T, K, 3, P, P) uint8 -> (T, K, 3, size, size), in uint8 directly (~4x faster than through float)."""
     if pix.shape[-1] == size:
