@@ -16,6 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffvqa_cache.config import PAPER_PRESET, AdaptConfig, ExtractConfig
+from diffvqa_cache.dask_cluster import ClusterJobs
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -39,11 +40,13 @@ MosColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the MOS column."
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run the tasks on a local dask cluster of N worker processes.")]
 DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on this running dask scheduler "
                                                               "(tcp://host:8786).")]
+JOBS_PANEL = "Worker jobs (--cluster slurm|pbs --jobs N: submitted by this command, cancelled at its end)"
 
 
-def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None):
+def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None,
+                 arg: str = "cfg"):
     """Give a command one option per field of the config dataclass `cls` (help text from the field's
-    declaration; default from the field or `defaults`) and pass them to it built into `cfg` (by `build`,
+    declaration; default from the field or `defaults`) and pass them to it built into `arg` (by `build`,
     else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass."""
 
     def optional(kind):
@@ -74,9 +77,9 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | N
                 raise
             except (TypeError, ValueError) as exc:
                 raise UserInputError(str(exc)) from None
-            return fn(cfg=cfg, **kwargs)
+            return fn(**{arg: cfg}, **kwargs)
 
-        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != "cfg"] + added)
+        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != arg] + added)
         return command
 
     return decorate
@@ -130,8 +133,10 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
 @app.command()
 @known_errors
 @options_from(ExtractConfig, "Extraction settings (recorded in the cache)")
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs", defaults={"gpus_per_job": 1})
 def extract(
     cfg: ExtractConfig,
+    cluster_jobs: ClusterJobs,
     dataset: DatasetOpt = "sample",
     root: RootOpt = None,
     labels: LabelsOpt = None,
@@ -152,12 +157,15 @@ def extract(
     """Run the adapted SD once per video and write features into a sharded HDF5 cache."""
     from diffvqa_cache.dask_cluster import check_dask_args, dask_client
     from diffvqa_cache.devices import resolve_device
+    from diffvqa_cache.errors import UserInputError
     from pipelines.extract import resolve_part, run_extract
 
-    check_dask_args(workers, dask_scheduler)
+    check_dask_args(workers, dask_scheduler, cluster_jobs)
+    if cluster_jobs.cluster and cfg.device.startswith("cuda") and not cluster_jobs.gpus_per_job:
+        raise UserInputError(f"--device {cfg.device} needs GPU worker jobs: --gpus-per-job 1 (or --device auto)")
     part = resolve_part(num_parts, part)
     data = _load_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
-    with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
+    with dask_client(workers, dask_scheduler, resolve_device(cfg.device).type == "cuda", cluster_jobs) as client:
         result = run_extract(data, cfg, out, num_parts=num_parts, part=part, retry_failed=retry_failed, client=client,
                              verify=verify)
     typer.echo(str(result.cache_dir))
@@ -348,38 +356,35 @@ def predict(
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],
     model: Annotated[Optional[str], typer.Option(help="Where the run's SD weights are now (default: as recorded).")] = None,
     controller: Annotated[Optional[str], typer.Option(help="Where the run's Controller is now.")] = None,
-    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV (or JSON by suffix) here.")] = None,
-    as_json: JsonOpt = False,
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write CSV (or JSON by suffix) here, as "
+                                                   "it goes; run again, it scores only the videos not in it yet.")] = None,
+    per_frame: Annotated[bool, typer.Option("--per-frame", help="Add every sampled frame: index, time, quality, "
+                                            "weight (CSV: one row per frame; JSON: nested).")] = False,
+    plot: Annotated[Optional[Path], typer.Option(help="Write one timeline PNG per video into this folder.")] = None,
+    unfamiliar_percentile: Annotated[float, typer.Option(help="Flag a video UNFAMILIAR when its distance to the "
+                                                         "training videos exceeds this percentile of theirs.")] = 99.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
 ) -> None:
-    """Score videos on the training MOS scale with a fitted run (features computed on the fly)."""
-    import csv
-    import io
+    """Score videos with a fitted run: MOS-scale and 0-1 scores, the split models' range, an unfamiliar-content
+    flag, and (--per-frame, --plot) each frame's quality and weight."""
+    from pipelines.predict import format_table, run_predict, to_json
 
-    from pipelines.predict import run_predict
-
-    rows = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size)
-    if as_json or (output is not None and output.suffix == ".json"):
-        text = json.dumps(rows, indent=1)
-    else:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=["video", "score", "path", "error"], extrasaction="ignore")
-        w.writeheader()
-        w.writerows(rows)
-        text = buf.getvalue()
+    results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
+                          output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile)
+    typer.echo(json.dumps(to_json(results, run.resolve(), per_frame), indent=1) if as_json else format_table(results))
     if output is not None:
-        output.write_text(text)
-        typer.echo(f"wrote {len(rows)} scores to {output}", err=True)
-    else:
-        typer.echo(text.rstrip("\n"))
-    if any("error" in r for r in rows):
+        typer.echo(f"wrote {output} ({len(results)} videos scored in this run)", err=True)
+    if any(r.error is not None for r in results):
         raise typer.Exit(1)
 
 
 @app.command()
 @known_errors
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs")
 def sweep(
+    cluster_jobs: ClusterJobs,
     cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
     grid: Annotated[Path, typer.Option(help="YAML of configurations: a list of named overrides or a grid "
                                             "(setting: [values]); see pipelines/ablations.yaml.")],
@@ -402,7 +407,7 @@ def sweep(
         if value is not None:
             overrides[name] = value
     result = run_sweep(cache, grid, out, workers=workers, scheduler_address=dask_scheduler, serial=serial,
-                       overrides=overrides)
+                       overrides=overrides, cluster_jobs=cluster_jobs)
     typer.echo(format_summary(result))
     if result.failed:
         typer.echo(f"{len(result.failed)} task(s) failed (see {out}/summary.md); a rerun retries only those", err=True)
@@ -425,30 +430,52 @@ def cluster(
     walltime: Annotated[str, typer.Option(help="Wall-clock limit per job.")] = "24:00:00",
     queue: Annotated[Optional[str], typer.Option(help="Partition (SLURM) or queue (PBS).")] = None,
     account: Annotated[Optional[str], typer.Option(help="Account / project to charge.")] = None,
-    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'source .venv/bin/activate'.")] = None,
+    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'module load cuda'; "
+                                                            "replaces activating this command's venv/conda env.")] = None,
     scheduler_address: Annotated[str, typer.Option(help="dask mode: the scheduler's address.")] = "tcp://SCHEDULER_HOST:8786",
+    logs: Annotated[Path, typer.Option(help="Folder of the jobs' logs (created now, before any job opens it).")] = Path("logs"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the script here (default "
                                                                           "diffvqa-<kind>-<mode>.sh).")] = None,
     print_: Annotated[bool, typer.Option("--print", help="Print the script instead of writing a file.")] = False,
+    submit: Annotated[bool, typer.Option(help="SLURM array: sbatch the parts still missing and a finishing job "
+                                              "after them that writes the manifest.")] = False,
 ) -> None:
     """Write a job script: a SLURM/PBS job array of extraction parts, or dask-jobqueue worker jobs.
 
-    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels).
+    Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
+    folder and in this command's Python environment (unless --setup).
     """
-    from pipelines.cluster import JobSpec, render
+    from diffvqa_cache.errors import UserInputError
+    from pipelines.cluster import JobSpec, render, submit_line, write_scripts
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
+    with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
+        params = extract_ctx.params  # the forwarded options checked by extract's own parser, now
+    if params["num_parts"] != 1 or params["part"] is not None:
+        raise UserInputError("cluster sets --num-parts (= --jobs) and --part itself; leave them out")
+    cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
+    if submit and (kind, mode) != ("slurm", "array"):
+        raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
     spec = JobSpec(kind=kind, mode=mode, jobs=jobs, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, memory=mem,
-                   walltime=walltime, queue=queue, account=account, setup=list(setup or []), extract_args=args,
-                   scheduler_address=scheduler_address)
-    script = render(spec)
+                   walltime=walltime, queue=queue, account=account, setup=setup or None, extract_args=args,
+                   scheduler_address=scheduler_address, log_dir=str(logs))
+    Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
     if print_:
-        typer.echo(script, nl=False)
+        typer.echo(render(spec), nl=False)
         return
     path = output or Path(f"diffvqa-{kind}-{mode}.sh")
-    path.write_text(script)
-    typer.echo(str(path))
-    typer.echo(f"wrote {path}; submit it with {'sbatch' if kind == 'slurm' else 'qsub'} {path}", err=True)
+    written = write_scripts(spec, path)
+    if not submit:
+        typer.echo(str(path))
+        typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
+                   f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
+        return
+    from pipelines.submit import missing_parts, submit_array
+
+    data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
+                         params["mos_column"], params["allow_problems"])
+    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"])
+    typer.echo(submit_array(spec, path, parts).describe())
 
 
 @app.command()
@@ -521,6 +548,11 @@ def demo(
 
 
 def main() -> None:
+    import signal
+    import sys
+
+    # scancel, qdel and time limits send SIGTERM: leave through `finally` blocks, so claimed shards are released
+    signal.signal(signal.SIGTERM, lambda signum, _frame: sys.exit(128 + signum))
     app()
 
 

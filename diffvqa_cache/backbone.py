@@ -21,6 +21,10 @@ from .files import file_sha256
 log = logging.getLogger(__name__)
 
 TINY_SEED = 0
+# Load real weights straight into place (diffusers' low_cpu_mem_usage, through `accelerate`), without the
+# multi-line warning diffusers prints otherwise; peak memory is the weights themselves (BENCHMARKS.md,
+# benchmarks/load_memory.py). False restores the plain loading.
+LOW_CPU_MEM_USAGE = True
 TINY_NATIVE_SIZE = 128  # pixels; latent 16x16, so the four up blocks give 4, 8, 16, 16 maps
 
 
@@ -176,6 +180,14 @@ def resolve_model_folder(model: str, revision: str | None) -> Path:
                              f"{str(exc).splitlines()[0][:200]}); download it and pass the local folder") from None
 
 
+def _lean() -> dict:
+    """from_pretrained keywords: low_cpu_mem_usage where `accelerate` is installed (a dependency), and
+    plain loading without diffusers' multi-line warning where it is not."""
+    import importlib.util
+
+    return {"low_cpu_mem_usage": LOW_CPU_MEM_USAGE and importlib.util.find_spec("accelerate") is not None}
+
+
 def _null_text_embedding(folder: Path) -> torch.Tensor:
     """The empty-prompt embedding (the paper's null text condition), from the model's own CLIP."""
     try:
@@ -184,7 +196,15 @@ def _null_text_embedding(folder: Path) -> torch.Tensor:
         raise UserInputError("real SD weights need `transformers` for the empty-prompt embedding: "
                              "pip install transformers") from None
     tok = CLIPTokenizer.from_pretrained(folder, subfolder="tokenizer")
-    enc = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    from transformers.utils import logging as hf_logging
+
+    shown = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # no "Loading weights" bar on every run
+    try:
+        enc = CLIPTextModel.from_pretrained(folder, subfolder="text_encoder")
+    finally:
+        if shown:
+            hf_logging.enable_progress_bar()
     ids = tok([""], padding="max_length", max_length=tok.model_max_length, return_tensors="pt").input_ids
     with torch.no_grad():
         return enc(ids)[0].float()
@@ -198,7 +218,7 @@ def load_controller(unet: torch.nn.Module, controller: str | None) -> torch.nn.M
         log.info("no --controller: a zero-initialised Controller, i.e. plain SD")
         return ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
     folder = _controller_folder(controller)
-    net = ControlNetModel.from_pretrained(folder)
+    net = ControlNetModel.from_pretrained(folder, **_lean())
     if net.config.conditioning_channels != 4:
         raise UserInputError(f"--controller {folder}: conditioning_channels={net.config.conditioning_channels}, "
                              "but a DiffVQA Controller is conditioned on the 4-channel latent z0")
@@ -247,8 +267,8 @@ def load_backbone(model: str = "tiny", controller: str | None = None, revision: 
         vae, unet, null_text = build_tiny()
     else:
         folder = resolve_model_folder(model, revision)
-        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae")
-        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet")
+        vae = AutoencoderKL.from_pretrained(folder, subfolder="vae", **_lean())
+        unet = UNet2DConditionModel.from_pretrained(folder, subfolder="unet", **_lean())
         null_text = _null_text_embedding(folder)
     return Backbone(vae=vae, unet=unet, controller=load_controller(unet, controller),
                     noise_schedule=read_noise_schedule(model, revision), null_text=null_text, identity=identity,

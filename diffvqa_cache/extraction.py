@@ -33,6 +33,8 @@ class DecodedVideo:
     error: str | None = None
     decoder: str = ""  # "decord" or "pyav": which one produced the frames
     codec: str = ""  # the stream's codec ("h264", "vp9", ...)
+    fps: float | None = None  # the video's frame rate (frame_index / fps = time in seconds)
+    frame_hw: tuple[int, int] | None = None  # decoded (upright) frame height and width
 
 
 def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
@@ -43,19 +45,23 @@ def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 
     try:
         pixels, indices, info, used = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
         views = make_views(pixels, size, crops, seed, noise, record.key)
-        return DecodedVideo(record.key, indices, views, decoder=used, codec=info.codec)
+        return DecodedVideo(record.key, indices, views, decoder=used, codec=info.codec, fps=info.fps,
+                            frame_hw=pixels.shape[1:3])
     except DiffVQAError as exc:
         return DecodedVideo(record.key, None, None, str(exc))
     except Exception as exc:  # one bad video never stops the others
         return DecodedVideo(record.key, None, None, f"{record.path}: {type(exc).__name__}: {exc}")
 
 
-def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig) -> Iterator[DecodedVideo]:
-    """Decoded videos in `records` order, keeping `decode_workers + 2` in flight ahead of the consumer."""
+def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig,
+                 backend: str | dict | None = None) -> Iterator[DecodedVideo]:
+    """Decoded videos in `records` order, keeping `decode_workers + 2` in flight ahead of the consumer
+    (`backend`: instead of the config's, e.g. the {codec: decoder} map a run's cache used)."""
     cfg = config.extract
+    backend = backend or cfg.backend
 
     def decode(record):
-        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend, cfg.noise)
+        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, backend, cfg.noise)
 
     ahead = deque(pool.submit(decode, r) for r in records[:cfg.decode_workers + 2])
     nxt = len(ahead)

@@ -1,5 +1,5 @@
 """PNG plots (matplotlib, headless, written atomically): a fit's scatter and learning curves, a sweep's
-summary, an adaptation's loss curve."""
+summary, an adaptation's loss curve, a scored video's timeline."""
 
 from __future__ import annotations
 
@@ -110,4 +110,60 @@ def loss_curve(path: Path, rows: list[dict]) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    _save(fig, path)
+
+
+def timeline(path: Path, result, scale: str, best_view: np.ndarray, worst_view: np.ndarray, best: int, worst: int,
+             frame_hw: tuple[int, int] | None, percentile: float) -> None:
+    """One scored video (`scoring.VideoScore`): frame quality and softmax weight over time, and the best
+    and worst sampled frames (their resized views, shown at the video's aspect ratio)."""
+    plt = _plt()
+    frames = result.frames
+    use_time = all(np.isfinite(f.time) for f in frames)
+    x = np.array([f.time if use_time else f.index for f in frames], dtype=float)
+    quality = np.array([f.quality for f in frames])
+    weight = np.array([f.weight for f in frames])
+    fig = plt.figure(figsize=(10, 5), dpi=100)
+    outer = fig.add_gridspec(1, 2, width_ratios=[2.8, 1.2], wspace=0.15, top=0.84)
+    left = outer[0].subgridspec(2, 1, height_ratios=[1.4, 1.0], hspace=0.4)
+    right = outer[1].subgridspec(2, 1, hspace=0.3)
+    ax_q = fig.add_subplot(left[0])
+    ax_w = fig.add_subplot(left[1], sharex=ax_q)
+    # 1. frame quality, with the video score it sums to
+    ax_q.plot(x, quality, "o-", color="tab:blue", lw=1.5, ms=4, label="frame quality")
+    ax_q.axhline(result.score, color="k", ls="--", lw=1, label=f"video score {result.score:.2f}")
+    for i, colour in ((best, "tab:green"), (worst, "tab:red")):
+        ax_q.plot(x[i], quality[i], "o", ms=9, mfc="none", mec=colour, mew=2)
+    ax_q.set_ylabel(f"quality ({scale.split(' of ')[0]})")
+    ax_q.legend(fontsize=8, loc="best")
+    ax_q.grid(alpha=0.3)
+    # 2. frame weights (softmax over frames): how much each frame counts in the score
+    step = float(np.min(np.diff(x))) if len(x) > 1 and np.min(np.diff(x)) > 0 else 1.0
+    ax_w.bar(x, weight, width=0.7 * step, color="tab:orange")
+    ax_w.axhline(1.0 / len(weight), color="k", ls=":", lw=1, label="uniform (1 / frames)")
+    ax_w.set_ylim(0, 1.4 * max(float(weight.max()), 1.0 / len(weight)))  # room for the legend above the bars
+    ax_w.set_ylabel("frame weight")
+    ax_w.set_xlabel("time (s)" if use_time else "frame")
+    ax_w.legend(fontsize=8, loc="upper right")
+    ax_w.grid(alpha=0.3, axis="y")
+    # 3. best and worst sampled frames
+    aspect = frame_hw[0] / frame_hw[1] if frame_hw else 1.0
+    for row, (view, i, name, colour) in enumerate(((best_view, best, "best", "tab:green"),
+                                                   (worst_view, worst, "worst", "tab:red"))):
+        ax = fig.add_subplot(right[row])
+        ax.imshow(view, aspect=aspect)
+        ax.set_xticks([])
+        ax.set_yticks([])
+        for spine in ax.spines.values():
+            spine.set_edgecolor(colour)
+            spine.set_linewidth(3)
+        when = f"{frames[i].time:.2f} s" if use_time else f"frame {frames[i].index}"
+        ax.set_title(f"{name}: {when}, quality {quality[i]:.2f}", fontsize=9)
+    s = result.spread
+    details = [f"{s.models} split models: {s.min:.2f}-{s.max:.2f} (std {s.std:.2f})"] if s and s.models > 1 else []
+    if result.unfamiliar is not None:
+        details.append(f"novelty: {result.novelty:.0f}th percentile of the training videos"
+                       + (f" (above {percentile:g}: UNFAMILIAR content)" if result.unfamiliar else ""))
+    fig.suptitle(f"{result.video}: {result.score:.2f} on {scale}\n" + ";  ".join(details), fontsize=10,
+                 color="tab:red" if result.unfamiliar else "black")
     _save(fig, path)

@@ -111,3 +111,35 @@ def write_synthetic_cache(out: Path | str, n_videos: int, frames: int = 8, crops
             on_shard(i, len(plan))
     cdir.write_manifest(config, plan, [])
     return SyntheticCache(cache_dir, write_s, nbytes)
+
+
+def save_sd_folder(root: Path, vae, unet, text_config: dict, max_length: int) -> Path:
+    """A diffusers SD folder as StableDiffusionPipeline.save_pretrained lays it out, from given VAE and UNet
+    modules, a CLIP text encoder built from `text_config` (seeded random weights) and a 7-token toy
+    tokenizer: for tests and benchmarks of the real-weights loading path."""
+    import json
+
+    import torch
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from .backbone import sd_noise_schedule
+
+    root = Path(root)
+    vae.save_pretrained(root / "vae")
+    unet.save_pretrained(root / "unet")
+    (root / "scheduler").mkdir(parents=True, exist_ok=True)
+    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
+                                                                          **sd_noise_schedule()}))
+    tok_dir = root / "tokenizer"
+    tok_dir.mkdir(exist_ok=True)
+    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab": 6}
+    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
+    (tok_dir / "merges.txt").write_text("#version: 0.2\na b\n")
+    CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"),
+                  model_max_length=max_length).save_pretrained(tok_dir)
+    torch.manual_seed(0)
+    CLIPTextModel(CLIPTextConfig(max_position_embeddings=max_length, bos_token_id=0, eos_token_id=1,
+                                 pad_token_id=1, **{"vocab_size": len(vocab), **text_config})
+                  ).save_pretrained(root / "text_encoder")
+    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    return root

@@ -1,17 +1,26 @@
 """Job scripts for HPC schedulers (SLURM, PBS): a job array of extraction parts, or dask workers.
 
-`array`: task i of the array runs `diffvqa-cache extract ... --num-shards N --shard-index i`; all parts
-write into the same --out (a shared filesystem) and a final rerun of the same command (no work left)
-writes the complete manifest; parts written to separate folders are joined with `cache merge`.
-`dask`: a dask-jobqueue worker job script (one worker per GPU, `--resources GPU=1`), rendered by
-dask-jobqueue itself (the job class behind `SLURMCluster(...).job_script()`; no scheduler needed).
+`array`: task i of the array runs `diffvqa-cache extract ... --num-parts N --part i`; all parts
+write into the same --out (a shared filesystem); a finishing job, the same command without --num-parts,
+finds no work left (or does what a failed part left) and writes the complete manifest. Parts written to
+separate folders are joined with `cache merge`.
+`dask`: a dask-jobqueue worker job script (one worker per GPU, `--resources GPU=1`, or per core without
+GPUs), rendered by dask-jobqueue itself from the arguments `extract/sweep --cluster` use
+(`dask_cluster.job_kwargs`); for a scheduler started by hand.
+
+Every script runs where the command was run (`--chdir` / `cd`), logs to an absolute folder that exists
+before the job starts (SLURM opens the log before the script runs), and activates the Python environment
+the command ran in (virtualenv or conda) unless `setup` lines are given instead.
 """
 
 from __future__ import annotations
 
+import os
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
+from diffvqa_cache.dask_cluster import ClusterJobs, activation_lines, job_kwargs, jobqueue_cluster_class
 from diffvqa_cache.errors import UserInputError
 
 KINDS = ("slurm", "pbs")
@@ -29,91 +38,145 @@ class JobSpec:
     walltime: str = "24:00:00"
     queue: str | None = None  # SLURM partition / PBS queue
     account: str | None = None
-    setup: list[str] = field(default_factory=list)  # shell lines run first (module load, venv activate)
+    setup: list[str] | None = None  # shell lines run first; None: activate this command's environment
     job_name: str = "diffvqa"
     extract_args: list[str] = field(default_factory=list)  # everything after `diffvqa-cache extract`
     scheduler_address: str = "tcp://SCHEDULER_HOST:8786"
+    workdir: str = field(default_factory=os.getcwd)  # jobs run here, so relative paths mean what they meant
+    log_dir: str | None = None  # absolute; default <workdir>/logs
 
     def __post_init__(self):
         if self.kind not in KINDS or self.mode not in MODES:
-            raise UserInputError(f"scheduler must be one of {KINDS} and --mode one of {MODES}, got {self.kind}, {self.mode}")
+            raise UserInputError(f"the batch system must be one of {KINDS} and --mode one of {MODES}, got {self.kind}, "
+                                 f"{self.mode}")
         if self.jobs < 1 or self.gpus_per_job < 0 or self.cpus_per_job < 1:
             raise UserInputError("need --jobs >= 1, --gpus-per-job >= 0 and --cpus-per-job >= 1")
         if self.mode == "array" and self.gpus_per_job > 1:
             raise UserInputError("an extraction part uses one GPU: use --gpus-per-job 1 (and more --jobs) for arrays")
+        self.workdir = os.path.abspath(self.workdir)
+        self.log_dir = os.path.join(self.workdir, self.log_dir or "logs")
+        if self.setup is None:
+            self.setup = activation_lines()
+
+    def setup_lines(self) -> list[str]:
+        if self.setup:
+            return list(self.setup)
+        return ["# no virtualenv or conda env was active: diffvqa-cache must be on the job's PATH (or use --setup)"]
 
 
-def _extract_cmd(spec: JobSpec, index_var: str | None) -> str:
+def extract_command(spec: JobSpec, index_var: str | None = None) -> str:
+    """The extract command of array task `$index_var`, or (None) of the finishing step: no --num-parts."""
     args = list(spec.extract_args)
     if index_var:
-        args += ["--num-shards", str(spec.jobs)]
+        args += ["--num-parts", str(spec.jobs)]
     cmd = "diffvqa-cache extract " + " ".join(shlex.quote(a) for a in args)
-    return cmd + (f" --shard-index ${index_var}" if index_var else "")
+    return cmd + (f" --part ${index_var}" if index_var else "")
 
 
-def render(spec: JobSpec) -> str:
-    return render_array(spec) if spec.mode == "array" else render_dask(spec)
+def render(spec: JobSpec, script: Path | None = None) -> str:
+    """The job script; `script`: where it will be written (named in its comments)."""
+    return render_array(spec, script) if spec.mode == "array" else render_dask(spec)
 
 
-def render_array(spec: JobSpec) -> str:
-    """A job array: one extraction part per array task, one GPU each."""
-    mem = spec.memory.upper().replace("GB", "G")
+def _directives(spec: JobSpec, name: str, array: bool) -> list[str]:
+    """Scheduler header of an array part (array=True) or of the finishing job: one GPU each."""
+    q = shlex.quote
     if spec.kind == "slurm":
-        head = [f"#SBATCH --job-name={spec.job_name}-extract", f"#SBATCH --array=0-{spec.jobs - 1}",
-                "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={spec.cpus_per_job}", f"#SBATCH --mem={mem}",
-                f"#SBATCH --time={spec.walltime}", "#SBATCH --output=logs/%x-%A_%a.out"]
+        log = "%x-%A_%a.out" if array else "%x-%j.out"
+        head = [f"#SBATCH --job-name={name}", *([f"#SBATCH --array=0-{spec.jobs - 1}"] if array else []),
+                "#SBATCH --ntasks=1", f"#SBATCH --cpus-per-task={spec.cpus_per_job}",
+                f"#SBATCH --mem={spec.memory.upper().replace('GB', 'G')}", f"#SBATCH --time={spec.walltime}",
+                f"#SBATCH --chdir={q(spec.workdir)}", f"#SBATCH --output={q(os.path.join(spec.log_dir, log))}"]
         head += [f"#SBATCH --gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []
         head += [f"#SBATCH --partition={spec.queue}"] if spec.queue else []
-        head += [f"#SBATCH --account={spec.account}"] if spec.account else []
-        var, submit, dep = "SLURM_ARRAY_TASK_ID", "sbatch", "sbatch --dependency=afterany:<JOBID> --wrap"
-    else:
-        gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
-        head = [f"#PBS -N {spec.job_name}-extract", f"#PBS -J 0-{spec.jobs - 1}",
-                f"#PBS -l select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.memory.lower()}",
-                f"#PBS -l walltime={spec.walltime}", "#PBS -j oe"]
-        head += [f"#PBS -q {spec.queue}"] if spec.queue else []
-        head += [f"#PBS -A {spec.account}"] if spec.account else []
-        var, submit, dep = "PBS_ARRAY_INDEX", "qsub", "qsub -W depend=afterany:<JOBID> --"
-    final = _extract_cmd(spec, None)
-    lines = ["#!/bin/bash", *head, "",
-             f"# diffvqa-cache extraction as a job array of {spec.jobs} parts (shard i % {spec.jobs} == task id).",
-             f"# Submit: {submit} <this file>. Parts resume: resubmitting skips complete shards.",
-             "# All parts write into the same --out; when every task has finished, the same command without",
-             "# --num-shards does no work and writes the complete manifest:",
-             f"#   {dep} {shlex.quote(final)}" if spec.kind == "slurm" else f"#   {dep} {final}",
-             "# Parts written to different --out folders are joined instead with:",
+        return head + ([f"#SBATCH --account={spec.account}"] if spec.account else [])
+    gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
+    head = [f"#PBS -N {name}", *([f"#PBS -J 0-{spec.jobs - 1}"] if array else []),
+            f"#PBS -l select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.memory.lower()}",
+            f"#PBS -l walltime={spec.walltime}", "#PBS -j oe", f"#PBS -o {q(spec.log_dir + os.sep)}"]
+    head += [f"#PBS -q {spec.queue}"] if spec.queue else []
+    return head + ([f"#PBS -A {spec.account}"] if spec.account else [])
+
+
+def _body(spec: JobSpec, command: str) -> list[str]:
+    cd = [] if spec.kind == "slurm" else [f"cd {shlex.quote(spec.workdir)}"]  # SLURM: #SBATCH --chdir
+    # torch on the CPU uses the cores the job asked for (and its numbers depend on that count: see docs/cluster.md)
+    threads = f"export OMP_NUM_THREADS={spec.cpus_per_job}"
+    return ["set -eo pipefail", *cd, threads, *spec.setup_lines(), command, ""]
+
+
+def render_array(spec: JobSpec, script: Path | None = None) -> str:
+    """A job array: one extraction part per array task, one GPU each."""
+    submit = submit_line(spec, Path(script).resolve() if script else Path("NAME.sh"))
+    lines = ["#!/bin/bash", *_directives(spec, f"{spec.job_name}-extract", array=True), "",
+             f"# diffvqa-cache extraction as a job array of {spec.jobs} parts (shard i % {spec.jobs} == task id),",
+             "# then a finishing job (the same command without --num-parts) that does what failed parts left",
+             "# and writes the complete manifest. Submit both, from any folder:",
+             f"#   {submit}",
+             *(["# or run `diffvqa-cache cluster slurm ...` with the same options and --submit, which, rerun after",
+                "# failures, submits only the parts still missing."] if spec.kind == "slurm" else []),
+             "# Resubmitting is safe: complete shards are skipped.",
+             f"# Logs: {spec.log_dir}. Parts written to different --out folders are joined instead with:",
              "#   diffvqa-cache cache merge PART_DIR... --out cache",
-             "set -euo pipefail", "mkdir -p logs" if spec.kind == "slurm" else "cd \"${PBS_O_WORKDIR:-.}\"",
-             *spec.setup, _extract_cmd(spec, var), ""]
+             *_body(spec, extract_command(spec, "SLURM_ARRAY_TASK_ID" if spec.kind == "slurm" else "PBS_ARRAY_INDEX"))]
     return "\n".join(lines)
 
 
-def render_dask(spec: JobSpec) -> str:
-    """A dask worker job (an array of `jobs` of them), one worker process per GPU."""
-    from dask_jobqueue.pbs import PBSJob
-    from dask_jobqueue.slurm import SLURMJob
+def render_finish(spec: JobSpec) -> str:
+    """The finishing job: the extraction without --num-parts, after the array (writes the manifest)."""
+    lines = ["#!/bin/bash", *_directives(spec, f"{spec.job_name}-finish", array=False), "",
+             "# Finishing step of a diffvqa-cache job array: run after every part has ended (afterany), it",
+             "# extracts whatever a failed part left (usually nothing) and writes the complete manifest.",
+             *_body(spec, extract_command(spec))]
+    return "\n".join(lines)
 
-    procs = max(1, spec.gpus_per_job)
-    res = ["--resources", "GPU=1"] if spec.gpus_per_job else []
-    common = dict(scheduler=spec.scheduler_address, cores=spec.cpus_per_job, memory=spec.memory, processes=procs,
-                  walltime=spec.walltime, queue=spec.queue, account=spec.account, job_script_prologue=spec.setup,
-                  worker_extra_args=res, python="python", job_name=f"{spec.job_name}-dask")
+
+def finish_path(script: Path) -> Path:
+    """Where the finishing job's script goes, beside the array script: NAME.sh -> NAME.finish.sh."""
+    return script.with_name(script.name.removesuffix(".sh") + ".finish.sh")
+
+
+def write_scripts(spec: JobSpec, path: Path) -> list[Path]:
+    """Write the job script (for an array also its finishing job, beside it); the files written."""
+    path.write_text(render(spec, path))
+    if spec.mode != "array":
+        return [path]
+    finish_path(path).write_text(render_finish(spec))
+    return [path, finish_path(path)]
+
+
+def submit_line(spec: JobSpec, script: Path) -> str:
+    """The shell line that submits `script` (an array: with its finishing job after it)."""
+    sub = "sbatch" if spec.kind == "slurm" else "qsub"
+    if spec.mode == "dask":
+        return f"{sub} {script}"
     if spec.kind == "slurm":
-        var = "SLURM_ARRAY_TASK_ID"
-        job = SLURMJob(name=f"{spec.job_name}-${{{var}}}", job_extra_directives=[f"--array=0-{spec.jobs - 1}"]
-                       + ([f"--gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []), **common)
-        submit = "sbatch"
+        return f"id=$(sbatch --parsable {script}) && sbatch --dependency=afterany:$id {finish_path(script)}"
+    return f"id=$(qsub {script}) && qsub -W depend=afterany:$id {finish_path(script)}"
+
+
+def render_dask(spec: JobSpec) -> str:
+    """A dask worker job (an array of `jobs` of them): the jobs `extract/sweep --cluster` submit, for a
+    scheduler started by hand."""
+    procs = spec.gpus_per_job or spec.cpus_per_job
+    worker_jobs = ClusterJobs(cluster=spec.kind, jobs=spec.jobs, cpus_per_job=spec.cpus_per_job,
+                              gpus_per_job=spec.gpus_per_job, mem=spec.memory, walltime=spec.walltime,
+                              queue=spec.queue, account=spec.account, setup=spec.setup_lines(), logs=spec.log_dir)
+    kw = job_kwargs(spec.kind, worker_jobs, spec.workdir, f"{spec.job_name}-dask") | dict(
+        scheduler=spec.scheduler_address, python="python")
+    if spec.kind == "slurm":
+        var, submit = "SLURM_ARRAY_TASK_ID", "sbatch"
+        kw["job_extra_directives"] = [f"--array=0-{spec.jobs - 1}", *kw["job_extra_directives"]]
     else:
-        var = "PBS_ARRAY_INDEX"
-        gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
-        job = PBSJob(name=f"{spec.job_name}-${{{var}}}", job_extra_directives=[f"-J 0-{spec.jobs - 1}"],
-                     resource_spec=f"select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.memory.lower()}", **common)
-        submit = "qsub"
+        var, submit = "PBS_ARRAY_INDEX", "qsub"
+        kw["job_extra_directives"] = [f"-J 0-{spec.jobs - 1}"]
+    job = jobqueue_cluster_class(spec.kind).job_cls(name=f"{spec.job_name}-${{{var}}}", **kw)
     script = job.job_script()
     shebang, _, rest = script.partition("\n")
     addr = spec.scheduler_address
     usage = [
-        f"# dask workers for diffvqa-cache: {spec.jobs} jobs x {procs} worker(s), one GPU each (--resources GPU=1).",
+        f"# dask workers for diffvqa-cache: {spec.jobs} jobs x {procs} worker(s) of one thread, "
+        + ("one GPU each (--resources GPU=1)." if spec.gpus_per_job else "one core each."),
         "# 1. start a scheduler where the compute nodes can reach it (login node or its own job):",
         "#      dask scheduler --port 8786        # then put its address into this script (tcp://HOST:8786)",
         f"# 2. {submit} <this file>",

@@ -21,6 +21,7 @@ from diffvqa_cache.checkpoint import save_checkpoint
 from diffvqa_cache.data import VideoTable, choose_data_path, open_table
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
+from diffvqa_cache.familiarity import FILE_NAME as FAMILIARITY_FILE, write_reference
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic
 from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models
 from diffvqa_cache.metrics import METRIC_KEYS, summarize
@@ -97,6 +98,9 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
         shutil.rmtree(states, ignore_errors=True)
     run_cfg.save(out / "config.json")
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
+    # what the training videos' features look like, for predict's unfamiliar-content flag
+    write_reference(out / FAMILIARITY_FILE, table, sorted({k for s in splits for k in s.train}),
+                    {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()})
     per_split, rows, histories = [], [], {}
     # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
     for si, split in enumerate(splits):
@@ -167,5 +171,6 @@ def format_summary(result: dict, out: Path) -> str:
     for test, s in result["summary"].items():
         lines.append(f"  {test:10s} " + "  ".join(f"{k.upper()} {s[k]['median']:.4f}" for k in METRIC_KEYS)
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
-    lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png")
+    lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
+                 f"{FAMILIARITY_FILE}")
     return "\n".join(lines)

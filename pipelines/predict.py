@@ -1,88 +1,144 @@
-"""Score new videos end to end with a run's recorded extraction settings (no cache needed).
+"""Score new videos end to end with a fitted run (no cache needed): `diffvqa_cache.scoring.Scorer` does the
+work; this module writes the results file as it goes, skips what an earlier run of the same command
+already scored into it, and formats the table `predict` prints.
 
-The run's models (one per split) form an ensemble; each maps its raw output to the training MOS scale,
-and the score is their mean. The same video gives the same score every time (seeded views and noise).
+The results file (CSV, or JSON by suffix) is rewritten atomically with everything so far at most every
+`FLUSH_SECONDS` and at the end, so it is always complete: a killed run loses at most that much work, and
+the same command run again scores only the videos the file does not hold yet (failed ones are retried).
 """
 
 from __future__ import annotations
 
+import csv
+import json
+import time
 from pathlib import Path
 
-import numpy as np
+from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.files import write_csv_atomic, write_json_atomic
+from diffvqa_cache.fitting import RunConfig
+from diffvqa_cache.progress import err
+from diffvqa_cache.scoring import FRAME_COLUMNS, VIDEO_COLUMNS, Scale, Scorer, Scores, VideoScore, expand_inputs
 
-from diffvqa_cache.data import LoadSpec, VideoTable, video_tensors
-from diffvqa_cache.datasets import VideoRecord, safe_key
-from diffvqa_cache.devices import resolve_device
-from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.fitting import RunConfig, load_run_models
-from diffvqa_cache.progress import bar, err
-from diffvqa_cache.training import TrainConfig, predict_raw
-
-VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
+FLUSH_SECONDS = 10.0
+SPREAD_NOTE = "range = min-max of the split models' scores (model disagreement, not a MOS confidence interval)"
 
 
-def expand_inputs(paths: list[Path]) -> list[Path]:
-    """Files as given, folders expanded to the video files below them (sorted)."""
-    out = []
-    for p in paths:
-        p = Path(p).expanduser()
-        if p.is_dir():
-            found = sorted(q for q in p.rglob("*") if q.suffix.lower() in VIDEO_SUFFIXES and q.is_file())
-            if not found:
-                raise UserInputError(f"{p}: no video files ({', '.join(sorted(VIDEO_SUFFIXES))}) in this folder")
-            out += found
-        elif p.is_file():
-            out.append(p)
+def describe_output(run: Path | str, scale: Scale, per_frame: bool, percentile: float) -> dict:
+    """What the numbers of a results file mean (the top of its JSON form)."""
+    return {"run": str(run), "scale": scale.describe(), "mos_low": scale.low, "mos_high": scale.high,
+            "normalised_score": f"(score - {scale.low:g}) / ({scale.high:g} - {scale.low:g}), clipped to 0-1",
+            "spread": SPREAD_NOTE, "per_frame": per_frame,
+            "unfamiliar": f"novelty above the {percentile:g}th percentile of the training videos' own distances"}
+
+
+def to_json(results: Scores, run: Path | str, per_frame: bool) -> dict:
+    return {**describe_output(run, results.scale, per_frame, results.unfamiliar_percentile),
+            "videos": [r.to_dict(frames=per_frame) for r in results]}
+
+
+class ResultsFile:
+    """A predict results file: CSV (one row per video, or per frame with `per_frame`) or JSON (nested)."""
+
+    def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float):
+        self.path, self.run, self.per_frame = Path(path), str(run), per_frame
+        self.is_json = self.path.suffix.lower() == ".json"
+        self.header = describe_output(run, scale, per_frame, percentile)
+        self.columns = VIDEO_COLUMNS + ["scale", "run"] + (FRAME_COLUMNS if per_frame else [])
+        self.entries: dict[str, list] = {}  # path -> its rows (CSV dicts) or its JSON object, in file order
+        self.scored: set[str] = set()  # paths with a score (not an error) in the file
+        self.last_write = time.monotonic()
+        if self.path.is_file():
+            self._read()
+
+    def _read(self) -> None:
+        redo = f"pass another --output, or delete {self.path} to start over"
+        try:
+            if self.is_json:
+                data = json.loads(self.path.read_text())
+                if {k: data.get(k) for k in ("run", "per_frame")} != {"run": self.run, "per_frame": self.per_frame}:
+                    raise UserInputError(f"{self.path} holds scores of run {data.get('run')} (per_frame="
+                                         f"{data.get('per_frame')}), not of {self.run} (per_frame={self.per_frame}); {redo}")
+                entries = [(v["path"], v, v.get("error") is None) for v in data["videos"]]
+            else:
+                with open(self.path, newline="") as f:
+                    reader = csv.DictReader(f)
+                    if reader.fieldnames != self.columns:
+                        raise UserInputError(f"{self.path} has other columns than this command writes "
+                                             f"(--per-frame {'on' if self.per_frame else 'off'}); {redo}")
+                    rows = list(reader)
+                if any(r["run"] != self.run for r in rows):
+                    raise UserInputError(f"{self.path} holds scores of another run than {self.run}; {redo}")
+                entries = [(r["path"], r, not r["error"]) for r in rows]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise UserInputError(f"{self.path}: not a predict results file ({type(exc).__name__}: {exc}); {redo}") from None
+        for path, entry, ok in entries:
+            self.entries.setdefault(path, []).append(entry)
+            if ok:
+                self.scored.add(path)
+
+    def add(self, result: VideoScore) -> None:
+        if self.is_json:
+            self.entries[result.path] = [result.to_dict(frames=self.per_frame)]
         else:
-            raise UserInputError(f"{p}: no such file or folder")
-    return out
+            rows = result.frame_rows() if self.per_frame else [result.row()]
+            self.entries[result.path] = [{**r, "scale": self.header["scale"], "run": self.run} for r in rows]
+        if time.monotonic() - self.last_write >= FLUSH_SECONDS:
+            self.write()
+
+    def write(self) -> None:
+        entries = [e for group in self.entries.values() for e in group]
+        if self.is_json:
+            write_json_atomic(self.path, {**self.header, "videos": entries})
+        else:
+            write_csv_atomic(self.path, self.columns, entries)
+        self.last_write = time.monotonic()
 
 
 def run_predict(paths: list[Path], run: Path, model: str | None = None, controller: str | None = None,
-                device: str = "auto", batch_size: int = 8, progress: bool = True) -> list[dict]:
-    """[{video, path, score} or {video, path, error}] for every input video."""
-    from diffvqa_cache.backbone import identify
-    from diffvqa_cache.config import CacheConfig
-    from diffvqa_cache.extraction import ViewEncoder, decode_views
-
-    run_cfg = RunConfig.read(run)
-    # 1. the extraction settings the run was trained on; the model files must be the same ones
-    recorded = run_cfg.cache
-    cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
-                                   controller=controller or recorded.extract.controller)
-    cfg.check_features_follow_input()
-    config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
-                                recorded.mos_range)
-    if config.fingerprint != run_cfg.fingerprint:
-        raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was trained "
-                         f"with ({recorded.model_id}, {recorded.controller_id}); pass those with --model/--controller")
-    dev = resolve_device(device)
-    models = load_run_models(run, run_cfg.fingerprint, dev)
-    load_spec = LoadSpec.from_dict(models[0][1]["load_spec"])
-    spec = models[0][1]["feature_spec"]
-    encoder = ViewEncoder(config, dev)
-    train_cfg = TrainConfig(device=str(dev))
-    # 2. one video at a time: decode, features, ensemble score on the MOS scale
-    results = []
+                device: str = "auto", batch_size: int = 8, output: Path | None = None, per_frame: bool = False,
+                plot_dir: Path | None = None, unfamiliar_percentile: float = 99.0, progress: bool = True,
+                scorer: Scorer | None = None) -> Scores:
+    """Score every input video (files, folders) with the run; write `output` as it goes. Returns this
+    invocation's results in input order (videos already scored in `output` are skipped, not returned)."""
+    if scorer is None:
+        RunConfig.read(run)  # a wrong --run or a typo in a video path fails before the model loads
     files = expand_inputs(paths)
-    with bar("predict", len(files), progress) as pb:
-        for path in files:
-            key = safe_key(path.name)
-            decoded = decode_views(VideoRecord(key, path, float("nan")), config.view_size, cfg.crops, cfg.seed,
-                                   cfg.frames, cfg.fps, run_cfg.decoders or cfg.backend, cfg.noise)
-            if decoded.error is not None:
-                results.append({"video": key, "path": str(path), "error": decoded.error})
-                err.print(f"[red]failed[/] {path}: {decoded.error}")
-                pb.update(advance=1)
-                continue
-            wanted = run_cfg.decoders.get(decoded.codec)
-            if wanted and wanted != decoded.decoder:
-                err.print(f"[yellow]{path}: the run's cache decoded {decoded.codec} with {wanted}, which cannot decode it "
-                          f"here; used {decoded.decoder} (pixels, hence scores, may differ slightly)[/]")
-            feats = encoder.encode_stream([decoded])[0]
-            table = VideoTable.of_video(key, video_tensors(feats, load_spec, spec["grid"], spec["num_frames"]))
-            scores = [predict_raw(m, table, train_cfg, dev)[0] * meta["scale"][0] + meta["scale"][1]
-                      for m, meta in models]
-            results.append({"video": key, "path": str(path), "score": float(np.mean(scores)), "decoder": decoded.decoder})
-            pb.update(advance=1)
+    scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
+                              unfamiliar_percentile=unfamiliar_percentile, progress=progress)
+    sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile) if output else None
+    if sink is not None and sink.scored:
+        todo = [p for p in files if str(p) not in sink.scored]
+        err.print(f"{len(files) - len(todo)} of {len(files)} videos already scored in {output}; scoring the other "
+                  f"{len(todo)}")
+        files = todo
+    try:
+        results = scorer.score(files, plot_dir=plot_dir, on_result=sink.add if sink else None)
+    finally:
+        if sink is not None:
+            sink.write()
     return results
+
+
+def format_table(results: Scores) -> str:
+    """The short table `predict` prints: video, score, range, normalised score, novelty and flag."""
+    scale, percentile = results.scale, results.unfamiliar_percentile
+    if not results:
+        return "no videos scored in this run"
+    rows = [("video", "score", "range", "0-1", "novelty", "")]
+    for r in results:
+        if r.error is not None:
+            rows.append((r.video, "failed", "", "", "", r.error))
+            continue
+        s = r.spread
+        rows.append((r.video, f"{r.score:.3f}", f"{s.min:.2f}-{s.max:.2f}" if s.models > 1 else "-",
+                     "-" if r.normalised is None else f"{r.normalised:.3f}",
+                     "-" if r.novelty is None else f"{r.novelty:.0f}%",
+                     "UNFAMILIAR" if r.unfamiliar else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "  " + row[5]
+             for row in rows]
+    models = next((r.spread.models for r in results if r.spread), 0)
+    lines.append(f"score: {scale.describe()}; 0-1: normalised on that range; {SPREAD_NOTE.replace('split models', f'{models} split models')};"
+                 f" novelty: percentile among the training videos' own distances, UNFAMILIAR above {percentile:g}")
+    return "\n".join(line.rstrip() for line in lines)

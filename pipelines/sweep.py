@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from diffvqa_cache.cache import FeatureCache
-from diffvqa_cache.dask_cluster import check_dask_args, dask_client, default_workers
+from diffvqa_cache.dask_cluster import ClusterJobs, check_dask_args, dask_client, default_workers
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
 from diffvqa_cache.fitting import FitConfig, fit_split
@@ -243,9 +243,13 @@ class SweepResult:
 
 
 def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = None, scheduler_address: str | None = None,
-              serial: bool = False, overrides: dict | None = None, progress: bool = True) -> SweepResult:
-    """Run every (configuration, split) task not done yet, serially or on a dask cluster; write summaries."""
-    check_dask_args(workers, scheduler_address)
+              serial: bool = False, overrides: dict | None = None, progress: bool = True,
+              cluster_jobs: ClusterJobs | None = None) -> SweepResult:
+    """Run every (configuration, split) task not done yet, serially or on a dask cluster (local, running, or
+    worker jobs submitted now: `cluster_jobs`); write summaries."""
+    check_dask_args(workers, scheduler_address, cluster_jobs)
+    if serial and cluster_jobs is not None and cluster_jobs.cluster:
+        raise UserInputError("--serial runs the tasks in this process: leave out --cluster")
     t0 = time.perf_counter()
     out = Path(out)
     base, configs = load_grid(grid)
@@ -262,7 +266,8 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
     if len(todo) < len(tasks):
         err.print(f"{len(tasks) - len(todo)}/{len(tasks)} tasks already done in {out / 'tasks'}, skipped")
     # The workers of this machine share its budget; a remote cluster's tasks size their own (task_budget_gb).
-    local = None if scheduler_address else (1 if serial or not todo else workers or default_workers(len(todo)))
+    elsewhere = bool(scheduler_address or (cluster_jobs is not None and cluster_jobs.cluster))
+    local = None if elsewhere else (1 if serial or not todo else workers or default_workers(len(todo)))
     budget = None if local is None else FitConfig().with_overrides(base).budget_gb() / local
     write_json_atomic(out / "sweep.json", {
         "cache": str(cache.path), "fingerprint": cache.fingerprint, "grid": str(grid), "protocol": protocol,
@@ -274,7 +279,7 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
             for t in todo:
                 _report(run_task(cache_str, t, out, budget), pbar)
         else:
-            _run_on_cluster(cache_str, todo, out, local, scheduler_address, budget, pbar)
+            _run_on_cluster(cache_str, todo, out, local, scheduler_address, cluster_jobs, budget, pbar)
     results = [read_task_result(out, t) or {"config": t.config, "split": t.split.name, "overrides": t.overrides,
                                             "error": "no result written", "metrics": {}} for t in tasks]
     summary = write_results(out, results, [n for n, _ in configs], protocol, cache)
@@ -289,12 +294,13 @@ def _report(result: dict, pbar) -> None:
 
 
 def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler_address: str | None,
-                    budget_gb: float | None, pbar) -> None:
-    """Submit one task per (configuration, split) to a LocalCluster of `workers` or the scheduler at
-    `scheduler_address`; each task holds at most `budget_gb` of features (None: the worker decides)."""
+                    cluster_jobs: ClusterJobs | None, budget_gb: float | None, pbar) -> None:
+    """Submit one task per (configuration, split) to a LocalCluster of `workers`, the scheduler at
+    `scheduler_address` or worker jobs; each task holds at most `budget_gb` of features (None: the worker
+    decides). A task whose worker is lost (a cancelled job) runs again on another worker."""
     from distributed import as_completed
 
-    with dask_client(workers, scheduler_address) as client:
+    with dask_client(workers, scheduler_address, cluster_jobs=cluster_jobs) as client:
         futures = {client.submit(run_task, cache_path, t, out, budget_gb, pure=False,
                                  key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
         for fut in as_completed(futures):

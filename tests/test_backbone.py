@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import pytest
 import torch
 
-from diffvqa_cache.backbone import build_tiny, identify, load_backbone, sd_noise_schedule
+from diffvqa_cache.backbone import build_tiny, identify, load_backbone
 from diffvqa_cache.config import ModelIdentity
 from diffvqa_cache.errors import UserInputError
 
@@ -16,29 +15,11 @@ from diffvqa_cache.errors import UserInputError
 @pytest.fixture(scope="module")
 def sd_folder(tmp_path_factory):
     """A tiny SD checkpoint laid out as StableDiffusionPipeline.save_pretrained writes it."""
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffvqa_cache.synthetic import save_sd_folder
 
-    root = tmp_path_factory.mktemp("sd")
     vae, unet, _ = build_tiny()
-    vae.save_pretrained(root / "vae")
-    unet.save_pretrained(root / "unet")
-    (root / "scheduler").mkdir()
-    (root / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "DDIMScheduler",
-                                                                          **sd_noise_schedule()}))
-    tok_dir = root / "tokenizer"
-    tok_dir.mkdir()
-    vocab = {"<|startoftext|>": 0, "<|endoftext|>": 1, "a</w>": 2, "b</w>": 3, "a": 4, "b": 5, "ab": 6}
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\na b\n")
-    tok = CLIPTokenizer(str(tok_dir / "vocab.json"), str(tok_dir / "merges.txt"), model_max_length=8)
-    tok.save_pretrained(tok_dir)
-    torch.manual_seed(0)
-    text = CLIPTextModel(CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=1,
-                                        num_attention_heads=4, max_position_embeddings=8, bos_token_id=0,
-                                        eos_token_id=1, pad_token_id=1))
-    text.save_pretrained(root / "text_encoder")
-    (root / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
-    return root
+    return save_sd_folder(tmp_path_factory.mktemp("sd"), vae, unet, dict(hidden_size=32, intermediate_size=37,
+                          num_hidden_layers=1, num_attention_heads=4), max_length=8)
 
 
 def test_local_folder_loads_with_its_empty_prompt_embedding(sd_folder):
@@ -46,6 +27,24 @@ def test_local_folder_loads_with_its_empty_prompt_embedding(sd_folder):
     assert not bb.is_tiny and bb.native_size == 128 and bb.model_id.startswith("sd-")
     assert bb.null_text.shape == (1, 8, 32) and torch.isfinite(bb.null_text).all()
     assert identify(str(sd_folder), None) == ModelIdentity(bb.model_id, "zero-init", 128)
+
+
+def test_real_folders_load_lean_and_quietly(sd_folder, capfd, monkeypatch):
+    from diffusers import UNet2DConditionModel
+
+    asked = []
+    plain = UNet2DConditionModel.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        asked.append(kwargs.get("low_cpu_mem_usage"))
+        return plain(cls, *args, **kwargs)
+
+    monkeypatch.setattr(UNet2DConditionModel, "from_pretrained", classmethod(spy))
+    capfd.readouterr()
+    load_backbone(str(sd_folder))
+    printed = capfd.readouterr().err
+    assert asked == [True]
+    assert "accelerate" not in printed and "Loading weights" not in printed
 
 
 def test_model_identity_follows_the_weights(sd_folder, tmp_path):

@@ -96,3 +96,12 @@ def test_run_config_reads_runs_written_by_earlier_versions():
 def test_adapt_resume_compares_only_what_changes_the_training():
     a, b = AdaptConfig(), AdaptConfig(max_steps=5, device="cpu", save_every=1)
     assert a.checked() == b.checked() and a.checked() != AdaptConfig(lr=1e-3).checked()
+
+
+def test_tcab_sees_the_cached_views_at_their_size_by_default():
+    """224 px copies and 16 px patches: 196 tokens per frame, as VideoMamba sees a frame (0.1 resized to 64)."""
+    spec = FitConfig().load_spec(224)
+    assert spec.pixel_size == 224 and RegressorConfig().tcab_patch == 16 and (224 // 16) ** 2 == 196
+    assert FitConfig(pixel_size=64).load_spec(224).pixel_size == 64  # the small setting for CPU runs
+    with pytest.raises(UserInputError, match="larger than the cache's 128 px"):
+        FitConfig(pixel_size=224).load_spec(128)

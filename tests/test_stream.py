@@ -104,3 +104,18 @@ def test_chunked_shards_cannot_be_streamed(cache, tmp_path):
     with pytest.raises(CacheError, match="S/ms0 is chunked or compressed.*data=memory"):
         StreamedTable(FeatureCache(copy), LoadSpec(), budget_bytes=10**8)
 
+
+
+def test_streamed_familiarity_reference_equals_the_in_memory_one(cache):
+    """fit's unfamiliar-content reference is the same whether the table is loaded or streamed (every crop,
+    read in chunks); a different reading would flag different videos."""
+    from diffvqa_cache.familiarity import block_sizes, describe, describe_videos
+
+    spec = LoadSpec(pixel_size=8)
+    table, streamed = load_table(cache, spec), StreamedTable(cache, spec, budget_bytes=10**8)
+    rows = np.array([7, 1, 4, 10, 2])
+    want = describe(table.branches)[rows]
+    for t in (table, streamed):
+        got, blocks = describe_videos(t, rows, chunk=2)
+        assert blocks == block_sizes(table.branches)
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)

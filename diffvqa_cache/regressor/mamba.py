@@ -4,9 +4,10 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
 - `Mamba` holds exactly the parameters and state_dict keys of `mamba_ssm.Mamba` (in_proj, conv1d, x_proj,
   dt_proj, A_log, D, out_proj; same shapes and init), so a checkpoint moves between GPU and CPU.
 - At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
-  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise a pure-PyTorch
-  parallel scan (mambapy's `pscan`) computes the same recurrence. The projections and the causal depthwise
-  conv are plain torch ops in both cases.
+  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise pure PyTorch
+  computes the same recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an
+  in-place sequential scan without them (inference: ~8x faster on the CPU, as it never materialises the
+  (batch, L, d_inner, d_state) tensors). The projections and the causal depthwise conv are plain torch ops.
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
@@ -79,6 +80,27 @@ def selective_scan_parallel(u, delta, A, B, C, D, z=None, delta_bias=None, delta
     return y
 
 
+@torch.no_grad()
+def selective_scan_inference(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
+    """Same contract as `selective_scan_reference`, for inference (no autograd): the recurrence step by
+    step on a (batch, d_inner, d_state) state updated in place."""
+    if delta_bias is not None:
+        delta = delta + delta_bias[..., None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    delta_u = delta * u
+    h = u.new_zeros(u.shape[0], u.shape[1], A.shape[1])
+    y = torch.empty_like(u)
+    for t in range(u.shape[2]):
+        h.mul_(torch.exp(delta[:, :, t, None] * A)).add_(delta_u[:, :, t, None] * B[:, None, :, t])
+        y[:, :, t] = torch.bmm(h, C[:, :, t, None]).squeeze(-1)
+    if D is not None:
+        y = y + u * D[:, None]
+    if z is not None:
+        y = y * F.silu(z)
+    return y
+
+
 class Mamba(nn.Module):
     """Drop-in for `mamba_ssm.Mamba(d_model, d_state, d_conv, expand)`: (B, L, d_model) -> (B, L, d_model)."""
 
@@ -126,8 +148,8 @@ class Mamba(nn.Module):
             y = scan(x.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), B, C, self.D.float(),
                      z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         else:
-            y = selective_scan_parallel(x, dt, -torch.exp(self.A_log), B, C, self.D, z=z,
-                                        delta_bias=self.dt_proj.bias, delta_softplus=True)
+            scan = selective_scan_parallel if torch.is_grad_enabled() else selective_scan_inference
+            y = scan(x, dt, -torch.exp(self.A_log), B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
         # 5. output projection
         return self.out_proj(y.transpose(1, 2))
 

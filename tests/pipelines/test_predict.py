@@ -1,9 +1,16 @@
-"""predict: end to end from video files with a run's recorded settings; deterministic."""
+"""predict and the Python API (`Scorer`): end to end from video files with a run's recorded settings;
+per-frame outputs that sum to the score, the split models' spread, the unfamiliar-content flag, results
+written as they go and resumed, timeline plots, and the CLI giving the API's numbers."""
 
 from __future__ import annotations
 
+import json
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 from diffvqa_cache.errors import UserInputError
@@ -11,27 +18,131 @@ from diffvqa_cache.fitting import FitConfig
 from pipelines.fit import run_fit
 from pipelines.predict import run_predict
 
+REAL_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "videos"
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, sample_cache, fast_fit):
     out = tmp_path_factory.mktemp("prun")
     run_fit(sample_cache(limit=16).cache_dir, out, FitConfig().with_overrides(
-        {**fast_fit, "train.epochs": 1, "splits": 1, "train.batch_size": 4}), progress=False)
+        {**fast_fit, "train.epochs": 1, "splits": 2, "train.batch_size": 4}), progress=False)
     return out
 
 
-def test_predict_is_deterministic_and_matches_the_cache_path(run_dir, sample_root, tmp_path):
+@pytest.fixture(scope="module")
+def scorer(run_dir):
+    from diffvqa_cache import Scorer
+
+    return Scorer(run_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def odd_clips(tmp_path_factory):
+    """A solid black clip (nothing like the sample's textured scenes) and a file that is not a video."""
+    from diffvqa_cache.video import write_clip
+
+    folder = tmp_path_factory.mktemp("odd")
+    write_clip(folder / "black.mp4", np.zeros((16, 120, 160, 3), np.uint8), fps=24)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    return folder
+
+
+def _videos(sample_root, *numbers):
+    return [sample_root / "videos" / f"sample_{n:03d}.mp4" for n in numbers]
+
+
+def test_predict_is_deterministic(run_dir, sample_root, odd_clips, tmp_path):
     folder = tmp_path / "mine"
     folder.mkdir()
     for name in ("sample_001.mp4", "sample_007.mp4"):
         shutil.copy(sample_root / "videos" / name, folder / name)
-    (folder / "broken.mp4").write_bytes(b"not a video")
+    shutil.copy(odd_clips / "broken.mp4", folder)
     first = run_predict([folder], run_dir, progress=False)
     again = run_predict([folder / "sample_007.mp4", folder / "sample_001.mp4"], run_dir, progress=False)
-    scores = {r["video"]: r["score"] for r in first if "score" in r}
+    scores = {r.video: r.score for r in first if r.error is None}
     assert set(scores) == {"sample_001", "sample_007"}
-    assert {r["video"]: r["score"] for r in again} == scores  # same video, same score, any order
-    assert [r for r in first if "error" in r][0]["video"] == "broken"
+    assert [r.score for r in run_predict([folder], run_dir, progress=False) if r.error is None] == list(scores.values())
+    # in other company (other batches of the split models) the same video's score moves by float rounding only
+    assert {r.video: r.score for r in again} == pytest.approx(scores, rel=1e-6)
+    broken = [r for r in first if r.error is not None]
+    assert [r.video for r in broken] == ["broken"] and "broken.mp4" in broken[0].error  # fails alone, with its reason
+
+
+def test_frames_spread_and_scale(scorer, sample_root):
+    result = scorer.score(_videos(sample_root, 3))[0]
+    frames = result.frames
+    assert len(frames) == 2 and [f.index for f in frames] == sorted(f.index for f in frames)
+    assert [f.time for f in frames] == pytest.approx([f.index / 24 for f in frames])  # the sample is 24 fps
+    assert sum(f.weight for f in frames) == pytest.approx(1.0, abs=1e-5)
+    assert sum(f.weight * f.quality for f in frames) == pytest.approx(result.score, abs=1e-5)  # the method's sum
+    spread = result.spread
+    assert spread.models == 2 and spread.min <= result.score <= spread.max and spread.std > 0
+    assert spread.std == pytest.approx(np.std([spread.min, spread.max], ddof=1))
+    lo, hi = scorer.scale.low, scorer.scale.high
+    assert (lo, hi) == (1.0, 5.0) and result.normalised == pytest.approx((result.score - lo) / (hi - lo))
+
+
+def test_unfamiliar_content_is_flagged(scorer, sample_root, odd_clips):
+    training, held_out, black = scorer.score(_videos(sample_root, 1, 30) + [odd_clips / "black.mp4"])
+    assert training.unfamiliar is False and held_out.unfamiliar is False and black.unfamiliar is True
+    assert black.novelty == 100.0 and held_out.novelty < 100.0
+
+
+def test_cli_gives_the_api_numbers_and_writes_a_readable_plot(scorer, run_dir, sample_root, tmp_path):
+    from PIL import Image
+    from typer.testing import CliRunner
+
+    import cli
+
+    videos = _videos(sample_root, 2, 5)
+    out = tmp_path / "scores.json"
+    res = CliRunner().invoke(cli.app, ["predict", *map(str, videos), "--run", str(run_dir), "--output", str(out),
+                                       "--per-frame", "--plot", str(tmp_path / "plots"), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "sample_002" in res.stdout and "MOS 1-5 of sample" in res.stdout
+    written = json.loads(out.read_text())
+    api = scorer.score(videos)
+    assert [v["score"] for v in written["videos"]] == [r.score for r in api]
+    assert [v["frames"] for v in written["videos"]] == [r.to_dict()["frames"] for r in api]
+    assert written["videos"][0]["spread"]["models"] == 2 and "not a MOS confidence interval" in written["spread"]
+    frame_table = api.to_pandas(per_frame=True)
+    assert len(frame_table) == 4 and frame_table["score"].tolist() == [api[0].score] * 2 + [api[1].score] * 2
+    with Image.open(tmp_path / "plots" / "sample_002.png") as png:
+        assert png.size[0] >= 800 and png.size[1] >= 400
+
+
+def test_rerun_scores_only_what_the_results_file_lacks(run_dir, scorer, sample_root, odd_clips, tmp_path):
+    out = tmp_path / "scores.csv"
+    first = run_predict(_videos(sample_root, 4) + [odd_clips / "broken.mp4"], run_dir, output=out, per_frame=True,
+                        progress=False, scorer=scorer)
+    assert [r.error is None for r in first] == [True, False]
+    again = run_predict(_videos(sample_root, 4, 6) + [odd_clips / "broken.mp4"], run_dir, output=out, per_frame=True,
+                        progress=False, scorer=scorer)
+    assert [r.video for r in again] == ["sample_006", "broken"]  # the failed one is retried
+    import pandas as pd
+
+    table = pd.read_csv(out)
+    assert table.groupby("video").size().to_dict() == {"broken": 1, "sample_004": 2, "sample_006": 2}
+    assert table.loc[table.video == "sample_004", "score"].iloc[0] == pytest.approx(first[0].score)
+    with pytest.raises(UserInputError, match="other columns"):
+        run_predict(_videos(sample_root, 4), run_dir, output=out, per_frame=False, progress=False, scorer=scorer)
+
+
+def test_import_is_cheap_and_the_api_is_exported():
+    import diffvqa_cache
+    from diffvqa_cache.scoring import Scorer
+
+    assert diffvqa_cache.Scorer is Scorer and "Scorer" in diffvqa_cache.__all__
+    code = "import sys, diffvqa_cache; print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+
+
+@pytest.mark.skipif(not REAL_VIDEOS.is_dir(), reason=f"real clips not here ({REAL_VIDEOS})")
+def test_real_clip(scorer):
+    """A real 8 s portrait H.264 clip (406x720) scores with frame times inside the video."""
+    result = scorer.score(REAL_VIDEOS / "LSVQ_yfcc-batch3_1724__DOVER_demo.mp4")[0]
+    assert result.error is None and np.isfinite(result.score) and result.novelty is not None
+    assert all(0 <= f.time < 8.5 for f in result.frames) and result.frames[0].time < result.frames[1].time
 
 
 def test_predict_errors_are_clear(run_dir, tmp_path):
@@ -61,11 +172,11 @@ def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, 
     used = RunConfig.read(run_dir).decoders
     assert set(used) == {"h264"}
     [row] = run_predict([sample_root / "videos" / "sample_001.mp4"], run_dir, progress=False)
-    assert row["decoder"] == used["h264"]
+    assert row.decoder == used["h264"]
     if used["h264"] == "decord":  # decord missing here: PyAV decodes, and the user is told
         def no_decord(*args, **kwargs):
             raise ImportError("No module named 'decord'")
 
         monkeypatch.setattr(video, "_read_decord", no_decord)
         [row] = run_predict([sample_root / "videos" / "sample_001.mp4"], run_dir, progress=False)
-        assert row["decoder"] == "pyav" and "cannot decode it here" in capsys.readouterr().err
+        assert row.decoder == "pyav" and "cannot decode it here" in capsys.readouterr().err

@@ -4,7 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from diffvqa_cache.regressor.mamba import BiMamba, Mamba, selective_scan_parallel, selective_scan_reference
+from diffvqa_cache.regressor.mamba import (BiMamba, Mamba, selective_scan_inference, selective_scan_parallel,
+                                           selective_scan_reference)
 
 
 def _scan_inputs(batch=2, d_inner=6, d_state=4, length=11, seed=0):
@@ -37,6 +38,22 @@ def test_parallel_scan_matches_reference_forward_and_grad(length):
     grads_par = torch.autograd.grad((y_par * weight).sum(), [inputs[n] for n in wrt])
     for name, g_ref, g_par in zip(wrt, grads_ref, grads_par):
         torch.testing.assert_close(g_par, g_ref, atol=1e-6, rtol=1e-6, msg=f"gradient wrt {name}")
+
+
+@pytest.mark.parametrize("length", [1, 11, 64])
+def test_inference_scan_matches_reference(length):
+    inputs = _scan_inputs(length=length)
+    torch.testing.assert_close(selective_scan_inference(**inputs), selective_scan_reference(**inputs), atol=1e-10,
+                               rtol=1e-10)
+
+
+def test_mamba_gives_the_same_output_with_and_without_gradients():
+    torch.manual_seed(0)
+    mamba = Mamba(d_model=16, d_state=4).double()
+    x = torch.randn(2, 33, 16, dtype=torch.float64)
+    with torch.no_grad():
+        inference = mamba(x)  # the sequential in-place scan
+    torch.testing.assert_close(inference, mamba(x), atol=1e-10, rtol=1e-10)  # the parallel scan
 
 
 def test_reference_scan_recurrence_by_hand():

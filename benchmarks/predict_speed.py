@@ -1,0 +1,120 @@
+"""Scoring many videos: videos/s of `predict` over videos/s of `extract` on the same clips and settings.
+
+Both run the same stage one (decode ahead with threads, views of several videos batched through the
+model, groups of `shard_size` videos); `extract` then writes HDF5 shards, `predict` runs the run's split
+models and the unfamiliar-content check per video and writes its CSV as it goes. Each timed call includes
+building its model (the tiny model: well under a second). The run is fitted once, untimed, on the
+extracted clips with the fit defaults (10 splits, TCAB on) except 2 epochs: a realistic number of models
+per video. Runs alternate extract / predict so that load changes hit both; medians.
+
+    python benchmarks/predict_speed.py                   # 24 sample clips, 10 steps, 3 repeats
+    python benchmarks/predict_speed.py --videos 48 --steps 20 --repeats 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import append_section, loadavg, machine_info, set_threads, table  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", type=int, default=24, help="sample clips (of 96)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--frames", type=int, default=8)
+    ap.add_argument("--crops", type=int, default=1)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--shard-size", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-append", action="store_true")
+    args = ap.parse_args()
+
+    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.datasets import load_dataset
+    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.scoring import Scorer
+    from pipelines.extract import run_extract
+    from pipelines.fit import run_fit
+    from pipelines.predict import run_predict
+
+    info = machine_info()
+    threads = set_threads(args.threads)
+    data = load_dataset("sample", None, limit=args.videos)
+    paths = [r.path for r in data.records]
+    cfg = ExtractConfig(model="tiny", steps=args.steps, strength=0.5, frames=args.frames, crops=args.crops,
+                        batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+    work = Path(tempfile.mkdtemp(prefix="predict-speed-"))
+    rows, ratios = [], []
+    try:
+        # untimed: imports, the run (fit defaults, 2 epochs), one predict to warm the scoring path
+        cache = run_extract(data, cfg, work / "cache", progress=False).cache_dir
+        run = work / "run"
+        run_fit(cache, run, FitConfig().with_overrides({"train.epochs": 2}), progress=False)
+        n_models = len(list((run / "models").glob("*.safetensors")))
+        run_predict(paths[:2], run, device="cpu", batch_size=args.batch_size, progress=False)
+        ext, pred, regress = [], [], []
+        for r in range(args.repeats):
+            t0 = time.perf_counter()
+            res = run_extract(data, cfg, work / f"e{r}", progress=False)
+            ext.append(time.perf_counter() - t0)
+            assert res.videos == len(paths), res.summary()
+            # time spent after stage one (split models, familiarity), measured inside the same predict
+            inside = [0.0]
+            plain = Scorer._score_videos
+
+            def timed(self, *a, _plain=plain):
+                t = time.perf_counter()
+                try:
+                    return _plain(self, *a)
+                finally:
+                    inside[0] += time.perf_counter() - t
+
+            Scorer._score_videos = timed
+            try:
+                t0 = time.perf_counter()
+                out = run_predict(paths, run, device="cpu", batch_size=args.batch_size, output=work / f"p{r}.csv",
+                                  progress=False)
+                pred.append(time.perf_counter() - t0)
+            finally:
+                Scorer._score_videos = plain
+            assert all(v.error is None for v in out) and len(out) == len(paths)
+            regress.append(inside[0])
+            ratios.append(ext[-1] / pred[-1])
+            print(f"  run {r}: extract {len(paths) / ext[-1]:.2f} videos/s, predict {len(paths) / pred[-1]:.2f} "
+                  f"videos/s (of which split models + familiarity {inside[0]:.2f} s), ratio {ratios[-1]:.3f}, "
+                  f"load {loadavg()}", flush=True)
+            shutil.rmtree(work / f"e{r}", ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    med = statistics.median
+    n = len(paths)
+    rows = [["extract", n / med(ext), med(ext), "-", " ".join(f"{n / t:.2f}" for t in ext)],
+            ["predict", n / med(pred), med(pred), med(regress), " ".join(f"{n / t:.2f}" for t in pred)]]
+    text = table(["command", "videos/s (median)", "seconds (median)", "of which split models + familiarity s",
+                  "videos/s, each run"], rows)
+    stage_one = [e / (p - r) for e, p, r in zip(ext, pred, regress)]
+    summary = (f"predict / extract videos/s: median of the per-pair ratios {med(ratios):.3f} "
+               f"(each pair: {' '.join(f'{x:.3f}' for x in ratios)}); goal >= 0.9. Without the split models' "
+               f"time (predict's stage one and files alone): {med(stage_one):.3f} "
+               f"(each pair: {' '.join(f'{x:.3f}' for x in stage_one)})")
+    print(text, summary, sep="\n")
+    body = (f"Tiny model, the first {n} sample clips (160x120), {args.frames} frames, {args.crops} crop(s), "
+            f"{args.steps} DDIM steps, strength 0.5, batch {args.batch_size} views, groups (shards) of "
+            f"{args.shard_size} videos, 2 decode threads, torch threads {threads}, {args.repeats} alternating "
+            f"runs; the run has {n_models} split models (fit defaults, TCAB on, 2 epochs). Each timed call includes "
+            f"building its model.\n\n" + text + "\n\n" + summary)
+    if not args.no_append:
+        append_section("Scoring many videos: predict vs extract (tiny model, CPU)", body, info)
+
+
+if __name__ == "__main__":
+    main()
