@@ -221,6 +221,36 @@ def cache_verify(path: Annotated[Path, typer.Argument(help="A cache directory, o
     typer.echo(f"ok: {n} shards match their checksums")
 
 
+@cache_app.command("score")
+@known_errors
+def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")],
+                run: Annotated[Path, typer.Option(help="Run directory written by `fit` on features of this cache.")],
+                output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the CSV here "
+                                                               "instead of printing it.")] = None,
+                video: Annotated[Optional[list[str]], typer.Option(help="Score only this cached video (repeat).")] = None,
+                memory_gb: Annotated[Optional[float], typer.Option(help="Feature memory budget (default: 70% of "
+                                                                  "the available memory); larger caches stream.")] = None,
+                device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto") -> None:
+    """Score a cache's videos with a fitted run, without extracting them again: CSV of video, score (MOS
+    scale, the split models' mean) and the split models' min and max; bounded memory at any cache size."""
+    import csv
+    import sys
+
+    from diffvqa_cache.files import write_csv_atomic
+    from diffvqa_cache.fitting import score_cached_per_model
+
+    keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb)
+    header = ["video", "score", "score_min", "score_max"]
+    rows = [(k, f"{s.mean():.6f}", f"{s.min():.6f}", f"{s.max():.6f}") for k, s in zip(keys, scores.T)]
+    if output is None:
+        w = csv.writer(sys.stdout)
+        w.writerow(header)
+        w.writerows(rows)
+        return
+    write_csv_atomic(output, header, rows)
+    typer.echo(f"wrote {output} ({len(rows)} videos, {len(scores)} split models)", err=True)
+
+
 @cache_app.command("merge")
 @known_errors
 def cache_merge(parts: Annotated[list[Path], typer.Argument(help="Cache directories (or --out folders) of the parts.")],

@@ -154,29 +154,31 @@ class FamiliarityReference:
         return cls(k=int(meta.pop("k")), meta=meta, **arrays)
 
 
-def describe_videos(table, rows: np.ndarray, chunk: int = 64) -> tuple[np.ndarray, list[int]]:
+def describe_videos(table, rows: np.ndarray, chunk: int = 16) -> tuple[np.ndarray, list[int]]:
     """`describe` vectors of the videos `rows` of a loaded or streamed table (and the widths of their
     blocks), read `chunk` videos at a time through `table.batch` (every crop of a frame), so a cache larger
-    than memory is described without loading it and a table on a GPU is read back in pieces."""
+    than memory is described within about one evaluation batch's memory, and a table on a GPU is read
+    back in pieces."""
     stats, blocks = [], []
     n_crops = table.n_crops
     for s in range(0, len(rows), chunk):
         idx = np.asarray(rows[s:s + chunk], dtype=np.int64)
         per_crop = [table.batch(idx, c, "cpu") for c in range(max(n_crops.values()))]
         branches = {b: BranchFeatures.stack([pc[b] for pc in per_crop[:n_crops[b]]],
-                                            lambda xs: torch.stack(xs, dim=2)) for b in n_crops}
+                                            lambda xs: xs[0].unsqueeze(2) if len(xs) == 1 else torch.stack(xs, 2))
+                    for b in n_crops}
         stats.append(describe(branches))
         blocks = block_sizes(branches)
     return np.concatenate(stats), blocks
 
 
-def write_reference(path: Path, table, keys: list[str], meta: dict) -> bool:
+def write_reference(path: Path, table, keys: list[str], meta: dict, chunk: int = 16) -> bool:
     """Describe the videos `keys` of a `data.VideoTable` or `stream.StreamedTable` and save their reference
     at `path`; with fewer than 3 videos there is nothing to compare with, and nothing is written (False)."""
     if len(keys) < 3:
         Path(path).unlink(missing_ok=True)  # never leave an earlier run's reference behind
         return False
     row_of = {k: i for i, k in enumerate(table.keys)}
-    stats, blocks = describe_videos(table, np.array([row_of[k] for k in keys], dtype=np.int64))
+    stats, blocks = describe_videos(table, np.array([row_of[k] for k in keys], dtype=np.int64), chunk)
     FamiliarityReference.fit(stats, blocks, {**meta, "n_videos": len(keys)}).save(path)
     return True

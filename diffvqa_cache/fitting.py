@@ -196,6 +196,13 @@ def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None
     """{video: score on the MOS scale (mean of the run's split models)} for cached videos (all, or `keys`),
     read through the bounded data path (streamed unless the selection fits `memory_gb`), one pass for all
     models. For scoring the videos of a cache without extracting them again."""
+    keys_out, per_model = score_cached_per_model(run, cache_path, keys, device, memory_gb)
+    return dict(zip(keys_out, per_model.mean(0).tolist()))
+
+
+def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
+                           memory_gb: float | None = None) -> tuple[list[str], np.ndarray]:
+    """The videos scored and their (n_models, n_videos) scores on the MOS scale, one row per split model."""
     from .cache import FeatureCache
     from .data import choose_data_path, open_table
 
@@ -209,8 +216,8 @@ def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None
         row_of = {k: i for i, k in enumerate(table.keys)}
         unknown = [k for k in keys if k not in row_of]
         if unknown:
-            raise UserInputError(f"videos {unknown[:3]} are not in cache {cache.path}")
+            raise UserInputError(f"videos {unknown[:3]} are not in cache {cache.path}; `diffvqa-cache cache info` "
+                                 "lists what it holds")
         table = table.subset(np.array([row_of[k] for k in keys], dtype=np.int64))
     raw = predict_raw_many([m for m, _ in models], table, TrainConfig(device=str(dev)), dev)
-    scores = np.mean([r * meta["scale"][0] + meta["scale"][1] for r, (_, meta) in zip(raw, models)], axis=0)
-    return dict(zip(table.keys, scores.tolist()))
+    return list(table.keys), np.stack([r * meta["scale"][0] + meta["scale"][1] for r, (_, meta) in zip(raw, models)])

@@ -100,7 +100,7 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
     # what the training videos' features look like, for predict's unfamiliar-content flag
     write_reference(out / FAMILIARITY_FILE, table, sorted({k for s in splits for k in s.train}),
-                    {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()})
+                    {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()}, cfg.train.eval_batch_size)
     per_split, rows, histories = [], [], {}
     # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
     for si, split in enumerate(splits):

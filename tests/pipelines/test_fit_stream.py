@@ -80,6 +80,34 @@ def test_cached_videos_score_as_in_the_run(cache_dir, memory_run):
     want = {v: p for (s, v), p in predictions(run).items() if s == "split-01"}
     got = score_cached(one, cache_dir, keys=sorted(want), memory_gb=1e-4)
     assert got.keys() == want.keys() and all(abs(got[k] - want[k]) < 1e-5 for k in want)
+    # the same from the command line, as a CSV; an unknown video is named
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    out = one / "scores.csv"
+    args = ["cache", "score", str(cache_dir), "--run", str(one), "-o", str(out), "--memory-gb", "0.0001"]
+    res = CliRunner().invoke(app, [*args, *[a for k in sorted(want) for a in ("--video", k)]])
+    assert res.exit_code == 0, res.output
+    with open(out) as f:
+        rows = {r["video"]: r for r in csv.DictReader(f)}
+    assert rows.keys() == want.keys()
+    assert all(abs(float(r["score"]) - want[k]) < 1e-5 and r["score_min"] == r["score_max"] for k, r in rows.items())
+    res = CliRunner().invoke(app, [*args, "--video", "no-such-video"])
+    assert res.exit_code != 0 and "no-such-video" in res.output and "not in cache" in res.output
+
+
+def test_streamed_fit_writes_the_same_familiarity_reference(cache_dir, memory_run, tmp_path):
+    """predict's unfamiliar flag compares with the training videos' statistics: the streamed fit must store
+    the same ones as the in-memory fit (they are read in chunks through the streamed reader)."""
+    from diffvqa_cache.familiarity import FILE_NAME, FamiliarityReference
+
+    run_fit(cache_dir, tmp_path / "s", FitConfig().with_overrides({**FIT, **TINY_BUDGET, "train.epochs": 1}),
+            progress=False)
+    a, b = FamiliarityReference.load(memory_run / FILE_NAME), FamiliarityReference.load(tmp_path / "s" / FILE_NAME)
+    assert a.meta == b.meta
+    np.testing.assert_allclose(b.points, a.points, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(b.loo, a.loo, rtol=1e-4, atol=1e-5)
 
 
 def start_fit(out: Path, cache_dir: Path, sets: dict, resume: bool = False) -> subprocess.Popen:
