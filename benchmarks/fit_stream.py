@@ -128,7 +128,8 @@ def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> No
     ok = big["peak"] <= budget + small["peak"]
     m = big["metrics"]
     body = (f"Synthetic cache with LSVQ's split layout (train / test / test1080p = 72/19/9 %): {len(cache)} videos x "
-            f"{SHAPES}, {nbytes / 1e9:.1f} GB on disk in {len(cache.shard_files())} shards (written in {gen_s:.0f} s). "
+            f"{SHAPES}, {nbytes / 1e9:.1f} GB on disk in {len(cache.shard_files())} shards ("
+            f"{'reused from an earlier run' if gen_s != gen_s else f'written in {gen_s:.0f} s'}). "
             f"`fit --protocol lsvq --set memory_gb={args.memory_gb}` with TCAB off (`regressor.use_tcab=false`, so the "
             f"selection is the F_MS levels and F_Latent of both branches), {args.epochs} epochs, default torch threads. "
             f"The in-memory path would need {need / 1e9:.1f} GB (table + one shard while loading), "
@@ -249,6 +250,7 @@ def part_sweep(root: Path, cache_dir: Path, args) -> None:
 
     grid = root / "grid.yaml"
     grid.write_text(GRID)
+    shutil.rmtree(root / "sweep", ignore_errors=True)  # a sweep skips tasks done before: start afresh
     t0 = time.perf_counter()
     result = run_sweep(cache_dir, grid, root / "sweep", workers=2, progress=False,
                        overrides={"protocol": "random", "splits": 2, "memory_gb": args.memory_gb})
