@@ -76,7 +76,7 @@ def main() -> None:
                     fh.write(b.data)
         pw_s, _ = median_time(plain_write, args.repeats)
         pw_gb = sum(b.nbytes for b in blobs) / 1e9
-        del blobs
+        blobs.clear()
         shutil.rmtree(scratch)
         rows.append(["write", "write_shard (HDF5 + sha256 + record)", gb, write_s, gb / write_s, ""])
         rows.append(["write", "  of which sha256 of the files", gb, sha_s, gb / sha_s, ""])
