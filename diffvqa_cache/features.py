@@ -138,5 +138,7 @@ def _predicted_clean(sampler, eps: torch.Tensor, t, z: torch.Tensor) -> torch.Te
     converts its model output to it); None for the others (their step's pred_original_sample is used)."""
     if hasattr(sampler, "convert_model_output") and getattr(sampler.config, "algorithm_type", "") in (
             "dpmsolver++", "sde-dpmsolver++"):
+        if sampler.step_index is None:  # the chain's first step (a 1-step chain): what step() does first
+            sampler._init_step_index(t)
         return sampler.convert_model_output(eps, sample=z)
     return None

@@ -67,3 +67,11 @@ def test_chain_timesteps_where_f_ms_are_tapped():
     assert [chain_timesteps("ddim", schedule, n)[-1] for n in (1, 4, 50)] == [999, 249, 19]
     assert chain_timesteps("ddim", schedule, 4, "leading")[-1] == 1
     assert chain_timesteps("ddim", schedule, 2, strength=0.5) == [499, 249]
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpm", "euler"])
+def test_pred_x0_works_for_every_sampler_even_with_one_step(backbone, name):
+    """DPM-Solver's clean-latent prediction is taken before its first step(); a 1-step chain is such a step."""
+    for steps in (1, 2):
+        out = FeatureExtractor(backbone, steps=steps, grid=4, latent="pred_x0", sampler=name)(views(1), [1])
+        assert out.latent.shape == (1, 4, 16, 16) and torch.isfinite(out.latent.float()).all()
