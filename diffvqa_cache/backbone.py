@@ -5,6 +5,7 @@ Heavy imports (diffusers, transformers) happen inside functions so the fit side 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -158,6 +159,11 @@ def model_layout_problems(folder: Path) -> list[str]:
     return problems
 
 
+def looks_like_hub_id(model: str) -> bool:
+    """'owner/name' without a file suffix (a name that is no local folder is taken as a hub id)."""
+    return not Path(model).suffix and model.count("/") == 1
+
+
 def resolve_model_folder(model: str, revision: str | None) -> Path:
     """A local diffusers folder as is; a hub id downloaded (or found in the local HF cache)."""
     path = Path(model).expanduser()
@@ -166,9 +172,16 @@ def resolve_model_folder(model: str, revision: str | None) -> Path:
             raise UserInputError(f"{path} is not a diffusers Stable Diffusion folder (needs unet/ and vae/); "
                                  "pass a folder saved by StableDiffusionPipeline.save_pretrained or a hub id")
         return path
-    if path.suffix or model.count("/") != 1:
+    if not looks_like_hub_id(model):
         raise UserInputError(f"--model {model!r}: no such folder, and not a hub id like "
                              "'stabilityai/stable-diffusion-2-1-base'; use 'tiny' for the test model")
+    return _hub_snapshot(model, revision)
+
+
+@functools.lru_cache(maxsize=None)
+def _hub_snapshot(model: str, revision: str | None) -> Path:
+    """The hub id's files, fetched or found in the local HF cache; once per process (identify, loading and
+    the noise schedule all need the folder, and each snapshot_download asks the hub)."""
     from huggingface_hub import snapshot_download
 
     try:

@@ -68,6 +68,12 @@ def nonfinite_rows(a: np.ndarray) -> np.ndarray:
     return ~np.isfinite(flat).all(axis=1)
 
 
+def nonfinite_error(file, key: str, name: str) -> CacheError:
+    """The one-line error for a cached video whose dataset `name` holds a NaN or Inf."""
+    return CacheError(f"{file}: video {key!r} has NaN/Inf features ({name}); re-extract it (delete "
+                      f"{Path(file).name} and rerun extract) or drop it from the labels")
+
+
 # ---------------------------------------------------------------- one video's features
 @dataclass
 class VideoFeatures:
@@ -89,6 +95,11 @@ class VideoFeatures:
         if self.crop_origin is not None:
             out["D/crop_origin"] = self.crop_origin
         return out
+
+    def is_finite(self) -> bool:
+        """No NaN or Inf in any float array (pixels are uint8)."""
+        return not any(a.dtype.kind == "f" and nonfinite_rows(a).any()
+                       for v in self.branches.values() for a in v.parts())
 
     @classmethod
     def from_flat(cls, key: str, arrays: dict[str, np.ndarray]) -> "VideoFeatures":
@@ -166,6 +177,12 @@ class CacheDir:
         ok = (rec is not None and rec.get("planned") == planned and rec.get("fingerprint") == fingerprint
               and h5.is_file() and h5.stat().st_size == rec.get("bytes"))
         return ok and (not deep or file_sha256(h5) == rec.get("sha256"))
+
+    def needs_work(self, shard_id: int, planned: list[str], fingerprint: str, retry_failed: bool = False,
+                   deep: bool = False) -> bool:
+        """Shard to (re)extract: not complete, or complete with failed videos and `retry_failed`."""
+        return (not self.is_complete(shard_id, planned, fingerprint, deep)
+                or (retry_failed and bool(self.record(shard_id)["failed"])))
 
     def remove_leftovers(self) -> list[Path]:
         """Temporary files of killed runs (a run that starts on this cache calls it)."""
@@ -273,8 +290,7 @@ class ShardArrays:
                 bad = nonfinite_rows(a)
                 if bad.any():
                     k = self.keys[int(np.searchsorted(self.row_start, int(np.flatnonzero(bad)[0]), side="right")) - 1]
-                    raise CacheError(f"{self.file}: video {k!r} has NaN/Inf features ({name}); re-extract it (delete "
-                                     f"{Path(self.file).name} and rerun extract) or drop it from the labels")
+                    raise nonfinite_error(self.file, k, name)
 
 
 @dataclass(frozen=True)

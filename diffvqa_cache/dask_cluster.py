@@ -99,8 +99,12 @@ def job_kwargs(kind: str, spec: ClusterJobs, workdir: str, job_name: str = "diff
     if kind == "slurm":  # cores=procs gives each worker one thread; job_cpu books the job's cores
         gres = [f"--gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []
         return kw | dict(job_cpu=spec.cpus_per_job, job_extra_directives=[f"--chdir={q(workdir)}", *gres])
-    gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
-    return kw | dict(resource_spec=f"select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.mem.lower()}")
+    return kw | dict(resource_spec=pbs_select(spec.cpus_per_job, spec.gpus_per_job, spec.mem))
+
+
+def pbs_select(cpus: int, gpus: int, mem: str) -> str:
+    """PBS's resource request of one job on one node (`-l select=...`)."""
+    return f"select=1:ncpus={cpus}{f':ngpus={gpus}' if gpus else ''}:mem={mem.lower()}"
 
 
 def check_dask_args(workers: int | None, scheduler_address: str | None, cluster_jobs: ClusterJobs | None = None) -> None:

@@ -92,11 +92,6 @@ class VideoTable:
         self.keys, self.mos, self.splits, self.branches = keys, mos.astype(np.float32), splits, branches
         self.rows = np.arange(len(keys)) if rows is None else rows
 
-    @classmethod
-    def of_video(cls, key: str, tensors: dict[str, BranchFeatures]) -> "VideoTable":
-        """A one-video table (no label) from `video_tensors`' output."""
-        return cls([key], np.array([np.nan]), [""], map_branches(tensors, lambda t: t[None]))
-
     def __len__(self) -> int:
         return len(self.keys)
 
@@ -204,35 +199,32 @@ def table_labels(cache: FeatureCache) -> tuple[list[str], np.ndarray, list[str]]
             [cache.labels[k]["split"] for k in order])
 
 
+def _selected_rows(cache: FeatureCache, spec: LoadSpec) -> list[tuple[tuple, int, bool]]:
+    """(cached shape of one frame's part (K, C, H, W), bytes per value, pixels?) of each part `spec`
+    selects, over its branches."""
+    shapes, wanted = cache.part_shapes(), spec.parts()
+    out = []
+    for b in spec.branches:
+        s = shapes[b]
+        out += [(s.latent, 2, False)] if wanted.latent else []
+        out += [(level, 2, False) for level, want in zip(s.ms, wanted.ms) if want]
+        out += [(s.pixels, 1, True)] if wanted.pixels else []
+    return out
+
+
 def estimate_bytes(cache: FeatureCache, spec: LoadSpec) -> int:
     """Bytes `load_table` allocates for `spec`, from the cached shapes and the same pooling rule."""
     grid, frames = resolve_grid_and_frames(cache, spec)
-    shapes, wanted = cache.part_shapes(), spec.parts()
-    per_video = 0
-    for b in spec.branches:
-        s = shapes[b]
-        if wanted.latent:
-            k, c, h, w = s.latent
-            per_video += k * c * pooled_side(h, grid) * pooled_side(w, grid) * 2
-        for level, want in zip(s.ms, wanted.ms):
-            if want:
-                k, c, h, w = level
-                per_video += k * c * pooled_side(h, grid) * pooled_side(w, grid) * 2
-        if wanted.pixels:
-            per_video += s.pixels[0] * 3 * spec.pixel_size ** 2
+    per_video = sum(k * 3 * spec.pixel_size ** 2 if pixels  # resized to the load spec's pixel size
+                    else k * c * pooled_side(h, grid) * pooled_side(w, grid) * size
+                    for (k, c, h, w), size, pixels in _selected_rows(cache, spec))
     return per_video * frames * len(cache)
 
 
 def shard_read_bytes(cache: FeatureCache, spec: LoadSpec) -> int:
     """Bytes of the selected parts of the cache's largest shard, which `load_table` holds while it fills
     the table from that shard (its peak is the table plus this)."""
-    shapes, wanted = cache.part_shapes(), spec.parts()
-    per_row = 0
-    for b in spec.branches:
-        s = shapes[b]
-        sel = [s.latent if wanted.latent else None, s.pixels if wanted.pixels else None,
-               *(m if w else None for m, w in zip(s.ms, wanted.ms))]
-        per_row += sum(int(np.prod(x)) * (1 if x is s.pixels else 2) for x in sel if x is not None)
+    per_row = sum(int(np.prod(shape)) * size for shape, size, _ in _selected_rows(cache, spec))
     rows = max((sum(s["n_frames"]) for s in cache.manifest["shards"]), default=0)
     return per_row * rows
 

@@ -351,9 +351,11 @@ def check_model(ctx: Context) -> Finding | None:
         return None
     if ctx.model == "tiny":
         return Finding("ok", "tiny: the seeded test model (proves the plumbing, not quality)")
+    from .backbone import SD_LAYOUT, looks_like_hub_id, model_layout_problems
+
     folder = Path(ctx.model).expanduser()
     if not folder.is_dir():
-        if folder.suffix or ctx.model.count("/") != 1:
+        if not looks_like_hub_id(ctx.model):
             return Finding("missing", f"{ctx.model}: no such folder, and not a hub id like "
                                       "stabilityai/stable-diffusion-2-1-base", "pass a diffusers SD folder")
         try:
@@ -363,8 +365,6 @@ def check_model(ctx: Context) -> Finding | None:
         except Exception:
             return Finding("info", f"{ctx.model}: hub id, not in the local Hugging Face cache; extract downloads it",
                            f"on offline compute nodes: hf download {ctx.model} on a login node, or pass a local folder")
-    from .backbone import SD_LAYOUT, model_layout_problems
-
     problems = model_layout_problems(folder)
     if problems:
         return Finding("missing", f"{folder}: {'; '.join(problems)}",

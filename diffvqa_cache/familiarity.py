@@ -159,17 +159,16 @@ def describe_videos(table, rows: np.ndarray, chunk: int = 16) -> tuple[np.ndarra
     blocks), read `chunk` videos at a time through `table.batch` (every crop of a frame), so a cache larger
     than memory is described within about one evaluation batch's memory, and a table on a GPU is read
     back in pieces."""
-    stats, blocks = [], []
+    stats = []
     n_crops = table.n_crops
     for s in range(0, len(rows), chunk):
         idx = np.asarray(rows[s:s + chunk], dtype=np.int64)
         per_crop = [table.batch(idx, c, "cpu") for c in range(max(n_crops.values()))]
-        branches = {b: BranchFeatures.stack([pc[b] for pc in per_crop[:n_crops[b]]],
+        branches = {b: BranchFeatures.stack([pc[b] for pc in per_crop[:n_crops[b]]],  # one crop: a view, no copy
                                             lambda xs: xs[0].unsqueeze(2) if len(xs) == 1 else torch.stack(xs, 2))
                     for b in n_crops}
         stats.append(describe(branches))
-        blocks = block_sizes(branches)
-    return np.concatenate(stats), blocks
+    return np.concatenate(stats), block_sizes(branches)
 
 
 def write_reference(path: Path, table, keys: list[str], meta: dict, chunk: int = 16) -> bool:

@@ -30,12 +30,12 @@ import torch
 from .branches import BranchFeatures
 from .data import LoadSpec, VideoTable, pick_frames, video_tensors
 from .datasets import VideoRecord, safe_key
-from .devices import autocast, resolve_device
+from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, FamiliarityReference, describe
 from .fitting import RunConfig, load_run_models
 from .progress import bar, err
-from .training import TrainConfig
+from .training import TrainConfig, model_outputs
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
 
@@ -157,22 +157,6 @@ def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
     return [Path(os.path.abspath(p)) for p in out]  # absolute, links kept as named
 
 
-@torch.no_grad()
-def frame_outputs(model: torch.nn.Module, table: VideoTable, device: torch.device,
-                  precision: str = "fp32") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Raw scores (N,), frame qualities and frame weights (N, T) of a table's videos in one batch,
-    averaged over the crops as evaluation does (`training.predict_raw`)."""
-    model.eval()
-    n_crops = max(table.n_crops.values())
-    total = None
-    for c in range(n_crops):
-        with autocast(device, precision):
-            out = model(table.batch(np.arange(len(table)), c, device))
-        got = [out[k].float().cpu().numpy() for k in ("score", "frame_quality", "frame_weight")]
-        total = got if total is None else [a + b for a, b in zip(total, got)]
-    return tuple(a.astype(np.float64) / n_crops for a in total)
-
-
 def combine_models(outputs: list[tuple[float, np.ndarray, np.ndarray]], scales: list[tuple[float, float]]):
     """Per-model (raw score, frame quality, frame weight) -> (MOS-scale scores per model, frame weights,
     frame qualities) of the ensemble, with score mean = sum(weight x quality)."""
@@ -275,7 +259,7 @@ class Scorer:
                     if on_result is not None:
                         on_result(result)
 
-            stream = decode_ahead(pool, records, self.config, self.decoders or None)
+            stream = decode_ahead(pool, records, self.config, self.decoders)
             pending = None
             for start in range(0, len(records), self.group_size):
                 recs = records[start:start + self.group_size]
@@ -337,7 +321,7 @@ class Scorer:
 
     def _tensors(self, feats) -> dict:
         """One video's features as the run's models read them."""
-        if not all(np.isfinite(a).all() for b in feats.branches.values() for a in b.parts()):
+        if not feats.is_finite():
             raise CacheError("NaN/Inf in its features; try the run's settings with --dtype fp32")
         return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"])
 
@@ -347,7 +331,9 @@ class Scorer:
             return
         table = VideoTable([d.key for d in decoded], np.full(len(decoded), np.nan), [""] * len(decoded),
                            {b: BranchFeatures.stack([t[b] for t in tensors], torch.stack) for b in tensors[0]})
-        per_model = [frame_outputs(m, table, self.device, self.precision) for m, _ in self.models]
+        out = model_outputs([m for m, _ in self.models], table, self.device, len(table), self.precision,
+                            ("score", "frame_quality", "frame_weight"))
+        per_model = list(zip(out["score"], out["frame_quality"], out["frame_weight"]))
         scales = [tuple(meta["scale"]) for _, meta in self.models]
         novelty = (self.reference.novelty(describe(table.branches), self.unfamiliar_percentile)
                    if self.reference is not None else [None] * len(decoded))

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .branches import N_LEVELS, BranchFeatures
-from .cache import FeatureCache, PartLayout, ShardLayout, branch_from, nonfinite_rows, part_names, shard_layout
+from .cache import (FeatureCache, PartLayout, ShardLayout, branch_from, nonfinite_error, nonfinite_rows, part_names,
+                    shard_layout)
 from .data import LoadSpec, pick_frames, resize_pixels, resolve_grid_and_frames, table_labels, to_device
 from .errors import CacheError
 from .pooling import pool_to_grid, pooled_side
@@ -230,8 +231,7 @@ class StreamedTable:
             return
         for name, a in arrays.items():
             if a.dtype.kind == "f" and nonfinite_rows(a).any():
-                raise CacheError(f"{file}: video {key!r} has NaN/Inf features ({name}); re-extract it (delete "
-                                 f"{os.path.basename(file)} and rerun extract) or drop it from the labels")
+                raise nonfinite_error(file, key, name)
         self._src.checked.add(key)
 
 

@@ -54,24 +54,35 @@ def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, dev
     return predict_raw_many([model], table, cfg, device)[0]
 
 
-@torch.no_grad()
 def predict_raw_many(models: list[torch.nn.Module], table: VideoTable, cfg: TrainConfig,
                      device: torch.device) -> np.ndarray:
     """(models, videos) raw outputs, averaged over the crops, from one pass over the table's batches."""
+    return model_outputs(models, table, device, cfg.eval_batch_size, cfg.precision(device))["score"]
+
+
+@torch.no_grad()
+def model_outputs(models: list[torch.nn.Module], table: VideoTable, device: torch.device, batch_size: int,
+                  precision: str, keys: tuple[str, ...] = ("score",)) -> dict[str, np.ndarray]:
+    """{key: (models, videos, ...) float64}: the models' outputs `keys` averaged over the crops, from one
+    pass over the table's batches (every model reads each batch)."""
     for model in models:
         model.eval()
     n_crops = max(table.n_crops.values())
-    out = np.zeros((len(models), len(table)), dtype=np.float64)
-    plan = [(np.arange(s, min(s + cfg.eval_batch_size, len(table))), c)
-            for s in range(0, len(table), cfg.eval_batch_size) for c in range(n_crops)]
-    acc = [None] * len(models)
+    plan = [(np.arange(s, min(s + batch_size, len(table))), c)
+            for s in range(0, len(table), batch_size) for c in range(n_crops)]
+    out: dict[str, np.ndarray] = {}
+    acc: dict = {}
     for (idx, c), batch in zip(plan, table.batches(plan, device)):
         for j, model in enumerate(models):
-            with autocast(device, cfg.precision(device)):
-                score = model(batch)["score"].float().cpu().numpy()
-            acc[j] = score if c == 0 else acc[j] + score
-            if c == n_crops - 1:
-                out[j, idx] = acc[j] / n_crops
+            with autocast(device, precision):
+                res = model(batch)
+            for key in keys:
+                value = res[key].float().cpu().numpy()
+                acc[j, key] = value if c == 0 else acc[j, key] + value
+                if c == n_crops - 1:
+                    if key not in out:
+                        out[key] = np.zeros((len(models), len(table), *value.shape[1:]), dtype=np.float64)
+                    out[key][j, idx] = acc[j, key].astype(np.float64) / n_crops
     return out
 
 

@@ -20,10 +20,10 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffvqa_cache.dask_cluster import ClusterJobs, activation_lines, job_kwargs, jobqueue_cluster_class
+from diffvqa_cache.dask_cluster import (KINDS, SUBMIT, ClusterJobs, activation_lines, job_kwargs,
+                                        jobqueue_cluster_class, pbs_select)
 from diffvqa_cache.errors import UserInputError
 
-KINDS = ("slurm", "pbs")
 MODES = ("array", "dask")
 
 
@@ -90,9 +90,8 @@ def _directives(spec: JobSpec, name: str, array: bool) -> list[str]:
         head += [f"#SBATCH --gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []
         head += [f"#SBATCH --partition={spec.queue}"] if spec.queue else []
         return head + ([f"#SBATCH --account={spec.account}"] if spec.account else [])
-    gpu = f":ngpus={spec.gpus_per_job}" if spec.gpus_per_job else ""
     head = [f"#PBS -N {name}", *([f"#PBS -J 0-{spec.jobs - 1}"] if array else []),
-            f"#PBS -l select=1:ncpus={spec.cpus_per_job}{gpu}:mem={spec.memory.lower()}",
+            f"#PBS -l {pbs_select(spec.cpus_per_job, spec.gpus_per_job, spec.memory)}",
             f"#PBS -l walltime={spec.walltime}", "#PBS -j oe", f"#PBS -o {q(spec.log_dir + os.sep)}"]
     head += [f"#PBS -q {spec.queue}"] if spec.queue else []
     return head + ([f"#PBS -A {spec.account}"] if spec.account else [])
@@ -147,7 +146,7 @@ def write_scripts(spec: JobSpec, path: Path) -> list[Path]:
 
 def submit_line(spec: JobSpec, script: Path) -> str:
     """The shell line that submits `script` (an array: with its finishing job after it)."""
-    sub = "sbatch" if spec.kind == "slurm" else "qsub"
+    sub = SUBMIT[spec.kind]
     if spec.mode == "dask":
         return f"{sub} {script}"
     if spec.kind == "slurm":
@@ -158,17 +157,17 @@ def submit_line(spec: JobSpec, script: Path) -> str:
 def render_dask(spec: JobSpec) -> str:
     """A dask worker job (an array of `jobs` of them): the jobs `extract/sweep --cluster` submit, for a
     scheduler started by hand."""
-    procs = spec.gpus_per_job or spec.cpus_per_job
     worker_jobs = ClusterJobs(cluster=spec.kind, jobs=spec.jobs, cpus_per_job=spec.cpus_per_job,
                               gpus_per_job=spec.gpus_per_job, mem=spec.memory, walltime=spec.walltime,
                               queue=spec.queue, account=spec.account, setup=spec.setup_lines(), logs=spec.log_dir)
     kw = job_kwargs(spec.kind, worker_jobs, spec.workdir, f"{spec.job_name}-dask") | dict(
         scheduler=spec.scheduler_address, python="python")
+    procs, submit = kw["processes"], SUBMIT[spec.kind]
     if spec.kind == "slurm":
-        var, submit = "SLURM_ARRAY_TASK_ID", "sbatch"
+        var = "SLURM_ARRAY_TASK_ID"
         kw["job_extra_directives"] = [f"--array=0-{spec.jobs - 1}", *kw["job_extra_directives"]]
     else:
-        var, submit = "PBS_ARRAY_INDEX", "qsub"
+        var = "PBS_ARRAY_INDEX"
         kw["job_extra_directives"] = [f"-J 0-{spec.jobs - 1}"]
     job = jobqueue_cluster_class(spec.kind).job_cls(name=f"{spec.job_name}-${{{var}}}", **kw)
     script = job.job_script()

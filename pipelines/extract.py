@@ -14,7 +14,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from diffvqa_cache.cache import CacheDir, plan_shards, write_labels, write_shard
@@ -104,7 +103,7 @@ def extract_shard(records: list, shard_id: int, config: CacheConfig, cache_dir: 
                         on_failed()
 
         feats = encoder.encode_stream(videos(), on_video)
-    for bad in [v for v in feats if not all(np.isfinite(a).all() for b in v.branches.values() for a in b.parts())]:
+    for bad in [v for v in feats if not v.is_finite()]:
         feats.remove(bad)
         failed.append({"video": bad.key, "reason": f"{bad.key}: NaN/Inf in its features (try --dtype fp32)"})
         err.print(f"[red]failed[/] {failed[-1]['reason']}")
@@ -153,8 +152,7 @@ def run_extract(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: int 
     cdir.remove_leftovers()
     plan = plan_shards([r.key for r in dataset.records], cfg.shard_size)
     mine = [i for i in range(len(plan)) if i % num_parts == part]
-    todo = [i for i in mine if not cdir.is_complete(i, plan[i], config.fingerprint, deep=verify)
-            or (retry_failed and cdir.record(i)["failed"])]
+    todo = [i for i in mine if cdir.needs_work(i, plan[i], config.fingerprint, retry_failed, deep=verify)]
     result = ExtractResult(cache_dir, config.fingerprint, 0, len(mine) - len(todo), 0, 0)
     claimed = [i for i in todo if cdir.claim(i)]  # another process may be extracting some of them right now
     if len(claimed) < len(todo):

@@ -103,6 +103,7 @@ def _dataset(name: str, root: str, limit: int | None):
 
 
 def _adapt(cfg: ReproduceConfig, datasets: dict, folder: Path, progress: bool) -> Path:
+    from diffvqa_cache.adaptation import list_checkpoints
     from pipelines.adapt import run_adapt
 
     if (folder / "adapt_config.json").is_file():
@@ -113,7 +114,7 @@ def _adapt(cfg: ReproduceConfig, datasets: dict, folder: Path, progress: bool) -
               f"{'-train' if name == 'lsvq' else ' (no LSVQ given; label-free, all videos)'}")
     adapt = cfg.adapt.replace(model=cfg.extract.model, revision=cfg.extract.revision,
                               split="train" if name == "lsvq" else "all")
-    run_adapt(datasets[name], adapt, folder, resume=bool(list((folder / "checkpoints").glob("step-*"))),
+    run_adapt(datasets[name], adapt, folder, resume=bool(list_checkpoints(folder)),
               progress=progress)
     return folder
 

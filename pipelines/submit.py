@@ -32,8 +32,7 @@ def missing_parts(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: in
     cdir = CacheDir(cache_dir)
     plan = plan_shards([r.key for r in dataset.records], cfg.shard_size)
     return sorted({i % num_parts for i, keys in enumerate(plan)
-                   if not cdir.is_complete(i, keys, config.fingerprint)
-                   or (retry_failed and cdir.record(i)["failed"])})
+                   if cdir.needs_work(i, keys, config.fingerprint, retry_failed)})
 
 
 def sbatch(*args: str) -> str:
