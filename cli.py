@@ -355,10 +355,11 @@ def fit(
     config: Annotated[Optional[Path], typer.Option(help="YAML of fit settings (regressor:, train:, top-level).")] = None,
     test_cache: Annotated[Optional[list[Path]], typer.Option(help="A further test set (repeatable): cross-dataset "
                                                                   "tests, or beside LSVQ's own test sets.")] = None,
-    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's models (e.g. an LSVQ run).")] = None,
+    init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's models (e.g. an LSVQ run), "
+                                                     "with the fine-tuning settings (--set finetune.lr=... etc.).")] = None,
     protocol: Annotated[Optional[str], typer.Option(help="auto, random, lsvq or cross.")] = None,
     splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of 80/20 splits (default 10).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per split.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per split (with --init: finetune.epochs).")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seeds splits, initialisation and batches.")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ...")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
@@ -370,7 +371,8 @@ def fit(
     from pipelines.fit import format_summary, run_fit
 
     overrides = _parse_sets(set_)
-    for name, value in (("protocol", protocol), ("splits", splits), ("train.epochs", epochs), ("seed", seed),
+    for name, value in (("protocol", protocol), ("splits", splits),
+                        ("finetune.epochs" if init else "train.epochs", epochs), ("seed", seed),
                         ("train.device", device)):
         if value is not None:
             overrides[name] = value
@@ -524,19 +526,21 @@ def reproduce(
     adapt_steps: Annotated[int, typer.Option(help="Adaptation steps on LSVQ-train.")] = AdaptConfig.max_steps,
     adapt_limit: Annotated[Optional[int], typer.Option(help="Adapt on a seeded subset of N videos.")] = None,
     splits: Annotated[int, typer.Option(help="Random splits of each fine-tuning.")] = 10,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of every fit.")] = None,
+    epochs: Annotated[Optional[int], typer.Option(help="Training epochs of every fit (train.epochs and "
+                                                       "finetune.epochs).")] = None,
     limit: LimitOpt = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a fit setting of every fit.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a fit setting of every fit (the "
+                                                                    "fine-tuning ones: finetune.lr=...).")] = None,
     workers: WorkersOpt = None,
     dask_scheduler: DaskSchedulerOpt = None,
 ) -> None:
-    """The paper's table in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
+    """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
     from diffvqa_cache.dask_cluster import dask_client
     from diffvqa_cache.devices import resolve_device
     from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
-    fit = _parse_sets(set_) | ({"train.epochs": epochs} if epochs is not None else {})
+    fit = _parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
     rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
                            adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
     with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:

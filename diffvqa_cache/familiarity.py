@@ -13,8 +13,14 @@ A video's distance is its mean Euclidean distance to its k nearest training vide
 share of training videos whose own leave-one-out distance (to their k nearest *other* training videos) is
 smaller. A video is `unfamiliar` when its distance exceeds the training distances' `percentile`-th
 percentile (default 99: about 1 in 100 videos like the training ones is flagged). The flag says that the
-score extrapolates beyond the training content, not that the video is bad. Stored in the run as
-`familiarity.safetensors` (arrays plus JSON metadata; no pickle).
+score extrapolates beyond the training content, not that the video is bad.
+
+A run holds one reference per split model, built from that model's own training videos (`RunReference`),
+so a video held out from a split's training is compared with what that model saw, never with itself. A
+video's novelty is the median over the models of its distance and percentile; it is `unfamiliar` when at
+least half of the models flag it. Stored in the run as `familiarity.safetensors` (arrays plus JSON
+metadata; no pickle). A file of format 1 (earlier versions: one reference pooling the training videos of every
+split, i.e. nearly every video of the cache) still loads, as one reference for all models.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from .branches import BranchFeatures
 from .errors import CacheError
 from .files import atomic_path
 
-FORMAT = "diffvqa-familiarity-1"
+FORMAT = "diffvqa-familiarity-1"  # one reference (FamiliarityReference.save)
+RUN_FORMAT = "diffvqa-familiarity-2"  # one reference per split model (RunReference.save)
 FILE_NAME = "familiarity.safetensors"
 DEFAULT_PERCENTILE = 99.0
 DIMS = 256  # projected width of the statistics
@@ -171,13 +178,65 @@ def describe_videos(table, rows: np.ndarray, chunk: int = 16) -> tuple[np.ndarra
     return np.concatenate(stats), block_sizes(branches)
 
 
-def write_reference(path: Path, table, keys: list[str], meta: dict, chunk: int = 16) -> bool:
-    """Describe the videos `keys` of a `data.VideoTable` or `stream.StreamedTable` and save their reference
-    at `path`; with fewer than 3 videos there is nothing to compare with, and nothing is written (False)."""
-    if len(keys) < 3:
+@dataclass
+class RunReference:
+    """A run's references, one per split model (named like the model), each of its own training videos."""
+
+    references: dict[str, FamiliarityReference]
+    meta: dict  # fingerprint, load_spec, ...
+
+    def novelty(self, stats: np.ndarray, percentile: float = DEFAULT_PERCENTILE) -> list[Novelty]:
+        """Per video: the median over the models of the distance and percentile; unfamiliar when at least
+        half of the models flag it."""
+        per_model = [ref.novelty(stats, percentile) for ref in self.references.values()]
+        return [Novelty(float(np.median([n.distance for n in ns])), float(np.median([n.percentile for n in ns])),
+                        2 * sum(n.unfamiliar for n in ns) >= len(ns)) for ns in zip(*per_model)]
+
+    def save(self, path: Path) -> None:
+        from safetensors.numpy import save_file
+
+        arrays = {f"{name}.{a}": np.ascontiguousarray(getattr(ref, a), dtype=np.float32)
+                  for name, ref in self.references.items() for a in ("mean", "scale", "points", "loo")}
+        models = {name: {"k": ref.k, **ref.meta} for name, ref in self.references.items()}
+        with atomic_path(path) as tmp:
+            save_file(arrays, str(tmp), metadata={"diffvqa": json.dumps(
+                {"format": RUN_FORMAT, "models": models, **self.meta}, sort_keys=True)})
+
+    @classmethod
+    def load(cls, path: Path) -> "RunReference":
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="numpy") as f:
+                meta = json.loads((f.metadata() or {}).get("diffvqa", "{}"))
+                arrays = {name: f.get_tensor(name).astype(np.float64) for name in f.keys()}
+        except Exception as exc:
+            raise CacheError(f"{path}: not a readable familiarity reference ({exc}); refit the run") from None
+        if meta.get("format") == FORMAT:  # earlier versions: one reference pooling every split's training videos
+            ref = FamiliarityReference.load(path)
+            return cls({"all": ref}, {**ref.meta, "pooled": True})
+        if meta.pop("format", None) != RUN_FORMAT:
+            raise CacheError(f"{path}: not a {RUN_FORMAT} file; refit the run with this version")
+        refs = {}
+        for name, m in meta.pop("models").items():
+            refs[name] = FamiliarityReference(k=int(m.pop("k")), meta=m, **{
+                a: arrays[f"{name}.{a}"] for a in ("mean", "scale", "points", "loo")})
+        return cls(refs, meta)
+
+
+def write_reference(path: Path, table, keys_by_model: dict[str, list[str]], meta: dict, chunk: int = 16) -> bool:
+    """Describe the training videos of each split model (`keys_by_model`: model name -> keys) of a
+    `data.VideoTable` or `stream.StreamedTable`, each video once, and save one reference per model at
+    `path`; a model with fewer than 3 training videos gets none, and with none at all nothing is written
+    (False)."""
+    keys_by_model = {name: keys for name, keys in keys_by_model.items() if len(keys) >= 3}
+    if not keys_by_model:
         Path(path).unlink(missing_ok=True)  # never leave an earlier run's reference behind
         return False
     row_of = {k: i for i, k in enumerate(table.keys)}
-    stats, blocks = describe_videos(table, np.array([row_of[k] for k in keys], dtype=np.int64), chunk)
-    FamiliarityReference.fit(stats, blocks, {**meta, "n_videos": len(keys)}).save(path)
+    union = sorted({k for keys in keys_by_model.values() for k in keys})
+    stats, blocks = describe_videos(table, np.array([row_of[k] for k in union], dtype=np.int64), chunk)
+    at = {k: i for i, k in enumerate(union)}
+    RunReference({name: FamiliarityReference.fit(stats[[at[k] for k in keys]], blocks, {"n_videos": len(keys)})
+                  for name, keys in keys_by_model.items()}, meta).save(path)
     return True

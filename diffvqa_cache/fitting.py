@@ -21,7 +21,24 @@ from .protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
 from .regressor import DiffVQARegressor, RegressorConfig
 from .training import TrainConfig, check_finite, predict_raw, predict_raw_many, train
 
-SECTIONS = ("regressor", "train")
+SECTIONS = ("regressor", "train", "finetune")
+BARE_SECTIONS = ("regressor", "train")  # where a bare --set name is looked up (finetune.* is always spelled out)
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """The training settings that differ when a fit starts from an earlier run's models (`fit --init`):
+    a lower learning rate, fewer epochs and no warm-up, so that fine-tuning adjusts the pre-trained
+    regressor rather than washing it out. Every other training setting is `train`'s."""
+
+    lr: float = 1e-4
+    epochs: int = 10
+    warmup_epochs: float = 0.0
+
+    def __post_init__(self):
+        if not self.lr > 0 or self.epochs < 1 or self.warmup_epochs < 0:
+            raise UserInputError(f"finetune needs lr > 0, epochs >= 1 and warmup_epochs >= 0, got {self.lr}, "
+                                 f"{self.epochs}, {self.warmup_epochs}")
 
 
 @dataclass
@@ -30,6 +47,7 @@ class FitConfig(Config):
 
     regressor: RegressorConfig = field(default_factory=RegressorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # replaces train's lr/epochs/warm-up with --init
     protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with test caches, else random
     cross_train: str = "train"  # cross: train on the official train part of a cache that has one ("all": every video)
     splits: int = 10  # random protocol: number of repeated splits
@@ -70,8 +88,16 @@ class FitConfig(Config):
                         use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size or cached_pixel_size,
                         num_frames=self.num_frames)
 
+    def training(self, fine_tuning: bool) -> TrainConfig:
+        """The training settings a fit uses: `train`, with `finetune`'s lr, epochs and warm-up when it
+        starts from an earlier run's models."""
+        if not fine_tuning:
+            return self.train
+        return self.train.replace(**self.finetune.to_dict())
+
     def with_overrides(self, overrides: dict) -> "FitConfig":
-        """Apply {'train.epochs': 5, 'use_tcab': False, ...}; a bare name must match one field."""
+        """Apply {'train.epochs': 5, 'use_tcab': False, ...}; a bare name must match one field of
+        regressor or train (fine-tuning settings are spelled `finetune.lr` etc.)."""
         d = self.to_dict()
         for key, value in overrides.items():
             if "." in key:
@@ -82,9 +108,10 @@ class FitConfig(Config):
             elif key in d and key not in SECTIONS:
                 d[key] = value
             else:
-                hits = [s for s in SECTIONS if key in d[s]]
+                hits = [s for s in BARE_SECTIONS if key in d[s]]
                 if len(hits) != 1:
-                    raise UserInputError(f"unknown setting {key!r}; use regressor.<name>, train.<name> or a top-level name")
+                    raise UserInputError(f"unknown setting {key!r}; use regressor.<name>, train.<name>, "
+                                         "finetune.<name> or a top-level name")
                 d[hits[0]][key] = value
         return FitConfig.from_dict(d)
 
@@ -160,6 +187,7 @@ class RunConfig(Config):
     feature_spec: dict
     test_cache_paths: list[str] = field(default_factory=list)
     init: str | None = None
+    training: TrainConfig | None = None  # the training settings used: fit.train, or with fit.finetune's under init
     data: dict = field(default_factory=dict)  # the data path used: path, budget_gb, need_gb, device
     decoders: dict = field(default_factory=dict)  # {codec: decoder} of the training cache; predict decodes alike
     package_version: str = __version__

@@ -23,6 +23,15 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from .errors import UserInputError
 
 METRIC_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse")
+# What each key means (written into a run's metrics.json), and its short label in summaries and tables.
+METRIC_LABELS = {
+    "srcc": "Spearman rank correlation of the raw predictions",
+    "krcc": "Kendall rank correlation (tau-b) of the raw predictions",
+    "plcc": "Pearson correlation after the 4-parameter logistic fit (as in the DiffVQA paper's tables)",
+    "plcc_raw": "Pearson correlation of the raw predictions (as DOVER, FAST-VQA and Q-Align report)",
+    "rmse": "root mean square error after the 4-parameter logistic fit, in MOS units",
+}
+SHORT_LABELS = {"srcc": "SRCC", "krcc": "KRCC", "plcc": "PLCC(logistic)", "plcc_raw": "PLCC(raw)", "rmse": "RMSE"}
 
 _MAX_LISTED = 10  # how many bad positions / ids an error message names
 

@@ -32,7 +32,7 @@ from .data import LoadSpec, VideoTable, pick_frames, video_tensors
 from .datasets import VideoRecord, safe_key
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
-from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, FamiliarityReference, describe
+from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, RunReference, describe
 from .fitting import RunConfig, load_run_models
 from .progress import bar, err
 from .training import TrainConfig, model_outputs
@@ -212,13 +212,13 @@ class Scorer:
         self.progress = progress
         self.encoder = ViewEncoder(self.config, self.device)
 
-    def _reference(self, fingerprint: str) -> FamiliarityReference | None:
+    def _reference(self, fingerprint: str) -> RunReference | None:
         path = self.run / FAMILIARITY_FILE
         if not path.is_file():
             err.print(f"[yellow]{self.run} has no {FAMILIARITY_FILE} (fitted by an earlier version or on fewer "
                       "than 3 videos): no unfamiliar-content check; refit the run to get one[/]")
             return None
-        ref = FamiliarityReference.load(path)
+        ref = RunReference.load(path)
         if ref.meta.get("fingerprint") != fingerprint or ref.meta.get("load_spec") != self.load_spec.to_dict():
             raise CacheError(f"{path} describes other features than the run's models; refit the run")
         return ref

@@ -24,7 +24,7 @@ from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.familiarity import FILE_NAME as FAMILIARITY_FILE, write_reference
 from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic
 from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models
-from diffvqa_cache.metrics import METRIC_KEYS, summarize
+from diffvqa_cache.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.protocols import Split, plan_splits, test_set_names
 from diffvqa_cache.stream import StreamedTable
@@ -79,6 +79,7 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
     cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
     table, test_tables, spec = inputs.table, inputs.test_tables, cfg.load_spec(inputs.cache.config.pixel_size)
     init_models = load_run_models(init, cache.fingerprint, "cpu") if init else None
+    used = cfg.replace(train=cfg.training(fine_tuning=init is not None))  # fine-tuning: its own lr, epochs, warm-up
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
     remove_leftovers(out)
@@ -89,8 +90,8 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
                    "mos_range": list(cache.config.mos_range)}
     run_cfg = RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path),
                         feature_spec=feature_spec, test_cache_paths=[str(c.path) for c in inputs.test_caches],
-                        init=str(init) if init else None, data=inputs.data, decoders=cache.decoders(),
-                        fingerprint=cache.fingerprint)
+                        init=str(init) if init else None, training=used.train, data=inputs.data,
+                        decoders=cache.decoders(), fingerprint=cache.fingerprint)
     states = out / "state"
     if resume:
         check_resumable(out, run_cfg)
@@ -98,8 +99,8 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
         shutil.rmtree(states, ignore_errors=True)
     run_cfg.save(out / "config.json")
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
-    # what the training videos' features look like, for predict's unfamiliar-content flag
-    write_reference(out / FAMILIARITY_FILE, table, sorted({k for s in splits for k in s.train}),
+    # what each split model's training videos look like, for predict's unfamiliar-content flag
+    write_reference(out / FAMILIARITY_FILE, table, {s.name: s.train for s in splits},
                     {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()}, cfg.train.eval_batch_size)
     per_split, rows, histories = [], [], {}
     # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
@@ -112,15 +113,15 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
             histories[split.name] = finished["history"]
             continue
         init_state = init_models[min(si, len(init_models) - 1)][0].state_dict() if init_models else None
-        with bar(f"{split.name} ({si + 1}/{len(splits)})", cfg.train.epochs, progress) as pb:
-            fitted = fit_split(table, split, cfg, cfg.seed + si, test_tables, init_state, device,
+        with bar(f"{split.name} ({si + 1}/{len(splits)})", used.train.epochs, progress) as pb:
+            fitted = fit_split(table, split, used, cfg.seed + si, test_tables, init_state, device,
                                on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
                                    f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")),
                                state_dir=states / split.name)
         if fitted.result.resumed_after is not None and progress:
             err.print(f"{split.name}: continued after saved epoch {fitted.result.resumed_after}")
         histories[split.name] = fitted.result.history
-        meta = {**meta_common, "split": split.name, "seed": cfg.seed + si, "train": cfg.train.to_dict(),
+        meta = {**meta_common, "split": split.name, "seed": cfg.seed + si, "train": used.train.to_dict(),
                 "scale": list(fitted.result.scale), "best_epoch": fitted.result.best_epoch,
                 "history": fitted.result.history, "test_metrics": {t: fitted.entry[t] for t in split.test},
                 "resumed_after": fitted.result.resumed_after}
@@ -132,8 +133,8 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
     # 4. summary, predictions, plots
     test_names = list(splits[0].test)
     summary = {t: summarize([s[t] for s in per_split]) for t in test_names}
-    result = {"protocol": protocol, "fingerprint": cache.fingerprint, "splits": per_split, "summary": summary,
-              "seconds": time.perf_counter() - t_start}
+    result = {"protocol": protocol, "fingerprint": cache.fingerprint, "metrics": METRIC_LABELS, "splits": per_split,
+              "summary": summary, "seconds": time.perf_counter() - t_start}
     write_json_atomic(out / "metrics.json", result)
     write_csv_atomic(out / "predictions.csv", ["video", "mos", "pred", "split", "test_set"], rows)
     from diffvqa_cache.plots import learning_curves, scatter
@@ -169,8 +170,9 @@ def check_resumable(out: Path, new: RunConfig) -> None:
 def format_summary(result: dict, out: Path) -> str:
     lines = [f"protocol {result['protocol']}, {len(result['splits'])} split(s), {result['seconds']:.1f} s; run: {out}"]
     for test, s in result["summary"].items():
-        lines.append(f"  {test:10s} " + "  ".join(f"{k.upper()} {s[k]['median']:.4f}" for k in METRIC_KEYS)
+        lines.append(f"  {test:10s} " + "  ".join(f"{SHORT_LABELS[k]} {s[k]['median']:.4f}" for k in METRIC_KEYS)
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
+    lines.append("  PLCC(logistic): Pearson after the 4-parameter logistic fit (the paper's); PLCC(raw): plain Pearson")
     lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
                  f"{FAMILIARITY_FILE}")
     return "\n".join(lines)

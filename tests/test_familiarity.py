@@ -45,7 +45,36 @@ def test_describe_pools_each_channel_and_fewer_than_three_videos_write_nothing(t
         keys = ["a", "b"]
 
     Table.branches = branches
-    assert not write_reference(tmp_path / "old.safetensors", Table, ["a", "b"], {})
+    assert not write_reference(tmp_path / "old.safetensors", Table, {"split-00": ["a", "b"]}, {})
     assert not (tmp_path / "old.safetensors").exists()
     with pytest.raises(CacheError, match="at least 3"):
         FamiliarityReference.fit(stats, [8, 6], {})
+
+
+def test_run_reference_combines_its_models_and_reads_the_pooled_format_1(tmp_path):
+    """One reference per split model: a video in one model's training set but far from the other's is
+    flagged only when at least half of the models flag it; novelty is the median over the models. A pooled
+    reference written before (format 1) still loads, as one reference for every model."""
+    from diffvqa_cache.familiarity import RunReference
+
+    rng = np.random.default_rng(1)
+    a, b = _stats(100, 20, rng), _stats(100, 20, rng, shift=4.0)
+    refs = {"split-00": FamiliarityReference.fit(a, [20], {"n_videos": 100}),
+            "split-01": FamiliarityReference.fit(b, [20], {"n_videos": 100})}
+    run = RunReference(refs, {"fingerprint": "f"})
+    near_a, far = _stats(1, 20, rng), _stats(1, 20, rng, shift=-8.0)
+    per = [r.novelty(near_a)[0] for r in refs.values()]
+    got = run.novelty(near_a)[0]
+    assert per[0].unfamiliar is False and per[1].unfamiliar is True and got.unfamiliar is True  # 1 of 2: half
+    assert got.percentile == pytest.approx(np.median([n.percentile for n in per]))
+    assert run.novelty(far)[0].unfamiliar is True
+    three = RunReference({**refs, "split-02": FamiliarityReference.fit(_stats(100, 20, rng), [20], {})}, {})
+    assert three.novelty(near_a)[0].unfamiliar is False  # 1 of 3 models: not flagged
+    run.save(tmp_path / "run.safetensors")
+    again = RunReference.load(tmp_path / "run.safetensors")
+    assert again.meta == {"fingerprint": "f"} and list(again.references) == ["split-00", "split-01"]
+    assert again.references["split-01"].meta == {"n_videos": 100}
+    assert again.novelty(near_a)[0].percentile == pytest.approx(got.percentile)
+    refs["split-00"].save(tmp_path / "old.safetensors")  # format 1
+    old = RunReference.load(tmp_path / "old.safetensors")
+    assert list(old.references) == ["all"] and old.meta["pooled"] is True

@@ -119,6 +119,68 @@ def test_cross_dataset_and_fine_tune(fast_run, whole_sample, fast_fit, tmp_path)
     assert json.loads((tmp_path / "cross" / "config.json").read_text())["init"] == str(first)
 
 
+def test_fine_tuning_has_its_own_recorded_settings(fast_run, whole_sample, fast_fit, tmp_path):
+    """`--init` trains with fit.finetune's lr, epochs and warm-up (not the from-scratch ones), overridable,
+    and the run's config.json and checkpoints say which settings were used."""
+    defaults = FitConfig()
+    assert defaults.training(True).lr < defaults.train.lr and defaults.training(True).epochs < defaults.train.epochs
+    assert defaults.training(True).warmup_epochs == 0 and defaults.training(False) == defaults.train
+    _, first = fast_run
+    cfg = FitConfig().with_overrides({**fast_fit, "splits": 1, "finetune.lr": 5e-5, "finetune.epochs": 1})
+    run_fit(whole_sample, tmp_path / "ft", cfg, init=first, progress=False)
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["fit"]["finetune"] == {"lr": 5e-5, "epochs": 1, "warmup_epochs": 0.0}
+    assert config["training"]["lr"] == 5e-5 and config["training"]["epochs"] == 1
+    assert config["training"]["batch_size"] == 8  # the rest is train's
+    meta = read_meta(tmp_path / "ft" / "models" / "split-00.safetensors")
+    assert meta["train"]["lr"] == 5e-5 and len(meta["history"]) == 1
+    scratch = json.loads((fast_run[1] / "config.json").read_text())
+    assert scratch["init"] is None and scratch["training"] == scratch["fit"]["train"]
+    with pytest.raises(UserInputError, match="finetune"):
+        FitConfig().with_overrides({"finetune.lr": 0})
+
+
+def test_fine_tuning_epochs_on_the_command_line(fast_run, whole_sample, tmp_path):
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    _, first = fast_run
+    res = CliRunner().invoke(app, ["fit", "--cache", str(whole_sample), "--out", str(tmp_path / "ft"), "--init",
+                                   str(first), "--epochs", "1", "--splits", "2", "--set", "regressor.use_tcab=false"])
+    assert res.exit_code == 0, res.output
+    config = json.loads((tmp_path / "ft" / "config.json").read_text())
+    assert config["training"]["epochs"] == 1 and config["training"]["lr"] == FitConfig().finetune.lr
+    assert config["fit"]["train"]["epochs"] == FitConfig().train.epochs  # --epochs went to finetune.epochs
+    assert "PLCC(logistic)" in res.output and "PLCC(raw)" in res.output
+
+
+def test_both_plccs_are_reported_and_labelled(fast_run):
+    from pipelines.fit import format_summary
+
+    result, out = fast_run
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert "logistic" in metrics["metrics"]["plcc"] and "raw" in metrics["metrics"]["plcc_raw"]
+    s = metrics["summary"]["test"]
+    assert s["plcc"]["median"] != s["plcc_raw"]["median"]
+    text = format_summary(result, out)
+    assert f"PLCC(logistic) {s['plcc']['median']:.4f}" in text and f"PLCC(raw) {s['plcc_raw']['median']:.4f}" in text
+
+
+def test_familiarity_reference_holds_each_split_models_training_videos(fast_run):
+    """The unfamiliar-content reference of a split model is that model's training videos, not every split's
+    (which is every video of the cache, test videos included)."""
+    from diffvqa_cache.familiarity import FILE_NAME, RunReference
+
+    _, out = fast_run
+    splits = json.loads((out / "splits.json").read_text())
+    ref = RunReference.load(out / FILE_NAME)
+    assert list(ref.references) == [s["name"] for s in splits]
+    for s in splits:
+        r = ref.references[s["name"]]
+        assert r.meta["n_videos"] == len(s["train"]) == len(r.points) and len(r.loo) == len(s["train"])
+
+
 def test_lsvq_protocol_with_further_test_caches(whole_sample, fast_fit, tmp_path):
     """LSVQ -> its test sets and two other datasets in one run, each reported on its own (a KeyError in 0.1)."""
     lsvq = relabel(whole_sample, tmp_path / "lsvq", split_of=lambda i: ["train", "train", "test", "test1080p"][i % 4])

@@ -102,14 +102,16 @@ def test_cached_videos_score_as_in_the_run(cache_dir, memory_run):
 def test_streamed_fit_writes_the_same_familiarity_reference(cache_dir, memory_run, tmp_path):
     """predict's unfamiliar flag compares with the training videos' statistics: the streamed fit must store
     the same ones as the in-memory fit (they are read in chunks through the streamed reader)."""
-    from diffvqa_cache.familiarity import FILE_NAME, FamiliarityReference
+    from diffvqa_cache.familiarity import FILE_NAME, RunReference
 
     run_fit(cache_dir, tmp_path / "s", FitConfig().with_overrides({**FIT, **TINY_BUDGET, "train.epochs": 1}),
             progress=False)
-    a, b = FamiliarityReference.load(memory_run / FILE_NAME), FamiliarityReference.load(tmp_path / "s" / FILE_NAME)
-    assert a.meta == b.meta
-    np.testing.assert_allclose(b.points, a.points, rtol=1e-4, atol=1e-5)
-    np.testing.assert_allclose(b.loo, a.loo, rtol=1e-4, atol=1e-5)
+    a, b = RunReference.load(memory_run / FILE_NAME), RunReference.load(tmp_path / "s" / FILE_NAME)
+    assert a.meta == b.meta and a.references.keys() == b.references.keys()
+    for name, ref in a.references.items():
+        assert ref.meta == b.references[name].meta
+        np.testing.assert_allclose(b.references[name].points, ref.points, rtol=1e-4, atol=1e-5)
+        np.testing.assert_allclose(b.references[name].loo, ref.loo, rtol=1e-4, atol=1e-5)
 
 
 def test_lsvq_with_a_test_cache_cross_and_fine_tuning_stream_as_in_memory(tmp_path):
