@@ -156,6 +156,8 @@ def check_resumable(out: Path, new: RunConfig) -> None:
         return  # nothing to resume: a fresh run
     old = RunConfig.read(out)
     a, b = old.to_dict(), new.to_dict()
+    if a.get("training") is None:  # written before fine-tuning had settings of its own: it trained with fit.train
+        a["training"] = a["fit"]["train"]
     for d in (a, b):
         d.pop("data", None), d.pop("package_version", None)
         for name in PLACEMENT:

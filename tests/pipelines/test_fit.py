@@ -140,6 +140,22 @@ def test_fine_tuning_has_its_own_recorded_settings(fast_run, whole_sample, fast_
         FitConfig().with_overrides({"finetune.lr": 0})
 
 
+def test_resuming_a_run_written_before_fine_tuning_settings(fast_run, tmp_path):
+    """A run directory without `training` (earlier versions) trained with fit.train: resuming it from scratch
+    is fine; resuming it as a fine-tuning (which would now train with other settings) is refused."""
+    from pipelines.fit import check_resumable
+
+    _, out = fast_run
+    old = json.loads((out / "config.json").read_text())
+    old.pop("training")
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    new = RunConfig.read(out)
+    check_resumable(tmp_path, new)
+    as_fine_tuning = new.replace(init="runs/lsvq", training=new.fit.training(fine_tuning=True))
+    with pytest.raises(UserInputError, match="init, training"):
+        check_resumable(tmp_path, as_fine_tuning)
+
+
 def test_fine_tuning_epochs_on_the_command_line(fast_run, whole_sample, tmp_path):
     from typer.testing import CliRunner
 
