@@ -32,6 +32,8 @@ from .files import atomic_path, file_sha256, pid_alive, remove_leftovers, write_
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
+# How to recompute damaged shards: a plain rerun trusts a shard of the recorded size, --verify re-hashes it.
+VERIFY_HINT = "--verify to recompute them"
 ALL_PARTS = BranchFeatures(latent=True, ms=(True,) * N_LEVELS, pixels=True)  # a selection of every part
 
 
@@ -337,7 +339,7 @@ def shard_layout(file: Path, names: list[str]) -> ShardLayout:
                                parts)
     except OSError as exc:
         raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
-                         "rerun extract to recompute it") from None
+                         "rerun the same extract command with --verify to recompute it") from None
 
 
 class FeatureCache:
@@ -377,13 +379,13 @@ class FeatureCache:
                    or (self.dir.shards / s["file"]).stat().st_size != s["bytes"]]
         if damaged:
             raise CacheError(f"{self.path}: damaged or missing shards {damaged[:5]}; rerun the same extract command "
-                             "to recompute them (`diffvqa-cache cache verify` lists the damage)")
+                             f"with {VERIFY_HINT} (`diffvqa-cache cache verify` lists the damage)")
         if verify:
             problems, _ = verify_cache(self.path)
             if problems:
                 raise CacheError(f"{self.path}: damaged or missing shards: {problems[0]}"
                                  f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
-                                 "rerun the same extract command to recompute them")
+                                 f"rerun the same extract command with {VERIFY_HINT}")
         if not self.manifest["complete"]:
             n = len(self.manifest["not_extracted"])
             raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
@@ -425,7 +427,7 @@ class FeatureCache:
                 starts = f["row_start"][:]
         except OSError as exc:
             raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
-                             "rerun extract to recompute it") from None
+                             "rerun the same extract command with --verify to recompute it") from None
         video = VideoFeatures.from_flat("", arrays)
         return ShardArrays(Path(file), keys, starts, video.frame_index, video.branches, video.crop_origin)
 
@@ -453,7 +455,8 @@ class FeatureCache:
     def info(self) -> dict:
         m = self.manifest
         return {
-            "path": str(self.path), "fingerprint": self.fingerprint, "config": self.config.to_dict(), "videos": m["videos"],
+            "path": str(self.path), "fingerprint": self.fingerprint, "extractor_version": self.config.extractor_version(),
+            "stale": self.config.stale_note(), "config": self.config.to_dict(), "videos": m["videos"],
             "failed": m["failed"], "missing": m["missing_on_disk"] + m["not_extracted"], "complete": m["complete"],
             "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self._dataset_shapes(),
             "bytes": sum(s["bytes"] for s in m["shards"]),

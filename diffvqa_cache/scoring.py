@@ -195,6 +195,10 @@ class Scorer:
         self.config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
                                          recorded.mos_range)
         if self.config.fingerprint != run_cfg.fingerprint:
+            stale = recorded.stale_note() if recorded.fingerprint == run_cfg.fingerprint else None
+            if stale:
+                raise CacheError(f"run {run} was fitted on a cache {stale}: re-extract that cache with this version "
+                                 "and fit again (or score with the version that extracted it)")
             raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was "
                              f"trained with ({recorded.model_id}, {recorded.controller_id}); pass those with "
                              "--model/--controller")
