@@ -156,6 +156,27 @@ def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
     write_csv_atomic(path, ["key", "mos", "split", "path"], rows)
 
 
+def labels_conflict(path: Path, rows: list[tuple[str, float, str, str]]) -> str | None:
+    """How `rows` (key, mos, split, path) would drop or swap videos of the labels.csv at `path`, or None.
+
+    A cache folder holds one video list: a rerun may add videos (or change their MOS), never drop a video
+    the folder lists or give its key to another file (another dataset of the same kind and settings)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        old = {row["key"]: row["path"] for row in csv.DictReader(f)}
+    new = {key: where for key, _, _, where in rows}
+    dropped = [k for k in old if k not in new]
+    if dropped:
+        return (f"holds {len(old)} listed videos, {len(dropped)} of which this run does not list "
+                f"(first: {old[dropped[0]]})")
+    moved = [k for k in old if old[k] != new[k]]
+    if moved:
+        return (f"holds video {moved[0]!r} from {old[moved[0]]}, this run lists it at {new[moved[0]]}"
+                f"{f' (and {len(moved) - 1} more)' if len(moved) > 1 else ''}")
+    return None
+
+
 # ---------------------------------------------------------------- layout and completion
 class CacheDir:
     """Paths and bookkeeping of one cache directory (no HDF5 reading)."""
@@ -364,7 +385,7 @@ class FeatureCache:
 
     def _read_labels(self) -> dict[str, dict]:
         out = {}
-        with open(self.path / "labels.csv", newline="") as f:
+        with open(self.path / "labels.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 out[row["key"]] = {"mos": float(row["mos"]), "split": row["split"], "path": row["path"]}
         return out
@@ -526,7 +547,7 @@ def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -
             break
         except (OSError, ValueError, KeyError):
             continue
-    with open(dirs[0] / "labels.csv", newline="") as f:
+    with open(dirs[0] / "labels.csv", newline="", encoding="utf-8") as f:
         gone = set(missing)
         keys = [row["key"] for row in csv.DictReader(f) if row["key"] not in gone]
     plan = plan_shards(keys, config.extract.shard_size)
