@@ -127,6 +127,10 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
         err.print(f"[yellow]problem[/] {line}")
     if len(data.problems) > 20:
         err.print(f"[yellow]... and {len(data.problems) - 20} more problems[/]")
+    for line in data.warnings[:20]:
+        err.print(f"[yellow]warning[/] {line}")
+    if len(data.warnings) > 20:
+        err.print(f"[yellow]... and {len(data.warnings) - 20} more warnings[/]")
     return data
 
 

@@ -108,3 +108,25 @@ def test_second_dataset_never_replaces_the_cache_in_the_same_out(tmp_path, sampl
     assert extract(a, tmp_path / "out").exit_code == 0 and videos_cached() == 5
     # B into its own --out, as the message says
     assert extract(b, tmp_path / "out-B").exit_code == 0
+
+
+def test_odd_names_and_suspect_rows_extract_with_readable_ids_and_warnings(tmp_path, sample_root):
+    """`ü.mp4` and `é.mp4` were both `_` (refused as a collision); a negative MOS and a video outside --root
+    were taken silently: now kept under readable ids, and warned about by row."""
+    import json
+
+    root = tmp_path / "ds"
+    root.mkdir()
+    for name in ("ü.mp4", "é.mp4"):
+        shutil.copy(sample_root / "videos" / "sample_000.mp4", root / name)
+    shutil.copy(sample_root / "videos" / "sample_001.mp4", tmp_path / "outside.mp4")
+    (root / "labels.csv").write_text("video,mos\nü.mp4,3.1\né.mp4,-1\n../outside.mp4,2.0\n", encoding="utf-8")
+    result = extract(root, tmp_path / "out")
+    assert result.exit_code == 0, result.output
+    assert "row 3: MOS -1 of é.mp4 is negative" in result.stderr
+    assert "row 4: ../outside.mp4 is outside --root" in result.stderr and "2 warnings" in result.stderr
+    info = json.loads(runner.invoke(app, ["cache", "info", str(tmp_path / "out"), "--json"]).stdout)
+    assert info["videos"] == 3
+    from diffvqa_cache.cache import FeatureCache
+
+    assert sorted(FeatureCache(tmp_path / "out").keys) == sorted(["ü", "é", "_.__outside"])
