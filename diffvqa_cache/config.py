@@ -302,7 +302,8 @@ class CacheConfig(Config):
         cache; an older one for a stale cache; None if none matches)."""
         for version in [EXTRACTOR_VERSION] + [str(v) for v in range(int(EXTRACTOR_VERSION) - 1, 0, -1)]:
             try:
-                if fingerprint(self.extract, self.model_id, self.controller_id, self.view_size, version) == self.fingerprint:
+                fp = fingerprint(self.extract, self.model_id, self.controller_id, self.view_size, version)
+                if fp == self.fingerprint:
                     return version
             except Exception:  # settings of an older version that this one cannot fingerprint
                 return None

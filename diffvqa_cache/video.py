@@ -305,7 +305,8 @@ def write_clip(
 
     ``rotation`` (counter-clockwise degrees) sets the display matrix, or with ``rotation_tag`` the legacy
     ``rotate`` tag (clockwise degrees, as old phones and ffmpeg wrote it; Matroska keeps it);
-    ``codec_options`` go to the encoder (e.g. ``{"preset": "veryfast"}``), ``container_options`` to the muxer (e.g. ``{"movflags": "faststart"}``).
+    ``codec_options`` go to the encoder (e.g. ``{"preset": "veryfast"}``), ``container_options`` to the muxer
+    (e.g. ``{"movflags": "faststart"}``).
     """
     path = Path(path)
     frames = np.asarray(frames)
