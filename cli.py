@@ -127,6 +127,10 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
         err.print(f"[yellow]problem[/] {line}")
     if len(data.problems) > 20:
         err.print(f"[yellow]... and {len(data.problems) - 20} more problems[/]")
+    for line in data.warnings[:20]:
+        err.print(f"[yellow]warning[/] {line}")
+    if len(data.warnings) > 20:
+        err.print(f"[yellow]... and {len(data.warnings) - 20} more warnings[/]")
     return data
 
 
@@ -200,6 +204,8 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
                f"decoded      {decoders}\n"
                f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
                f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB")
+    if info["stale"]:
+        typer.echo(f"stale        {info['stale']}; re-extract it with this version before scoring new videos")
     for name, f in info["features"].items():
         typer.echo(f"  {name:16s} {tuple(f['shape'])} {f['dtype']}")
     for f in info["failed"][:10]:
@@ -210,13 +216,14 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
 @known_errors
 def cache_verify(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")]) -> None:
     """Re-hash every shard against the manifest; exit 1 naming the damaged shards."""
-    from diffvqa_cache.cache import verify_cache
+    from diffvqa_cache.cache import VERIFY_HINT, verify_cache
 
     problems, n = verify_cache(path)
     for p in problems:
         typer.echo(p)
     if problems:
-        typer.echo(f"{len(problems)} problem(s) in {n} shards; rerun the same extract command to recompute them", err=True)
+        typer.echo(f"{len(problems)} problem(s) in {n} shards; rerun the same extract command with {VERIFY_HINT}",
+                   err=True)
         raise typer.Exit(1)
     typer.echo(f"ok: {n} shards match their checksums")
 

@@ -32,6 +32,8 @@ from .files import atomic_path, file_sha256, pid_alive, remove_leftovers, write_
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
+# How to recompute damaged shards: a plain rerun trusts a shard of the recorded size, --verify re-hashes it.
+VERIFY_HINT = "--verify to recompute them"
 ALL_PARTS = BranchFeatures(latent=True, ms=(True,) * N_LEVELS, pixels=True)  # a selection of every part
 
 
@@ -152,6 +154,27 @@ def _concat(parts: list[np.ndarray], dtype=None) -> np.ndarray:
 def write_labels(path: Path, rows: list[tuple[str, float, str, str]]) -> None:
     """labels.csv: key, mos, split, path for every listed video (labels are joined by key, never position)."""
     write_csv_atomic(path, ["key", "mos", "split", "path"], rows)
+
+
+def labels_conflict(path: Path, rows: list[tuple[str, float, str, str]]) -> str | None:
+    """How `rows` (key, mos, split, path) would drop or swap videos of the labels.csv at `path`, or None.
+
+    A cache folder holds one video list: a rerun may add videos (or change their MOS), never drop a video
+    the folder lists or give its key to another file (another dataset of the same kind and settings)."""
+    if not path.is_file():
+        return None
+    with open(path, newline="", encoding="utf-8") as f:
+        old = {row["key"]: row["path"] for row in csv.DictReader(f)}
+    new = {key: where for key, _, _, where in rows}
+    dropped = [k for k in old if k not in new]
+    if dropped:
+        return (f"holds {len(old)} listed videos, {len(dropped)} of which this run does not list "
+                f"(first: {old[dropped[0]]})")
+    moved = [k for k in old if old[k] != new[k]]
+    if moved:
+        return (f"holds video {moved[0]!r} from {old[moved[0]]}, this run lists it at {new[moved[0]]}"
+                f"{f' (and {len(moved) - 1} more)' if len(moved) > 1 else ''}")
+    return None
 
 
 # ---------------------------------------------------------------- layout and completion
@@ -337,7 +360,7 @@ def shard_layout(file: Path, names: list[str]) -> ShardLayout:
                                parts)
     except OSError as exc:
         raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
-                         "rerun extract to recompute it") from None
+                         "rerun the same extract command with --verify to recompute it") from None
 
 
 class FeatureCache:
@@ -362,7 +385,7 @@ class FeatureCache:
 
     def _read_labels(self) -> dict[str, dict]:
         out = {}
-        with open(self.path / "labels.csv", newline="") as f:
+        with open(self.path / "labels.csv", newline="", encoding="utf-8") as f:
             for row in csv.DictReader(f):
                 out[row["key"]] = {"mos": float(row["mos"]), "split": row["split"], "path": row["path"]}
         return out
@@ -377,13 +400,13 @@ class FeatureCache:
                    or (self.dir.shards / s["file"]).stat().st_size != s["bytes"]]
         if damaged:
             raise CacheError(f"{self.path}: damaged or missing shards {damaged[:5]}; rerun the same extract command "
-                             "to recompute them (`diffvqa-cache cache verify` lists the damage)")
+                             f"with {VERIFY_HINT} (`diffvqa-cache cache verify` lists the damage)")
         if verify:
             problems, _ = verify_cache(self.path)
             if problems:
                 raise CacheError(f"{self.path}: damaged or missing shards: {problems[0]}"
                                  f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}; "
-                                 "rerun the same extract command to recompute them")
+                                 f"rerun the same extract command with {VERIFY_HINT}")
         if not self.manifest["complete"]:
             n = len(self.manifest["not_extracted"])
             raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
@@ -425,7 +448,7 @@ class FeatureCache:
                 starts = f["row_start"][:]
         except OSError as exc:
             raise CacheError(f"{file}: unreadable shard ({exc}); run `diffvqa-cache cache verify` then "
-                             "rerun extract to recompute it") from None
+                             "rerun the same extract command with --verify to recompute it") from None
         video = VideoFeatures.from_flat("", arrays)
         return ShardArrays(Path(file), keys, starts, video.frame_index, video.branches, video.crop_origin)
 
@@ -453,7 +476,9 @@ class FeatureCache:
     def info(self) -> dict:
         m = self.manifest
         return {
-            "path": str(self.path), "fingerprint": self.fingerprint, "config": self.config.to_dict(), "videos": m["videos"],
+            "path": str(self.path), "fingerprint": self.fingerprint,
+            "extractor_version": self.config.extractor_version(),
+            "stale": self.config.stale_note(), "config": self.config.to_dict(), "videos": m["videos"],
             "failed": m["failed"], "missing": m["missing_on_disk"] + m["not_extracted"], "complete": m["complete"],
             "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self._dataset_shapes(),
             "bytes": sum(s["bytes"] for s in m["shards"]),
@@ -523,7 +548,7 @@ def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -
             break
         except (OSError, ValueError, KeyError):
             continue
-    with open(dirs[0] / "labels.csv", newline="") as f:
+    with open(dirs[0] / "labels.csv", newline="", encoding="utf-8") as f:
         gone = set(missing)
         keys = [row["key"] for row in csv.DictReader(f) if row["key"] not in gone]
     plan = plan_shards(keys, config.extract.shard_size)

@@ -21,7 +21,8 @@ from .errors import UserInputError
 
 # Bump when a change to the extraction code changes the numbers it writes.
 # 3: crop positions seeded like the start noise (by frame position, not by video id); F_Latent choice.
-EXTRACTOR_VERSION = "3"
+# 4: rotated (portrait phone) videos decoded upright by decord too, and by their legacy Matroska ROTATE tag.
+EXTRACTOR_VERSION = "4"
 
 SAMPLERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
@@ -252,10 +253,11 @@ class ModelIdentity:
     native_size: int  # the model's native view side in pixels
 
 
-def fingerprint(cfg: ExtractConfig, model_id: str, controller_id: str, view_size: int) -> str:
+def fingerprint(cfg: ExtractConfig, model_id: str, controller_id: str, view_size: int,
+                version: str | None = None) -> str:
     """16-hex-digit key of everything that changes the cached numbers, and nothing else."""
     payload = {
-        "extractor_version": EXTRACTOR_VERSION,
+        "extractor_version": version or EXTRACTOR_VERSION,
         "model_id": model_id,
         "controller_id": controller_id,
         "settings": {**cfg.numeric_settings(), "view_size": view_size},
@@ -294,3 +296,23 @@ class CacheConfig(Config):
     @property
     def identity(self) -> tuple[str, str]:
         return self.model_id, self.controller_id
+
+    def extractor_version(self) -> str | None:
+        """The extractor version whose fingerprint this config carries (EXTRACTOR_VERSION for a current
+        cache; an older one for a stale cache; None if none matches)."""
+        for version in [EXTRACTOR_VERSION] + [str(v) for v in range(int(EXTRACTOR_VERSION) - 1, 0, -1)]:
+            try:
+                fp = fingerprint(self.extract, self.model_id, self.controller_id, self.view_size, version)
+                if fp == self.fingerprint:
+                    return version
+            except Exception:  # settings of an older version that this one cannot fingerprint
+                return None
+        return None
+
+    def stale_note(self) -> str | None:
+        """One line when this cache's features come from an older extractor version, else None."""
+        version = self.extractor_version()
+        if version is None or version == EXTRACTOR_VERSION:
+            return None
+        return (f"extracted by extractor version {version}; this version ({EXTRACTOR_VERSION}) computes other "
+                "features (see README, 'Changed in'), which are never mixed with these")

@@ -56,7 +56,7 @@ def write_json_atomic(path: Path | str, obj) -> None:
 
 def write_csv_atomic(path: Path | str, header: list[str], rows: Iterable) -> None:
     """Rows as sequences (in header order) or as dicts (keys outside the header are ignored)."""
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         rows = list(rows)
         if rows and isinstance(rows[0], dict):
             w = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")

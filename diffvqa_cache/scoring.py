@@ -29,7 +29,8 @@ import torch
 
 from .branches import BranchFeatures
 from .data import LoadSpec, VideoTable, pick_frames, video_tensors
-from .datasets import VideoRecord, safe_key
+from .datasets import VideoRecord
+from .datasets.records import unique_key
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, RunReference, describe
@@ -195,6 +196,10 @@ class Scorer:
         self.config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
                                          recorded.mos_range)
         if self.config.fingerprint != run_cfg.fingerprint:
+            stale = recorded.stale_note() if recorded.fingerprint == run_cfg.fingerprint else None
+            if stale:
+                raise CacheError(f"run {run} was fitted on a cache {stale}: re-extract that cache with this version "
+                                 "and fit again (or score with the version that extracted it)")
             raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was "
                              f"trained with ({recorded.model_id}, {recorded.controller_id}); pass those with "
                              "--model/--controller")
@@ -235,7 +240,10 @@ class Scorer:
         if isinstance(paths, (str, Path)):
             paths = [paths]
         files = expand_inputs(paths)
-        records = [VideoRecord(safe_key(p.name), p, float("nan")) for p in files]
+        records, keys = [], set()
+        for p in files:  # unique ids: a file name shared by two folders gets a short hash of its path
+            records.append(VideoRecord(unique_key(str(p), keys, base=p.name), p, float("nan")))
+            keys.add(records[-1].key)
         plot_names = _unique_names([r.key for r in records]) if plot_dir is not None else None
         results = Scores()
         results.scale, results.unfamiliar_percentile = self.scale, self.unfamiliar_percentile

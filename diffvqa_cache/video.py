@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import math
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +29,8 @@ class VideoInfo:
     height: int
     codec: str
     rotation: int  # counter-clockwise degrees to turn frames upright (0, 90, 180 or 270)
+    container: str = ""  # the demuxer's format name, e.g. "mov,mp4,m4a,3gp,3g2,mj2"
+    rotation_tag: bool = False  # rotation from the legacy `rotate` tag rather than the display matrix
 
 
 def _one_line(exc: BaseException) -> str:
@@ -75,8 +79,10 @@ def probe(path) -> VideoInfo:
         if first is None:
             raise DecodeError(f"{path} has a video stream with no decodable frames; {REENCODE_HINT}")
         rotation = _rotation(getattr(first, "rotation", 0))
-        if rotation == 0 and "rotate" in stream.metadata:  # legacy tag: clockwise degrees
-            rotation = _rotation(-float(stream.metadata["rotate"]))
+        tag = _rotate_tag(stream.metadata)
+        rotation_tag = rotation == 0 and tag is not None
+        if rotation_tag:  # legacy tag (e.g. Matroska's ROTATE): clockwise degrees
+            rotation = _rotation(-tag)
         width, height = first.width, first.height
         if n_frames <= 0:  # e.g. WebM/MKV: count packets instead of trusting the duration
             container.seek(0)
@@ -85,7 +91,19 @@ def probe(path) -> VideoInfo:
         container.close()
     if fps <= 0:
         fps = 30.0
-    return VideoInfo(path, n_frames, fps, width, height, codec, rotation)
+    return VideoInfo(path, n_frames, fps, width, height, codec, rotation, container.format.name,
+                     rotation_tag and rotation != 0)
+
+
+def _rotate_tag(metadata) -> float | None:
+    """The legacy `rotate` tag (any case: Matroska stores it as ROTATE) in clockwise degrees, if any."""
+    for name, value in metadata.items():
+        if name.lower() == "rotate":
+            try:
+                return float(value)
+            except ValueError:
+                return None
+    return None
 
 
 def sample_indices(
@@ -164,6 +182,63 @@ def _upright(frames: np.ndarray, rotation: int) -> np.ndarray:
     return np.ascontiguousarray(np.rot90(frames, k=k, axes=(1, 2))) if k else frames
 
 
+def _decord_upright(frames: np.ndarray, info: VideoInfo) -> np.ndarray:
+    """decord's frames turned upright, whether or not the installed decord applied the rotation itself.
+
+    Some decord builds turn frames by the container's rotation (mp4 display matrix, Matroska ROTATE tag),
+    others, or other containers, do not. What this decord did to this video is learnt from a test clip of
+    the same container, rotation and kind of tag (`_decord_turn`); the decoded shape must then be the
+    upright one (for 90/270 on a non-square frame it alone tells). Raises ValueError when neither says,
+    so that PyAV decodes the video instead."""
+    if info.rotation == 0:
+        return frames
+    upright_hw = (info.width, info.height) if info.rotation in (90, 270) else (info.height, info.width)
+    coded_hw = (info.height, info.width)
+    shape = tuple(frames.shape[1:3])
+    turned = _decord_turn(info.container, info.rotation, info.rotation_tag)
+    if upright_hw != coded_hw and shape in (upright_hw, coded_hw):  # the shape tells whether it turned
+        turned = 0 if shape == coded_hw else turned if turned in (90, 270) else info.rotation
+    if turned is None:
+        raise ValueError(f"cannot tell whether decord applied the video's {info.rotation} degree rotation")
+    out = _upright(frames, (info.rotation - turned) % 360)
+    if tuple(out.shape[1:3]) != upright_hw:
+        raise ValueError(f"decord gave {shape[1]}x{shape[0]} frames for a {info.width}x{info.height} video "
+                         f"rotated by {info.rotation} degrees")
+    return out
+
+
+_TEST_CLIP_EXT = {"mov,mp4,m4a,3gp,3g2,mj2": "mp4", "matroska,webm": "mkv"}
+
+
+@functools.lru_cache(maxsize=None)
+def _decord_turn(container: str, rotation: int, tag: bool) -> int | None:
+    """Counter-clockwise degrees by which this decord turns frames of `container` videos carrying
+    `rotation` (as a display matrix, or as the legacy tag), learnt once per process from a small test clip
+    (None when no such clip can be written or decord reads it neither way)."""
+    import decord
+
+    ext = _TEST_CLIP_EXT.get(container)
+    if ext is None:
+        return None
+    y, x = np.mgrid[0:64, 0:96]
+    frames = np.stack([x * 2, y * 3, (x + y) % 256], axis=-1).astype(np.uint8)[None].repeat(2, axis=0)
+    with tempfile.TemporaryDirectory(prefix="diffvqa-rotation-") as tmp:
+        path = Path(tmp) / f"test.{ext}"
+        try:
+            write_clip(path, frames, codec="mpeg4", rotation=rotation, rotation_tag=tag)
+            written = probe(path)
+            if (written.rotation, written.rotation_tag) != (rotation, tag):  # the muxer dropped it
+                return None
+            got = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=1)[0].asnumpy().astype(int)
+        except Exception:
+            return None
+    for k in range(4):
+        turned = np.rot90(frames[0], k=k).astype(int)
+        if turned.shape == got.shape and np.abs(turned - got).mean() < 8:
+            return k * 90
+    return None
+
+
 def _has_decord() -> bool:
     try:
         import decord  # noqa: F401
@@ -184,7 +259,7 @@ def _read(info: VideoInfo, indices: np.ndarray, backend: str | dict) -> tuple[np
     reasons = []
     if use_decord:
         try:
-            return _upright(_read_decord(path, indices, info.codec), info.rotation), "decord"
+            return _decord_upright(_read_decord(path, indices, info.codec), info), "decord"
         except Exception as exc:
             reasons.append(f"decord: {_one_line(exc)}")
     try:
@@ -222,13 +297,16 @@ def write_clip(
     crf: int | None = None,
     pix_fmt: str = "yuv420p",
     rotation: int = 0,
+    rotation_tag: bool = False,
     codec_options: dict | None = None,
     container_options: dict | None = None,
 ) -> Path:
     """Encode uint8 RGB frames (N, H, W, 3) to ``path`` with PyAV.
 
-    ``rotation`` (counter-clockwise degrees) sets the display matrix; ``codec_options`` go to the encoder
-    (e.g. ``{"preset": "veryfast"}``), ``container_options`` to the muxer (e.g. ``{"movflags": "faststart"}``).
+    ``rotation`` (counter-clockwise degrees) sets the display matrix, or with ``rotation_tag`` the legacy
+    ``rotate`` tag (clockwise degrees, as old phones and ffmpeg wrote it; Matroska keeps it);
+    ``codec_options`` go to the encoder (e.g. ``{"preset": "veryfast"}``), ``container_options`` to the muxer
+    (e.g. ``{"movflags": "faststart"}``).
     """
     path = Path(path)
     frames = np.asarray(frames)
@@ -249,7 +327,9 @@ def write_clip(
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         if "threads" in options:  # PyAV sets its own thread count, which overrides the codec option
             stream.codec_context.thread_count = int(options["threads"])
-        if rotation:
+        if rotation and rotation_tag:
+            stream.metadata["rotate"] = str(-rotation % 360)
+        elif rotation:
             stream.set_display_rotation(rotation)
         for arr in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(arr, format="rgb24")):

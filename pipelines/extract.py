@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from diffvqa_cache.cache import CacheDir, plan_shards, write_labels, write_shard
+from diffvqa_cache.cache import CacheDir, labels_conflict, plan_shards, write_labels, write_shard
 from diffvqa_cache.config import CacheConfig, ExtractConfig
 from diffvqa_cache.datasets import Dataset
 from diffvqa_cache.devices import resolve_device
@@ -69,11 +69,16 @@ def prepare_cache(dataset: Dataset, cfg: ExtractConfig, out: Path) -> tuple[Path
     config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), dataset.name,
                                 dataset.mos_range, timesteps)
     cache_dir = Path(out) / dataset.name / config.fingerprint
+    rows = [(r.key, r.mos, r.split, str(r.path)) for r in dataset.records + dataset.missing]
+    conflict = labels_conflict(cache_dir / "labels.csv", rows)
+    if conflict:  # another video list of the same dataset kind and settings: never replace or shrink it
+        raise UserInputError(f"{cache_dir} {conflict}: it is the cache of another video list; extract this one into "
+                             f"another --out (e.g. --out {Path(out) / dataset.root.name}), or delete that folder to "
+                             "replace it (if the same videos only moved, delete its labels.csv to adopt the new paths)")
     (cache_dir / "shards").mkdir(parents=True, exist_ok=True)
     if not (cache_dir / "config.json").is_file():
         config.save(cache_dir / "config.json")
-    write_labels(cache_dir / "labels.csv",
-                 [(r.key, r.mos, r.split, str(r.path)) for r in dataset.records + dataset.missing])
+    write_labels(cache_dir / "labels.csv", rows)
     return cache_dir, config
 
 

@@ -47,6 +47,9 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
     once into memory when they fit the budget (`cfg.data`, `cfg.memory_gb`), else streamed."""
     cache = FeatureCache(cache_path)
     cache.check_complete(cfg.verify)
+    if cache.config.stale_note():
+        err.print(f"[yellow]{cache.path}: {cache.config.stale_note()}; `predict` will refuse this run: "
+                  "re-extract the cache with this version[/]")
     test_caches = [FeatureCache(p) for p in test_cache_paths]
     for test_cache in test_caches:
         test_cache.check_complete(cfg.verify)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from ..errors import DatasetError
-from .records import VIDEO_EXT, Dataset, VideoRecord, safe_key
+from .records import VIDEO_EXT, Dataset, VideoRecord, safe_key, unique_key
 
 DATASETS: tuple[str, ...] = ("kvd", "lvqc", "ytugc", "lsvq", "csv", "labels_txt", "sample")
 
@@ -383,6 +383,7 @@ def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row
     records: list[VideoRecord] = []
     problems: list[str] = []
     missing: list[VideoRecord] = []
+    warnings: list[str] = []
     seen: dict[str, tuple[str, str]] = {}  # key -> (raw id, 'file row N')
     exists = _FileCheck()
     for where, number, video, raw_mos, split in rows:
@@ -395,6 +396,8 @@ def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row
             continue
         raw_id = spec.video_id(video)
         key = safe_key(raw_id)
+        if key in seen and seen[key][0] != raw_id:  # 'a b' and 'a_b': the second gets a short hash
+            key = unique_key(raw_id, seen)
         if key in seen:
             first_id, first_at = seen[key]
             what = f"duplicated id {raw_id!r}" if first_id == raw_id else \
@@ -410,6 +413,11 @@ def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row
             path = os.path.normpath(path)
         record = VideoRecord(key=key, path=Path(path), mos=mos, split=split)
         (records if found else missing).append(record)
+        if mos < 0:
+            warnings.append(f"{where} row {number}: MOS {raw_mos.strip()} of {video} is negative (kept; MOS scales "
+                            "are usually positive: check the column)")
+        if os.path.commonpath([os.path.abspath(path), str(root)]) != str(root):
+            warnings.append(f"{where} row {number}: {video} is outside --root {root} ({os.path.abspath(path)}; kept)")
 
     if not records:
         if missing:
@@ -426,7 +434,8 @@ def _build(name: str, spec: _Spec, root: Path, labels_file: Path, rows: list[Row
     if limit is not None:
         records = records[:limit]
     return Dataset(name=name, root=root, labels_file=labels_file, records=records, missing=missing,
-                        problems=problems, mos_range=mos_range, listed=len(rows), found=found_count)
+                        problems=problems, mos_range=mos_range, listed=len(rows), found=found_count,
+                   warnings=warnings)
 
 
 class _FileCheck:

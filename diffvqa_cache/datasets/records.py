@@ -4,22 +4,25 @@ from __future__ import annotations
 
 import hashlib
 import re
-from dataclasses import dataclass
+import unicodedata
+from dataclasses import dataclass, field
 from pathlib import Path
 
 # Known video extensions only: LSVQ ids hold dots ('ia-batch3/...hotscore.net', '..._t_20.0').
 VIDEO_EXT = re.compile(r"\.(mp4|mkv|mov|avi|webm|m4v|yuv|flv|wmv|mpg|mpeg|ts|3gp|mts)$", re.IGNORECASE)
-_ODD = re.compile(r"[^A-Za-z0-9._-]")
-_MAX_KEY = 180
+_ODD = re.compile(r"[^\w.-]")  # \w: letters and digits of every script, and '_'
+_MAX_KEY = 180  # bytes of UTF-8
 
 
 def safe_key(raw: str) -> str:
-    """A file-name-safe id: a video extension stripped, '/' and '\\' -> '__', other odd chars -> '_'.
+    """A file-name-safe id: a video extension stripped, '/' and '\\' -> '__', other characters that are no
+    letter, digit, '.', '-' or '_' -> '_' (Unicode letters stay: 'vidéo_ü.mkv' -> 'vidéo_ü').
 
     'yfcc-batch1/747' -> 'yfcc-batch1__747', 'Video/A001.mp4' -> 'Video__A001', 'my clip.mp4' -> 'my_clip'.
-    Deterministic; different ids may still collide ('a b' and 'a_b'), the adapters report that.
+    A name with no letter or digit ('😀.mp4') gets a short hash of itself. Deterministic; different ids
+    may still collide ('a b' and 'a_b'): `unique_key` tells those apart.
     """
-    text = str(raw).strip()
+    text = unicodedata.normalize("NFC", str(raw).strip())  # 'ü' typed or as macOS stores it: one key
     while text.startswith(("./", ".\\")):
         text = text[2:]
     text = text.lstrip("/\\")
@@ -28,12 +31,25 @@ def safe_key(raw: str) -> str:
     key = _ODD.sub("_", text)
     if key.startswith("."):  # no hidden names, no '.' or '..'
         key = "_" + key[1:]
+    if text and not any(c.isalnum() for c in key):
+        key = with_hash(key, text)
     if not key:
         key = "_"
-    if len(key) > _MAX_KEY:  # keep it a valid file name, still unique
-        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
-        key = key[: _MAX_KEY - 13] + "-" + digest
+    if len(key.encode("utf-8")) > _MAX_KEY:  # keep it a valid file name, still unique
+        head = key.encode("utf-8")[: _MAX_KEY - 13].decode("utf-8", "ignore")
+        key = head + "-" + hashlib.sha1(text.encode("utf-8")).hexdigest()[:12]
     return key
+
+
+def with_hash(key: str, raw: str) -> str:
+    """`key` with a short hash of `raw`: tells apart ids that give the same key."""
+    return f"{key}-{hashlib.sha1(str(raw).encode('utf-8')).hexdigest()[:8]}"
+
+
+def unique_key(raw: str, taken, base: str | None = None) -> str:
+    """safe_key of `raw` (or `base`), with a short hash of `raw` when another id in `taken` already has it."""
+    key = safe_key(raw if base is None else base)
+    return with_hash(key, raw) if key in taken else key
 
 
 @dataclass(frozen=True)
@@ -59,6 +75,7 @@ class Dataset:
     mos_range: tuple[float, float]
     listed: int = 0  # label rows read (valid or not)
     found: int = 0  # records on disk before --limit
+    warnings: list[str] = field(default_factory=list)  # rows kept but suspect (negative MOS, outside the root)
 
     def summary(self) -> str:
         """One short line: counts of listed, found, missing (first names) and problems."""
@@ -70,6 +87,8 @@ class Dataset:
             more = ", ..." if len(self.missing) > 3 else ""
             text += f" (first: {', '.join(names)}{more})"
         text += f", {len(self.problems)} problems"
+        if self.warnings:
+            text += f", {len(self.warnings)} warnings"
         if len(self.records) < found:
             text += f", using the first {len(self.records)} (--limit)"
         return text

@@ -235,17 +235,41 @@ def test_missing_duplicates_bad_mos_and_collisions(tmp_path: Path):
     labels.write_text("video,mos\na.mp4,1\nb.mp4,\nc.mp4,n/a\na.mp4,2\na b.mp4,3\na_b.mp4,4\ngone.mp4,5\n,3\n")
     touch(tmp_path, "a.mp4", "c.mp4", "a b.mp4", "a_b.mp4")
     index = load_dataset("csv", tmp_path)
-    assert [(r.key, r.mos) for r in index.records] == [("a", 1.0), ("a_b", 3.0)]
+    # 'a b' and 'a_b' give the same key: the second keeps its videos under the key and a short hash
+    assert [(r.key[:4], r.mos) for r in index.records] == [("a", 1.0), ("a_b", 3.0), ("a_b-", 4.0)]
+    assert len(index.records[2].key) == len("a_b-") + 8 and index.records[2].path.name == "a_b.mp4"
     assert [m.path.name for m in index.missing] == ["gone.mp4"]
     text = "\n".join(index.problems)
-    assert len(index.problems) == 5
+    assert len(index.problems) == 4
     assert "labels.csv row 3: MOS '' of b.mp4 is not a number" in text
     assert "labels.csv row 4: MOS 'n/a' of c.mp4 is not a number" in text
     assert "row 5: duplicated id 'a.mp4' (first at labels.csv row 2), kept the first" in text
-    assert "row 7: id 'a_b.mp4' gives the same key 'a_b' as 'a b.mp4'" in text
     assert "row 9: no video name" in text
     assert all("\n" not in p for p in index.problems)
-    assert index.summary() == "csv: 8 videos listed, 2 found, 1 missing (first: gone.mp4), 5 problems"
+    assert index.summary() == "csv: 8 videos listed, 3 found, 1 missing (first: gone.mp4), 4 problems"
+
+
+def test_non_ascii_names_keep_unique_readable_keys(tmp_path: Path):
+    (tmp_path / "labels.csv").write_text("video,mos\nü.mp4,1\né.mp4,2\nvidéo 1.mp4,3\n", encoding="utf-8")
+    touch(tmp_path, "ü.mp4", "é.mp4", "vidéo 1.mp4")
+    index = load_dataset("csv", tmp_path)
+    assert [r.key for r in index.records] == ["ü", "é", "vidéo_1"] and index.problems == []
+
+
+def test_negative_mos_and_paths_outside_the_root_are_warned_about(tmp_path: Path):
+    root = tmp_path / "root"
+    (root / "videos").mkdir(parents=True)
+    touch(root / "videos", "a.mp4", "b.mp4")
+    touch(tmp_path, "elsewhere.mp4")
+    (root / "labels.csv").write_text(f"video,mos\nvideos/a.mp4,-0.5\nvideos/b.mp4,3\n../elsewhere.mp4,2\n"
+                                     f"{tmp_path / 'elsewhere.mp4'},4\n")
+    index = load_dataset("csv", root)
+    assert [r.key for r in index.records][:2] == ["videos__a", "videos__b"] and len(index.records) == 4
+    text = "\n".join(index.warnings)
+    assert len(index.warnings) == 3, text
+    assert "labels.csv row 2: MOS -0.5 of videos/a.mp4 is negative" in text
+    assert "row 4: ../elsewhere.mp4 is outside --root" in text and "row 5:" in text
+    assert index.summary().endswith("0 problems, 3 warnings")
 
 
 def test_missing_reported_by_name_and_count(kvd_root: Path):

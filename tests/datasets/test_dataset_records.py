@@ -5,7 +5,7 @@ from pathlib import Path
 
 from diffvqa_cache.datasets import Dataset, VideoRecord, safe_key
 
-SAFE = re.compile(r"^[A-Za-z0-9._-]+$")
+SAFE = re.compile(r"^[\w.-]+$")  # letters and digits of any script, '_', '.', '-': no separators
 
 
 def test_safe_key_examples():
@@ -14,7 +14,11 @@ def test_safe_key_examples():
     assert safe_key("A001.mp4") == "A001"
     assert safe_key("Video\\A001.mp4") == "Video__A001"
     assert safe_key("my clip (1).MP4") == "my_clip__1_"
-    assert safe_key("vidéo_ü.mkv") == "vid_o__"
+    assert safe_key("vidéo_ü.mkv") == "vidéo_ü"  # Unicode letters stay (they all became '_')
+    assert safe_key("ü.mp4") == "ü" and safe_key("é.mp4") == "é" and safe_key("日本語.mp4") == "日本語"
+    assert safe_key("u\u0308.mp4") == "ü"  # as macOS stores the name: the same key
+    smileys = safe_key("😀.mp4"), safe_key("😎.mp4")  # no letter at all: a short hash keeps them apart
+    assert smileys[0] != smileys[1] and all(k.startswith("_-") and len(k) == 10 for k in smileys)
 
 
 def test_safe_key_keeps_dots_that_are_not_video_extensions():
@@ -30,7 +34,7 @@ def test_safe_key_is_safe_deterministic_and_distinguishes_typical_ids():
     assert keys == [safe_key(r) for r in raws]
     for key in keys:
         assert SAFE.match(key), key
-        assert not key.startswith(".") and len(key) <= 180
+        assert not key.startswith(".") and len(key.encode("utf-8")) <= 180
     assert keys[0] == keys[1] == "a__b"  # collisions are possible; the adapters report them
     assert len(set(keys[7:])) == len(keys[7:])
 

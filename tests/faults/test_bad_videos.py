@@ -72,3 +72,39 @@ def test_each_bad_video_fails_alone_with_a_reason(bad_dataset, tiny_extract_conf
     # the rotated phone video was decoded upright: its resized view is portrait content squeezed to square
     assert cache.read("rotated").crop_origin.shape == (4, 1, 2)
     assert result.failed and len(result.failed) == 5
+
+
+# --- portrait phone videos: stored turned, with a display matrix or the legacy rotate tag -------------------
+
+try:
+    import decord  # noqa: F401
+
+    DECODERS = ["pyav", "decord"]
+except Exception:
+    DECODERS = ["pyav"]
+
+# (container, legacy tag?, width, height of the upright picture): mp4 carries a display matrix, Matroska
+# either one (PyAV writes it as a projection) or the old ROTATE tag; a square picture's shape says nothing.
+STORES = [("mp4", False, 64, 96), ("mkv", False, 64, 96), ("mkv", True, 64, 96), ("mp4", False, 64, 64)]
+
+
+@pytest.mark.parametrize("decoder", DECODERS)
+@pytest.mark.parametrize("rotation", [0, 90, 180, 270])
+@pytest.mark.parametrize("store", STORES, ids=lambda s: f"{s[0]}{'-tag' if s[1] else ''}-{s[2]}x{s[3]}")
+def test_rotated_phone_video_decodes_upright(tmp_path, store, rotation, decoder):
+    """Both decoders give the picture as it was filmed, whatever the installed decord does itself."""
+    from clip_helpers import clip_markers
+
+    from diffvqa_cache.video import probe, read_frames
+
+    container, tag, w, h = store
+    upright = clip_frames(16, w, h)
+    stored = np.ascontiguousarray(np.rot90(upright, k=-rotation // 90, axes=(1, 2)))  # as the phone wrote it
+    path = write_clip(tmp_path / f"phone.{container}", stored, rotation=rotation, rotation_tag=tag)
+    assert probe(path).rotation == rotation
+    indices = [2, 7, 13]
+    frames, used = read_frames(path, indices, backend=decoder)
+    assert used == decoder
+    assert frames.shape == (3, h, w, 3)
+    assert clip_markers(frames).tolist() == indices
+    assert np.abs(frames.astype(int) - upright[indices].astype(int)).mean() < 4

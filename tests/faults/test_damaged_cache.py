@@ -90,3 +90,45 @@ def test_nan_features_are_refused_with_the_video_id(damaged, fast, tmp_path):
     write_json_atomic(cache_dir / "manifest.json", manifest)
     with pytest.raises(CacheError, match=f"video '{key}' has NaN/Inf features"):
         run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(fast), progress=False)
+
+
+def test_same_size_damage_hint_names_verify_and_following_it_fixes_fit(damaged, tiny_extract_config, fast, tmp_path):
+    """The hint for a flipped byte must work as printed: a plain rerun trusts a shard of the recorded size."""
+    from typer.testing import CliRunner
+
+    from cli import app
+
+    index, work, cache_dir = damaged
+    flip_byte(cache_dir / "shards" / "shard-00001.h5")
+    with pytest.raises(CacheError, match="shard-00001.*rerun the same extract command with --verify") as fit_error:
+        run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides(fast), progress=False)
+    verify = CliRunner().invoke(app, ["cache", "verify", str(cache_dir)])
+    assert verify.exit_code == 1 and "rerun the same extract command with --verify" in verify.output
+    assert "--verify" in str(fit_error.value)
+    plain = run_extract(index, tiny_extract_config, work, progress=False)
+    assert plain.shards_done == 0  # why the hint must name --verify
+    again = run_extract(index, tiny_extract_config, work, progress=False, verify=True)
+    assert again.shards_done == 1 and verify_cache(cache_dir)[0] == []
+    result = run_fit(cache_dir, tmp_path / "run", FitConfig().with_overrides({**fast, "test_fraction": 0.34}),
+                     progress=False)
+    assert np.isfinite(result["summary"]["test"]["srcc"]["median"])
+
+
+def test_cache_of_an_older_extractor_version_is_stale_not_reused(pristine, tiny_extract_config, tmp_path, monkeypatch):
+    """Version 3 decoded rotated videos wrongly: its caches get a new folder, `cache info` says stale."""
+    from typer.testing import CliRunner
+
+    import diffvqa_cache.config as config_module
+    from cli import app
+    from diffvqa_cache.cache import FeatureCache
+
+    index = load_dataset("sample", None, limit=4)
+    monkeypatch.setattr(config_module, "EXTRACTOR_VERSION", "3")
+    old = run_extract(index, tiny_extract_config, tmp_path, progress=False)
+    monkeypatch.undo()
+    assert FeatureCache(old.cache_dir).config.extractor_version() == "3"
+    new = run_extract(index, tiny_extract_config, tmp_path, progress=False)
+    assert new.cache_dir != old.cache_dir and new.shards_done == 2 and new.shards_skipped == 0
+    assert FeatureCache(new.cache_dir).config.stale_note() is None
+    info = CliRunner().invoke(app, ["cache", "info", str(old.cache_dir)])
+    assert info.exit_code == 0 and "stale        extracted by extractor version 3" in info.output

@@ -180,3 +180,35 @@ def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, 
         monkeypatch.setattr(video, "_read_decord", no_decord)
         [row] = run_predict([sample_root / "videos" / "sample_001.mp4"], run_dir, progress=False)
         assert row.decoder == "pyav" and "cannot decode it here" in capsys.readouterr().err
+
+
+def test_non_ascii_and_repeated_file_names_keep_unique_readable_ids(run_dir, sample_root, tmp_path):
+    """`ü.mp4` and `é.mp4` were both called `_`; a name shared by two folders gets a short hash."""
+    for name in ("ü.mp4", "é.mp4", "a/clip.mp4", "b/clip.mp4"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(sample_root / "videos" / "sample_001.mp4", tmp_path / name)
+    rows = run_predict([tmp_path / "ü.mp4", tmp_path / "é.mp4", tmp_path / "a", tmp_path / "b"], run_dir,
+                       output=tmp_path / "scores.csv", progress=False)
+    ids = [r.video for r in rows]
+    assert ids[:3] == ["ü", "é", "clip"] and ids[3].startswith("clip-") and len(set(ids)) == 4
+    assert all(r.error is None for r in rows)
+    written = (tmp_path / "scores.csv").read_text(encoding="utf-8")
+    assert all(f"\n{i}," in written for i in ids)
+
+
+def test_predict_says_a_run_of_an_older_extractor_version_is_stale(run_dir, sample_root, tmp_path):
+    """A run fitted on a version-3 cache (rotated videos turned wrongly) is refused as such, not as other weights."""
+    import json
+
+    from diffvqa_cache.config import CacheConfig, fingerprint
+    from diffvqa_cache.errors import CacheError
+
+    old = tmp_path / "run"
+    shutil.copytree(run_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    cache = CacheConfig.from_dict(config["cache"])
+    config["fingerprint"] = config["cache"]["fingerprint"] = fingerprint(cache.extract, cache.model_id,
+                                                                         cache.controller_id, cache.view_size, "3")
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CacheError, match="extractor version 3.*re-extract that cache"):
+        run_predict(_videos(sample_root, 1), old, progress=False)
