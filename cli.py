@@ -237,16 +237,19 @@ def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or
                 video: Annotated[Optional[list[str]], typer.Option(help="Score only this cached video (repeat).")] = None,
                 memory_gb: Annotated[Optional[float], typer.Option(help="Feature memory budget (default: 70% of "
                                                                   "the available memory); larger caches stream.")] = None,
-                device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto") -> None:
+                device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
+                verify: Annotated[bool, typer.Option(help="Re-hash the shards read against the cache's manifest "
+                                                          "first, as fit does.")] = True) -> None:
     """Score a cache's videos with a fitted run, without extracting them again: CSV of video, score (MOS
-    scale, the split models' mean) and the split models' min and max; bounded memory at any cache size."""
+    scale, the split models' mean) and the split models' min and max; bounded memory at any cache size.
+    The run's files and the shards read are checked against their checksums first."""
     import csv
     import sys
 
     from diffvqa_cache.files import write_csv_atomic
     from diffvqa_cache.fitting import score_cached_per_model
 
-    keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb)
+    keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb, verify)
     header = ["video", "score", "score_min", "score_max"]
     rows = [(k, f"{s.mean():.6f}", f"{s.min():.6f}", f"{s.max():.6f}") for k, s in zip(keys, scores.T)]
     if output is None:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import csv
 import errno
 import json
-import os
-import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +26,7 @@ from . import __version__
 from .branches import BRANCHES, N_LEVELS, BranchFeatures
 from .config import CacheConfig
 from .errors import CacheError
-from .files import atomic_path, file_sha256, pid_alive, remove_leftovers, write_csv_atomic, write_json_atomic
+from .files import atomic_path, claim_lock, file_sha256, remove_leftovers, write_csv_atomic, write_json_atomic
 
 FORMAT_VERSION = 1
 SHARD_DIR = "shards"
@@ -214,26 +212,7 @@ class CacheDir:
     def claim(self, shard_id: int) -> bool:
         """Take shard `shard_id` for this process (a lock file, created atomically); False if another live
         process holds it. A lock left by a dead process on this host is taken over."""
-        lock = self.shard_path(shard_id).with_suffix(".lock")
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        for _ in range(2):
-            try:
-                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    holder = json.loads(lock.read_text() or "{}")
-                except (OSError, ValueError):
-                    holder = {}
-                if holder == me:
-                    return True
-                if holder.get("host") == me["host"] and not pid_alive(holder.get("pid")):
-                    lock.unlink(missing_ok=True)  # stale: its process was killed
-                    continue
-                return False
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            return True
-        return False
+        return claim_lock(self.shard_path(shard_id).with_suffix(".lock")) is None
 
     def release(self, shard_id: int) -> None:
         self.shard_path(shard_id).with_suffix(".lock").unlink(missing_ok=True)
@@ -411,6 +390,17 @@ class FeatureCache:
             n = len(self.manifest["not_extracted"])
             raise CacheError(f"{self.path}: {n} videos are not extracted yet (first: {self.manifest['not_extracted'][:3]}); "
                              "finish the extract run (all parts) before fitting")
+
+    def verify_shards(self, keys: list[str] | None = None) -> None:
+        """Re-hash the shards holding `keys` (None: every shard) against the manifest; a one-line CacheError
+        naming the first damaged or missing one."""
+        files = None if keys is None else {self._where[k][0] for k in keys if k in self._where}
+        for s in self.manifest["shards"]:
+            h5 = self.dir.shards / s["file"]
+            if (files is None or s["file"] in files) and not (
+                    h5.is_file() and h5.stat().st_size == s["bytes"] and file_sha256(h5) == s["sha256"]):
+                raise CacheError(f"{h5}: {'content does not match its checksum (damaged)' if h5.is_file() else 'missing'}; "
+                                 "rerun the same extract command with --verify to recompute it")
 
     def shard_files(self) -> list[Path]:
         return [self.dir.shards / s["file"] for s in self.manifest["shards"]]

@@ -1,8 +1,10 @@
 """One fit's settings (`FitConfig`), training and scoring one split (`fit_split`), and a fitted run's
-record (`RunConfig`, `load_run_models`): shared by fit, sweep and predict."""
+record (`RunConfig`, its manifest, `load_run_models`): shared by fit, sweep and predict."""
 
 from __future__ import annotations
 
+import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,7 +16,8 @@ from .checkpoint import load_checkpoint
 from .config import CacheConfig, Config
 from .data import DATA_PATHS, LoadSpec, VideoTable
 from .devices import resolve_device
-from .errors import UserInputError
+from .errors import CacheError, UserInputError
+from .files import checksum_problems, checksums, write_json_atomic
 from .memory import default_budget_gb
 from .metrics import compute_metrics_ids
 from .protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
@@ -211,8 +214,72 @@ class RunConfig(Config):
         return cls.load(path)
 
 
-def load_run_models(run: Path | str, fingerprint: str, device) -> list[tuple[torch.nn.Module, dict]]:
-    """The run's models (one per split) with their metadata; refuses other features than `fingerprint`."""
+# ---------------------------------------------------------------- the run's manifest
+RUN_MANIFEST = "manifest.json"
+RUN_FORMAT = "diffvqa-run-1"
+_UNCHECKED: set[str] = set()  # runs without a manifest already reported in this process
+
+
+def write_run_manifest(run: Path | str, files: list[str] | None) -> None:
+    """OUT/manifest.json: size and sha256 of each of the run's `files` (paths relative to the run), written
+    last; `files=None` marks a run being written (a fit writes that first, so a killed fit is recognised)."""
+    from . import __version__ as version
+
+    record = {"format": RUN_FORMAT, "package_version": version, "complete": files is not None,
+              "files": checksums(run, files or []), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    write_json_atomic(Path(run) / RUN_MANIFEST, record)
+
+
+def run_finished(run: Path | str) -> bool:
+    """A run whose fit ended: its manifest says complete (runs of earlier versions: metrics.json is there)."""
+    try:
+        return bool(json.loads((Path(run) / RUN_MANIFEST).read_text()).get("complete"))
+    except FileNotFoundError:
+        return (Path(run) / "metrics.json").is_file()
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def verify_run(run: Path | str) -> None:
+    """Re-hash every file of a run against its manifest; one-line `CacheError` naming the first damaged,
+    missing or foreign (a split model the run did not write) file and the fix. A run of an earlier version
+    (no manifest) loads, said once per process."""
+    from .progress import err
+
+    run = Path(run)
+    path = run / RUN_MANIFEST
+    refit = "refit the run (the same `fit` command) or restore its files from a backup"
+    if not path.is_file():
+        if str(run) not in _UNCHECKED:
+            _UNCHECKED.add(str(run))
+            err.print(f"[yellow]{run} has no {RUN_MANIFEST} (fitted by an earlier version): its files cannot be "
+                      "checked for damage; refit it to get one[/]")
+        return
+    try:
+        manifest = json.loads(path.read_text())
+        files, complete = dict(manifest["files"]), manifest["complete"]
+        if manifest["format"] != RUN_FORMAT:
+            raise ValueError(f"format {manifest['format']!r}, this version reads {RUN_FORMAT!r}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise CacheError(f"{path}: unreadable run manifest ({exc}); {refit}") from None
+    if not complete:
+        raise CacheError(f"{run}: its fit has not finished (still running, or killed); wait for it, or rerun the same "
+                         "fit command with --resume")
+    problems = checksum_problems(run, files)
+    foreign = sorted(str(m.relative_to(run)) for m in (run / "models").glob("*.safetensors")
+                     if str(m.relative_to(run)) not in files)
+    problems += [f"{name}: not written by this run (not in its {RUN_MANIFEST}); delete it" for name in foreign]
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        fix = "" if problems[0].endswith("delete it") else f"; {refit}"
+        raise CacheError(f"{run}/{problems[0]}{more}{fix}")
+
+
+def load_run_models(run: Path | str, fingerprint: str, device, verify: bool = True) -> list[tuple[torch.nn.Module, dict]]:
+    """The run's models (one per split) with their metadata, after `verify_run` (unless `verify`: the
+    caller did it); refuses other features than `fingerprint`."""
+    if verify:
+        verify_run(run)
     models = sorted((Path(run) / "models").glob("*.safetensors"))
     if not models:
         raise UserInputError(f"{run}: no models/*.safetensors; pass a run directory written by `diffvqa-cache fit`")
@@ -220,22 +287,25 @@ def load_run_models(run: Path | str, fingerprint: str, device) -> list[tuple[tor
 
 
 def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
-                 memory_gb: float | None = None) -> dict[str, float]:
+                 memory_gb: float | None = None, verify: bool = True) -> dict[str, float]:
     """{video: score on the MOS scale (mean of the run's split models)} for cached videos (all, or `keys`),
     read through the bounded data path (streamed unless the selection fits `memory_gb`), one pass for all
-    models. For scoring the videos of a cache without extracting them again."""
-    keys_out, per_model = score_cached_per_model(run, cache_path, keys, device, memory_gb)
+    models. For scoring the videos of a cache without extracting them again. `verify`: re-hash the
+    shards read against the cache's manifest first (the run's files are always checked)."""
+    keys_out, per_model = score_cached_per_model(run, cache_path, keys, device, memory_gb, verify)
     return dict(zip(keys_out, per_model.mean(0).tolist()))
 
 
 def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
-                           memory_gb: float | None = None) -> tuple[list[str], np.ndarray]:
+                           memory_gb: float | None = None, verify: bool = True) -> tuple[list[str], np.ndarray]:
     """The videos scored and their (n_models, n_videos) scores on the MOS scale, one row per split model."""
     from .cache import FeatureCache
     from .data import choose_data_path, open_table
 
     cache, dev = FeatureCache(cache_path), resolve_device(device)
     models = load_run_models(run, cache.fingerprint, dev)
+    if verify:
+        cache.verify_shards(keys)
     spec = LoadSpec.from_dict(models[0][1]["load_spec"])
     budget = int((memory_gb or default_budget_gb()) * 1e9)
     path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]

@@ -34,7 +34,7 @@ from .datasets.records import unique_key
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, RunReference, describe
-from .fitting import RunConfig, load_run_models
+from .fitting import RunConfig, load_run_models, verify_run
 from .progress import bar, err
 from .training import TrainConfig, model_outputs
 
@@ -186,6 +186,7 @@ class Scorer:
 
         self.run = Path(run).expanduser().resolve()
         run_cfg = RunConfig.read(self.run)
+        verify_run(self.run)  # every file of the run against its manifest, before any of them is used
         if not 0 < unfamiliar_percentile <= 100:
             raise UserInputError(f"unfamiliar percentile must be in (0, 100], got {unfamiliar_percentile}")
         # 1. the extraction settings the run was trained on; the model files must be the same ones
@@ -207,7 +208,7 @@ class Scorer:
         self.decoders = run_cfg.decoders  # {codec: decoder} of the training cache: decode alike
         # 2. the split models, the unfamiliar-content reference, the stage-one model
         self.device = resolve_device(device)
-        self.models = load_run_models(self.run, run_cfg.fingerprint, self.device)
+        self.models = load_run_models(self.run, run_cfg.fingerprint, self.device, verify=False)
         self.load_spec = LoadSpec.from_dict(self.models[0][1]["load_spec"])
         self.feature_spec = self.models[0][1]["feature_spec"]
         self.reference = self._reference(run_cfg.fingerprint)

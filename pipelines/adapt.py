@@ -21,7 +21,7 @@ from diffvqa_cache.datasets import Dataset
 from diffvqa_cache.devices import resolve_device, training_dtype
 from diffvqa_cache.errors import DiffVQAError, UserInputError
 from diffvqa_cache.extraction import decode_views
-from diffvqa_cache.files import remove_leftovers, write_json_atomic, write_text_atomic
+from diffvqa_cache.files import folder_lock, remove_leftovers, write_json_atomic, write_text_atomic
 from diffvqa_cache.plots import loss_curve
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.seeds import stable_seed
@@ -91,7 +91,13 @@ def _read_log(path: Path, upto: int) -> list[dict]:
 
 def run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool = False,
               progress: bool = True) -> AdaptResult:
-    """Train the Controller for cfg.max_steps steps into OUT (resuming from OUT's latest checkpoint if asked)."""
+    """Train the Controller for cfg.max_steps steps into OUT (resuming from OUT's latest checkpoint if asked).
+    OUT is locked for the whole run: a second adapt on it is refused."""
+    with folder_lock(out, "adapt"):
+        return _run_adapt(dataset, cfg, out, resume, progress)
+
+
+def _run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool, progress: bool) -> AdaptResult:
     from diffvqa_cache.backbone import load_backbone
     from diffvqa_cache.features import FeatureExtractor
 

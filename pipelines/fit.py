@@ -22,8 +22,8 @@ from diffvqa_cache.data import VideoTable, choose_data_path, open_table
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.familiarity import FILE_NAME as FAMILIARITY_FILE, write_reference
-from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic
-from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models
+from diffvqa_cache.files import folder_lock, remove_leftovers, reporting_disk_full, write_csv_atomic, write_json_atomic
+from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models, write_run_manifest
 from diffvqa_cache.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.protocols import Split, plan_splits, test_set_names
@@ -74,7 +74,17 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
     """Train and evaluate under the protocol; write the run directory; return metrics.json's content.
 
     Each split's training state is saved in OUT/state/ after every epoch; with `resume`, finished splits
-    are taken as they are and the current one continues after its last saved epoch."""
+    are taken as they are and the current one continues after its last saved epoch. OUT is locked for the
+    whole fit (a second fit on it is refused before it changes anything), and OUT/manifest.json, written
+    last, records the checksum of every file the run wrote."""
+    with folder_lock(out, "fit"), reporting_disk_full(
+            f"the run folder {out}", "free space and rerun the same command with --resume (finished splits and the "
+            "last saved epoch are kept)"):
+        return _run_fit(cache_path, out, cfg, test_cache_paths, init, progress, resume)
+
+
+def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path], init: Path | None,
+             progress: bool, resume: bool) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     # 1. caches, protocol, features (in memory or streamed; pooling and selection at load time)
@@ -100,6 +110,9 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
         check_resumable(out, run_cfg)
     else:
         shutil.rmtree(states, ignore_errors=True)
+        for old_model in (out / "models").glob("*.safetensors"):  # an earlier run's (it may have had more splits)
+            old_model.unlink()
+    write_run_manifest(out, None)  # being written: loading it is refused until the final manifest is in place
     run_cfg.save(out / "config.json")
     write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
     # what each split model's training videos look like, for predict's unfamiliar-content flag
@@ -146,6 +159,9 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
             [r[3] if len(test_names) == 1 else r[4] for r in rows],
             f"{cache.config.dataset} {protocol}: median SRCC {summary[test_names[0]]['srcc']['median']:.3f}")
     learning_curves(out / "learning_curve.png", histories)
+    written = ["config.json", "splits.json", "metrics.json", "predictions.csv", "scatter.png", "learning_curve.png"] \
+        + [f"models/{s.name}.safetensors" for s in splits] + ([FAMILIARITY_FILE] if (out / FAMILIARITY_FILE).is_file() else [])
+    write_run_manifest(out, written)
     return result
 
 
@@ -179,5 +195,5 @@ def format_summary(result: dict, out: Path) -> str:
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
     lines.append("  PLCC(logistic): Pearson after the 4-parameter logistic fit (the paper's); PLCC(raw): plain Pearson")
     lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
-                 f"{FAMILIARITY_FILE}")
+                 f"{FAMILIARITY_FILE} manifest.json")
     return "\n".join(lines)

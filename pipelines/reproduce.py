@@ -154,10 +154,11 @@ def _extract(dataset, cfg: ExtractConfig, out: Path, client, progress: bool) -> 
 
 
 def _fit(cache: Path, run: Path, overrides: dict, test_caches: list[Path], init: Path | None, progress: bool) -> Path:
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.fitting import FitConfig, run_finished, verify_run
     from pipelines.fit import run_fit
 
-    if (run / "metrics.json").is_file():
+    if run_finished(run):
+        verify_run(run)  # its metrics go into the table: never those of a damaged run
         err.print(f"[bold]fit[/]: {run} is done, skipped")
         return run
     err.print(f"[bold]fit[/]: {run.name}")

@@ -24,7 +24,7 @@ from pathlib import Path
 from diffvqa_cache.cache import FeatureCache
 from diffvqa_cache.dask_cluster import ClusterJobs, check_dask_args, dask_client, default_workers
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.files import remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
+from diffvqa_cache.files import folder_lock, remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
 from diffvqa_cache.fitting import FitConfig, fit_split
 from diffvqa_cache.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_bytes
 from diffvqa_cache.metrics import METRIC_KEYS
@@ -246,7 +246,14 @@ def run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None = Non
               serial: bool = False, overrides: dict | None = None, progress: bool = True,
               cluster_jobs: ClusterJobs | None = None) -> SweepResult:
     """Run every (configuration, split) task not done yet, serially or on a dask cluster (local, running, or
-    worker jobs submitted now: `cluster_jobs`); write summaries."""
+    worker jobs submitted now: `cluster_jobs`); write summaries. OUT is locked for the whole sweep: a
+    second sweep on it is refused."""
+    with folder_lock(out, "sweep"):
+        return _run_sweep(cache_path, grid, out, workers, scheduler_address, serial, overrides, progress, cluster_jobs)
+
+
+def _run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None, scheduler_address: str | None,
+               serial: bool, overrides: dict | None, progress: bool, cluster_jobs: ClusterJobs | None) -> SweepResult:
     check_dask_args(workers, scheduler_address, cluster_jobs)
     if serial and cluster_jobs is not None and cluster_jobs.cluster:
         raise UserInputError("--serial runs the tasks in this process: leave out --cluster")

@@ -160,6 +160,10 @@ def test_predict_refuses_a_run_whose_features_ignore_the_input(run_dir, sample_r
     config = json.loads((bad / "config.json").read_text())
     config["cache"]["extract"].update(strength=1.0, controller=None)
     (bad / "config.json").write_text(json.dumps(config))
+    from diffvqa_cache.fitting import write_run_manifest
+
+    # a run written with those settings (its manifest records this config.json)
+    write_run_manifest(bad, list(json.loads((bad / "manifest.json").read_text())["files"]))
     with pytest.raises(UserInputError, match="same diffusion features"):
         run_predict([sample_root / "videos" / "sample_001.mp4"], bad, progress=False)
 
