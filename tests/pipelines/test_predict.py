@@ -206,6 +206,7 @@ def test_predict_says_a_run_of_an_older_extractor_version_is_stale(run_dir, samp
 
     from diffvqa_cache.config import CacheConfig, fingerprint
     from diffvqa_cache.errors import CacheError
+    from diffvqa_cache.fitting import write_run_manifest
 
     old = tmp_path / "run"
     shutil.copytree(run_dir, old)
@@ -214,5 +215,7 @@ def test_predict_says_a_run_of_an_older_extractor_version_is_stale(run_dir, samp
     config["fingerprint"] = config["cache"]["fingerprint"] = fingerprint(cache.extract, cache.model_id,
                                                                          cache.controller_id, cache.view_size, "3")
     (old / "config.json").write_text(json.dumps(config))
+    # a run written with those settings (its manifest records this config.json)
+    write_run_manifest(old, list(json.loads((old / "manifest.json").read_text())["files"]))
     with pytest.raises(CacheError, match="extractor version 3.*re-extract that cache"):
         run_predict(_videos(sample_root, 1), old, progress=False)
