@@ -180,7 +180,7 @@ class Scorer:
                  controller: str | None = None, batch_size: int = 8, group_size: int | None = None,
                  unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False):
         from .backbone import identify
-        from .config import CacheConfig
+        from .config import EXTRACTOR_VERSION, CacheConfig
         from .extraction import ViewEncoder
 
         self.run = Path(run).expanduser().resolve()
@@ -189,6 +189,10 @@ class Scorer:
             raise UserInputError(f"unfamiliar percentile must be in (0, 100], got {unfamiliar_percentile}")
         # 1. the extraction settings the run was trained on; the model files must be the same ones
         recorded = run_cfg.cache
+        if not recorded.is_current:
+            raise CacheError(f"run {run} was fitted on features of extractor version {recorded.extractor}; this "
+                             f"version extracts version {EXTRACTOR_VERSION} features (README: what changed), which "
+                             "the run's models were not trained on: re-extract its cache and refit")
         cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
                                        controller=controller or recorded.extract.controller)
         cfg.check_features_follow_input()

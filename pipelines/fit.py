@@ -18,6 +18,7 @@ import numpy as np
 
 from diffvqa_cache.cache import FeatureCache
 from diffvqa_cache.checkpoint import save_checkpoint
+from diffvqa_cache.config import EXTRACTOR_VERSION
 from diffvqa_cache.data import VideoTable, choose_data_path, open_table
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
@@ -47,12 +48,17 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
     once into memory when they fit the budget (`cfg.data`, `cfg.memory_gb`), else streamed."""
     cache = FeatureCache(cache_path)
     cache.check_complete(cfg.verify)
+    if not cache.config.is_current:
+        err.print(f"[yellow]{cache.path}: extracted by extractor version {cache.config.extractor}, this version "
+                  f"extracts {EXTRACTOR_VERSION}; the run fits, but `predict` will refuse it: re-extract first[/]")
     test_caches = [FeatureCache(p) for p in test_cache_paths]
     for test_cache in test_caches:
         test_cache.check_complete(cfg.verify)
         if test_cache.fingerprint != cache.fingerprint:
+            versions = ("" if test_cache.config.extractor == cache.config.extractor else
+                        f" (extractor versions {test_cache.config.extractor} and {cache.config.extractor})")
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
-                             f"cache {cache.fingerprint}: extract both with the same settings")
+                             f"cache {cache.fingerprint}{versions}: extract both with the same settings")
     protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
                                    cfg.cross_train)
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(cfg.budget_gb() * 1e9)

@@ -23,7 +23,7 @@ def test_every_command_explains_itself(args):
 
 def test_extract_then_cache_info_and_verify(sample_root, tmp_path):
     args = ["extract", "--dataset", "sample", "--limit", "2", "--steps", "1", "--strength", "0.5", "--frames", "2", "--grid", "4",
-            "--pixel-size", "32", "--out", str(tmp_path)]
+            "--pixel-size", "32", "--crops", "1", "--out", str(tmp_path)]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     cache_dir = Path(result.stdout.strip().splitlines()[-1])
