@@ -327,7 +327,8 @@ class Scorer:
         """One video's features as the run's models read them."""
         if not feats.is_finite():
             raise CacheError("NaN/Inf in its features; try the run's settings with --dtype fp32")
-        return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"])
+        return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"],
+                             self.config.extract.ms_pool == "mean+std")
 
     def _score_videos(self, decoded: list, tensors: list[dict], results: list[VideoScore]) -> None:
         """Every split model over the videos at once; fills each result."""
