@@ -193,13 +193,20 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
     config, ex = cache.config, cache.config.extract
     ts = config.timesteps
     chain = (f"{len(ts)} UNet calls at t={', '.join(map(str, ts)) if len(ts) <= 6 else f'{ts[0]}, {ts[1]}, ..., {ts[-1]}'}"
-             f"; F_MS tapped at t={ts[-1]}" if ts else "timesteps not recorded (cache of 0.1)")
+             f"; F_MS and F_Latent ({ex.latent}) from the call at t={ts[-1]}"
+             + ("" if ts[-1] == 0 else " (the authors' features are at t=0)") if ts else
+             "timesteps not recorded (cache of 0.1)")
     decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
+    from diffvqa_cache.config import EXTRACTOR_VERSION
+
+    version = config.extractor + ("" if config.is_current else f" (this version extracts {EXTRACTOR_VERSION}: its "
+                                  "features differ; re-extract before combining with new caches or predicting)")
     typer.echo(f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
                f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
+               f"extractor    version {version}\n"
                f"settings     steps={ex.steps} sampler={ex.sampler} spacing={ex.timestep_spacing} strength={ex.strength} "
                f"latent={ex.latent} frames={ex.frames} fps={ex.fps} crops={ex.crops} grid={ex.grid} "
-               f"view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
+               f"ms_pool={ex.ms_pool} view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
                f"chain        {chain}\n"
                f"decoded      {decoders}\n"
                f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
@@ -324,6 +331,8 @@ def reconstruct(
     steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
     strength: Annotated[float, typer.Option(help="As extract --strength.")] = 1.0,
     sampler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
+    timestep_spacing: Annotated[str, typer.Option(help="As extract --timestep-spacing.")] = ExtractConfig.timestep_spacing,
+    latent: Annotated[str, typer.Option(help="As extract --latent: which latent is decoded.")] = ExtractConfig.latent,
     seed: Annotated[int, typer.Option(help="As extract --seed (start noise).")] = 0,
     key: Annotated[Optional[str], typer.Option(help="The video's key in the dataset (seeds the noise as extract "
                                                     "does; default: the file name without extension).")] = None,
@@ -336,7 +345,7 @@ def reconstruct(
 
     result = run_reconstruct(video, out, model=model, controller=controller, revision=revision, frames=frames,
                              steps=steps, sampler=sampler, seed=seed, key=key, view_size=view_size, strength=strength,
-                             dtype=dtype, device=device)
+                             dtype=dtype, device=device, timestep_spacing=timestep_spacing, latent=latent)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
 
@@ -516,7 +525,8 @@ def cluster(
 
     data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
                          params["mos_column"], params["allow_problems"])
-    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"])
+    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(gpus_per_job))  # where the parts run
+    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"], gpu=gpu)
     typer.echo(submit_array(spec, path, parts).describe())
 
 

@@ -140,8 +140,8 @@ def main() -> None:
     # 1. bf16 vs fp32 on a few inputs
     v = views(4, size, seed=1)
     for n_steps in sorted({1, lever_steps}):
-        ref = FeatureExtractor(bb, steps=n_steps, dtype="fp32", device=device)(v, [11, 12, 13, 14])
-        low = FeatureExtractor(bb, steps=n_steps, dtype="bf16", device=device)(v, [11, 12, 13, 14])
+        ref = FeatureExtractor(bb, steps=n_steps, dtype="fp32", device=device, timestep_spacing="trailing")(v, [11, 12, 13, 14])
+        low = FeatureExtractor(bb, steps=n_steps, dtype="bf16", device=device, timestep_spacing="trailing")(v, [11, 12, 13, 14])
         errs = {"latent": rel_err(low.latent, ref.latent),
                 **{f"ms{i}": rel_err(a, b) for i, (a, b) in enumerate(zip(low.ms, ref.ms))}}
         results["correctness"][n_steps] = errs
@@ -149,7 +149,7 @@ def main() -> None:
 
     # 2. throughput grid, bf16 autocast (FeatureExtractor's own path)
     for n_steps in steps:
-        fx = FeatureExtractor(bb, steps=n_steps, dtype="bf16", device=device)
+        fx = FeatureExtractor(bb, steps=n_steps, dtype="bf16", device=device, timestep_spacing="trailing")
         per_view = enc_flops + n_steps * step_flops
         for b in batches:
             if not within():
@@ -190,7 +190,7 @@ def main() -> None:
         for m in (bb.vae, bb.unet, bb.controller):
             m.set_attn_processor(proc())
 
-    mk = lambda: FeatureExtractor(bb, steps=lever_steps, dtype="bf16", device=device)
+    mk = lambda: FeatureExtractor(bb, steps=lever_steps, dtype="bf16", device=device, timestep_spacing="trailing")
     lever("bf16 autocast, SDPA (baseline)", mk())
     set_attn(AttnProcessor)
     lever("classic attention (no SDPA)", mk())

@@ -467,7 +467,7 @@ class FeatureCache:
         m = self.manifest
         return {
             "path": str(self.path), "fingerprint": self.fingerprint,
-            "extractor_version": self.config.extractor_version(),
+            "extractor_version": self.config.extractor,
             "stale": self.config.stale_note(), "config": self.config.to_dict(), "videos": m["videos"],
             "failed": m["failed"], "missing": m["missing_on_disk"] + m["not_extracted"], "complete": m["complete"],
             "shards": len(m["shards"]), "shards_planned": m["n_shards_planned"], "features": self._dataset_shapes(),

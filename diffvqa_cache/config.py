@@ -21,20 +21,29 @@ from .errors import UserInputError
 
 # Bump when a change to the extraction code changes the numbers it writes.
 # 3: crop positions seeded like the start noise (by frame position, not by video id); F_Latent choice.
-# 4: rotated (portrait phone) videos decoded upright by decord too, and by their legacy Matroska ROTATE tag.
+# 4: rotated (portrait phone) videos decoded upright by decord too, and by their legacy Matroska ROTATE tag;
+#    the method's defaults as the authors state them (chain ending with its UNet call at t=0, F_Latent =
+#    z0_hat, 20 crops per frame, bf16 on CUDA); the F_MS mean+std option.
 EXTRACTOR_VERSION = "4"
 
 SAMPLERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
+EXTRACT_DTYPES = ("auto",) + DTYPES  # auto: bf16 where the views run on a CUDA GPU, else fp32
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 NOISE_MODES = ("shared", "per-video")
 LATENTS = ("chain", "pred_x0")
+MS_POOLS = ("mean", "mean+std")
 ADAPT_SPLITS = ("auto", "train", "all")
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"  # the method's default backbone (512 px)
-# The one extraction preset of `reproduce`: SD 2.1-base, the paper's 50-step DDIM chain, several crops per
-# frame, bf16 on GPU.
-PAPER_PRESET = {"model": SD21_BASE, "sampler": "ddim", "steps": 50, "frames": 8, "crops": 4, "grid": 8,
-                "pixel_size": 224, "dtype": "bf16"}
+# The method's extraction settings, as the authors state them (docs/architecture.md, "The method's
+# defaults"): the one source of ExtractConfig's defaults and of `reproduce`'s preset. "linspace" spacing
+# runs a 50-step chain from t=999 to t=0 (the authors' README: "we use z0_hat, along with the features from
+# Denoising Network at time step t = 0"), F_Latent is that last call's z0_hat, and 20 crops per frame
+# (their extraction runs `--crop --crop_number 20`).
+METHOD = {"sampler": "ddim", "steps": 50, "timestep_spacing": "linspace", "latent": "pred_x0", "frames": 8,
+          "crops": 20, "grid": 8, "pixel_size": 224, "dtype": "auto"}
+# The one extraction preset of `reproduce`: SD 2.1-base with the method's settings (= extract's defaults).
+PAPER_PRESET = {"model": SD21_BASE, **METHOD}
 BACKENDS = ("auto", "decord", "pyav")
 
 
@@ -120,26 +129,34 @@ class ExtractConfig(Config):
     model: str = setting("tiny", "'tiny' (a small random test model), a local diffusers SD folder, or a hub id.")
     revision: str | None = setting(None, "Hub revision of --model (branch, tag or commit).")
     controller: str | None = setting(None, "Adapted Controller folder (from `adapt`); none = zero-init (plain SD).")
-    sampler: str = setting("ddim", "Reverse-chain sampler: ddim, dpm or euler (deterministic, so features do "
-                                   "not depend on batch composition).")
-    steps: int = setting(50, "Reverse-chain steps (1-4 are the fast variants).")
-    timestep_spacing: str = setting("trailing", "trailing (every chain starts at t=999), leading or linspace.")
+    sampler: str = setting(METHOD["sampler"], "Reverse-chain sampler: ddim, dpm or euler (deterministic, so "
+                                              "features do not depend on batch composition).")
+    steps: int = setting(METHOD["steps"], "Reverse-chain steps (1-4 are the fast variants).")
+    timestep_spacing: str = setting(METHOD["timestep_spacing"], "linspace (from t=999 to a last UNet call at t=0 "
+                                    "with ddim/euler, as the authors' features), trailing (every chain starts "
+                                    "at t=999 and ends at 1000/steps-1: the spacing for 1-4 steps) or leading.")
     strength: float = setting(1.0, "1: the paper's chain from pure noise; <1: start from z0 noised to "
                                    "t=strength*T.")
     noise: str = setting("shared", "Start noise and crop positions: shared (seeded by frame position, view and "
                                    "crop, the same for every video, so features depend on the pixels alone) or "
                                    "per-video (the video id too).")
-    latent: str = setting("chain", "F_Latent: chain (the reverse chain's last output) or pred_x0 (the clean "
-                                   "latent predicted at the last step; the same for dpm and euler).")
-    frames: int | None = setting(8, "Frames sampled uniformly per video (or use --fps).")
+    latent: str = setting(METHOD["latent"], "F_Latent: pred_x0 (z0_hat, the clean latent predicted at the last "
+                                            "UNet call) or chain (the reverse chain's last output; the same for "
+                                            "dpm and euler).")
+    ms_pool: str = setting("mean", "F_MS pooling to the grid: mean, or mean+std (each cell's mean and standard "
+                                   "deviation, 2x the F_MS bytes; fit uses the stds with --set ms_std=true).")
+    frames: int | None = setting(METHOD["frames"], "Frames sampled uniformly per video (or use --fps).")
     fps: float | None = setting(None, "Sample frames at a fixed rate instead of --frames.")
-    crops: int = setting(1, "Cropped views per frame (the D branch).")
+    crops: int = setting(METHOD["crops"], "Cropped views per frame (the D branch; 20 as the authors' extraction).")
     view_size: int | None = setting(None, "View side in pixels (default: the model's native size, 512 for SD "
                                           "base, 128 for tiny).")
-    grid: int = setting(8, "F_MS maps average-pooled to GRID x GRID (maps smaller than that are kept).")
-    pixel_size: int = setting(224, "Side of the uint8 view copy kept for TCAB (capped at the view size).")
+    grid: int = setting(METHOD["grid"], "F_MS maps average-pooled to GRID x GRID (maps smaller than that are kept).")
+    pixel_size: int = setting(METHOD["pixel_size"], "Side of the uint8 view copy kept for TCAB (capped at the "
+                                                    "view size).")
     seed: int = setting(0, "Seeds crop positions and start noise.")
-    dtype: str = setting("fp32", "Compute precision of the diffusion model: fp32, bf16 or fp16 (autocast).")
+    dtype: str = setting(METHOD["dtype"], "Compute precision of the diffusion model: auto (bf16 where the views "
+                                          "run on a CUDA GPU, fp32 on the CPU; recorded resolved), fp32, bf16 or "
+                                          "fp16 (autocast).")
     batch_size: int = setting(8, "Views per model pass.")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
     shard_size: int = setting(32, "Videos per HDF5 shard.")
@@ -159,7 +176,8 @@ class ExtractConfig(Config):
         one_of("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         one_of("noise", self.noise, NOISE_MODES)
         one_of("latent", self.latent, LATENTS)
-        one_of("dtype", self.dtype, DTYPES)
+        one_of("ms_pool", self.ms_pool, MS_POOLS)
+        one_of("dtype", self.dtype, EXTRACT_DTYPES)
         one_of("backend", self.backend, BACKENDS)
         if not 0.0 < self.strength <= 1.0:
             raise UserInputError(f"strength must be in (0, 1], got {self.strength}")
@@ -179,6 +197,12 @@ class ExtractConfig(Config):
         if check:
             cfg.check_features_follow_input()
         return cfg
+
+    def resolved(self, gpu: bool) -> "ExtractConfig":
+        """These settings with dtype "auto" made concrete for where the views run: bf16 on a CUDA GPU (the
+        preset), fp32 on the CPU (where bf16 autocast is emulated on CPUs without native bf16 and was measured
+        5x slower than fp32: BENCHMARKS.md). The cache records the resolved dtype, so caches never mix."""
+        return self.replace(dtype=("bf16" if gpu else "fp32")) if self.dtype == "auto" else self
 
     def check_features_follow_input(self) -> None:
         """Refuse settings under which every video gets the same diffusion features."""
@@ -282,37 +306,37 @@ class CacheConfig(Config):
     package_version: str = __version__
     tiny_model: bool = False
     timesteps: tuple[int, ...] = ()  # the UNet's timesteps along the chain; F_MS are tapped at the last one
+    extractor_version: str = ""  # EXTRACTOR_VERSION of the code that wrote it ("": 3 or older, not recorded)
 
     @classmethod
     def create(cls, cfg: ExtractConfig, identity: ModelIdentity, dataset: str, mos_range: tuple[float, float],
-               timesteps: tuple[int, ...] = ()) -> "CacheConfig":
+               timesteps: tuple[int, ...] = (), gpu: bool = False) -> "CacheConfig":
+        """The cache of `cfg` (dtype "auto" resolved for views run on a CUDA GPU when `gpu`, else on the CPU)."""
+        cfg = cfg.resolved(gpu)
         view_size = cfg.view_size or identity.native_size
         return cls(fingerprint=fingerprint(cfg, identity.model_id, identity.controller_id, view_size), extract=cfg,
                    model_id=identity.model_id, controller_id=identity.controller_id, view_size=view_size,
                    pixel_size=min(cfg.pixel_size, view_size), dataset=dataset,
                    mos_range=tuple(float(x) for x in mos_range), tiny_model=cfg.model == "tiny",
-                   timesteps=tuple(int(t) for t in timesteps))
+                   timesteps=tuple(int(t) for t in timesteps), extractor_version=EXTRACTOR_VERSION)
+
+    @property
+    def extractor(self) -> str:
+        """The extractor version that wrote the cache, for messages ("3 or older" where not recorded)."""
+        return self.extractor_version or "3 or older"
+
+    @property
+    def is_current(self) -> bool:
+        """Written by this extractor version: new extractions and predictions compute the same features."""
+        return self.extractor_version == EXTRACTOR_VERSION
 
     @property
     def identity(self) -> tuple[str, str]:
         return self.model_id, self.controller_id
 
-    def extractor_version(self) -> str | None:
-        """The extractor version whose fingerprint this config carries (EXTRACTOR_VERSION for a current
-        cache; an older one for a stale cache; None if none matches)."""
-        for version in [EXTRACTOR_VERSION] + [str(v) for v in range(int(EXTRACTOR_VERSION) - 1, 0, -1)]:
-            try:
-                fp = fingerprint(self.extract, self.model_id, self.controller_id, self.view_size, version)
-                if fp == self.fingerprint:
-                    return version
-            except Exception:  # settings of an older version that this one cannot fingerprint
-                return None
-        return None
-
     def stale_note(self) -> str | None:
         """One line when this cache's features come from an older extractor version, else None."""
-        version = self.extractor_version()
-        if version is None or version == EXTRACTOR_VERSION:
+        if self.is_current:
             return None
-        return (f"extracted by extractor version {version}; this version ({EXTRACTOR_VERSION}) computes other "
+        return (f"extracted by extractor version {self.extractor}; this version ({EXTRACTOR_VERSION}) computes other "
                 "features (see README, 'Changed in'), which are never mixed with these")

@@ -19,7 +19,7 @@ from .branches import BRANCHES, N_LEVELS, BranchFeatures, map_branches
 from .cache import FeatureCache, VideoFeatures
 from .config import Config
 from .errors import CacheError, UserInputError
-from .pooling import pool_to_grid, pooled_side
+from .pooling import pool_moments, pool_to_grid, pooled_side
 
 
 @dataclass(frozen=True)
@@ -33,8 +33,14 @@ class LoadSpec(Config):
     grid: int | None = None  # None: the cache's grid; smaller: average-pooled at load time
     pixel_size: int = 64  # TCAB input side, resized at load time
     num_frames: int | None = None  # None: all cached frames (must be equal across videos)
+    # F_Latent's own grid (None: `grid`, as F_MS); finer keeps more of the 4-channel latent (cached at full
+    # size), which DFF folds onto the F_MS grid (space to depth)
+    latent_grid: int | None = None
+    ms_std: bool = False  # also the F_MS cell standard deviations (a cache extracted with --ms-pool mean+std)
 
     def __post_init__(self):
+        if self.latent_grid is not None and self.latent_grid < 1:
+            raise UserInputError(f"latent_grid must be >= 1 (or unset: the F_MS grid), got {self.latent_grid}")
         for b in self.branches:
             if b not in BRANCHES:
                 raise UserInputError(f"branch {b!r} is not one of {BRANCHES}")
@@ -63,9 +69,29 @@ def resize_pixels(pix: torch.Tensor, size: int) -> torch.Tensor:
     return out.reshape(t, k, *out.shape[1:])
 
 
-def video_tensors(video: VideoFeatures, spec: LoadSpec, grid: int, num_frames: int) -> dict[str, BranchFeatures]:
-    """One video's cached arrays -> tensors (T, K, ...) per branch: frames picked, maps pooled to `grid`,
-    pixels resized to `spec.pixel_size`; parts not in `spec` left out."""
+def load_ms(m: torch.Tensor, grid: int, moments: bool, want_std: bool) -> torch.Tensor:
+    """A cached F_MS level (..., C, h, w) as the model gets it, pooled to `grid`. From a mean+std cache
+    (`moments`: the means, then the stds along the channels) the means alone, or with `want_std` both, the
+    coarser cells' stds computed from the finer cells' means and stds."""
+    if not moments:
+        return pool_to_grid(m, grid)
+    return pool_moments(m, grid) if want_std else pool_to_grid(m[..., :m.shape[-3] // 2, :, :], grid)
+
+
+def apply_load_rules(view: BranchFeatures, spec: LoadSpec, grid: int, moments: bool = False) -> BranchFeatures:
+    """A branch's parts as read (any leading axes) -> what the model gets: F_MS pooled to `grid` (and their
+    stds kept or dropped), F_Latent pooled to `spec.latent_grid` (or `grid`), pixels resized. The one rule
+    of the in-memory table, the streamed table and predict."""
+    view.latent = None if view.latent is None else pool_to_grid(view.latent, spec.latent_grid or grid)
+    view.ms = tuple(None if m is None else load_ms(m, grid, moments, spec.ms_std) for m in view.ms)
+    view.pixels = None if view.pixels is None else resize_pixels(view.pixels, spec.pixel_size)
+    return view
+
+
+def video_tensors(video: VideoFeatures, spec: LoadSpec, grid: int, num_frames: int,
+                  moments: bool = False) -> dict[str, BranchFeatures]:
+    """One video's cached arrays -> tensors (T, K, ...) per branch: frames picked, `apply_load_rules`; parts
+    not in `spec` left out. `moments`: the cache holds F_MS means and stds (--ms-pool mean+std)."""
     rows = pick_frames(len(video.frame_index), num_frames)
     wanted = spec.parts()
     out = {}
@@ -74,12 +100,23 @@ def video_tensors(video: VideoFeatures, spec: LoadSpec, grid: int, num_frames: i
         chosen = BranchFeatures(latent=cached.latent if wanted.latent else None,
                                 pixels=cached.pixels if wanted.pixels else None,
                                 ms=tuple(m if w else None for m, w in zip(cached.ms, wanted.ms)))
-        view = chosen.map(lambda a: torch.from_numpy(a[rows]))
-        view.latent = None if view.latent is None else pool_to_grid(view.latent, grid)
-        view.ms = tuple(None if m is None else pool_to_grid(m, grid) for m in view.ms)
-        view.pixels = None if view.pixels is None else resize_pixels(view.pixels, spec.pixel_size)
-        out[b] = view
+        out[b] = apply_load_rules(chosen.map(lambda a: torch.from_numpy(a[rows])), spec, grid, moments)
     return out
+
+
+def describe_features(ms: list[tuple[int, int] | None], latent_side: int | None, pixel_size: int, num_frames: int,
+                      latent_grid: int | None = None) -> dict:
+    """The feature_spec the regressor is built for, from the loaded shapes: (channels, side) of each F_MS
+    level (None: not loaded), F_Latent's side (None: not loaded). "grid" is DFF's working grid; with a
+    separate `latent_grid` F_Latent is left out of it and its side recorded as "latent_grid"."""
+    sides = [side for level in ms if level for side in level[1:]]
+    if latent_side is not None and (latent_grid is None or not sides):
+        sides.append(latent_side)
+    spec = {"ms_channels": [level[0] if level else 0 for level in ms], "latent_channels": 4, "grid": max(sides),
+            "pixel_size": pixel_size, "num_frames": num_frames}
+    if latent_grid is not None and latent_side is not None:
+        spec["latent_grid"] = latent_side
+    return spec
 
 
 class VideoTable:
@@ -88,9 +125,10 @@ class VideoTable:
     A subset shares the tensors (`rows` maps its videos to their rows), so splits cost no copy."""
 
     def __init__(self, keys: list[str], mos: np.ndarray, splits: list[str], branches: dict[str, BranchFeatures],
-                 rows: np.ndarray | None = None):
+                 rows: np.ndarray | None = None, latent_grid: int | None = None):
         self.keys, self.mos, self.splits, self.branches = keys, mos.astype(np.float32), splits, branches
         self.rows = np.arange(len(keys)) if rows is None else rows
+        self.latent_grid = latent_grid  # the load spec's own F_Latent grid (None: F_Latent on the F_MS grid)
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -105,7 +143,7 @@ class VideoTable:
 
     def subset(self, idx: np.ndarray) -> "VideoTable":
         return VideoTable([self.keys[i] for i in idx], self.mos[idx], [self.splits[i] for i in idx], self.branches,
-                          self.rows[idx])
+                          self.rows[idx], self.latent_grid)
 
     @property
     def device(self) -> torch.device:
@@ -114,7 +152,7 @@ class VideoTable:
     def to(self, device: torch.device) -> "VideoTable":
         """The table with its tensors on `device` (a GPU-resident table: batches need no host copy)."""
         return VideoTable(self.keys, self.mos, self.splits, map_branches(self.branches, lambda t: t.to(device)),
-                          self.rows)
+                          self.rows, self.latent_grid)
 
     def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict[str, BranchFeatures]:
         """Model input for videos `idx`; `crop` picks one crop per (video, frame) (an int or (B, T) array).
@@ -140,9 +178,10 @@ class VideoTable:
         """What the regressor is built for: channels per F_MS level (0: not loaded), grid, pixels, frames."""
         v = next(iter(self.branches.values()))
         maps = [x for x in (v.latent, *v.ms) if x is not None]
-        return {"ms_channels": [0 if m is None else int(m.shape[3]) for m in v.ms], "latent_channels": 4,
-                "grid": max(int(m.shape[-1]) for m in maps),
-                "pixel_size": int(v.pixels.shape[-1]) if v.pixels is not None else 0, "num_frames": int(maps[0].shape[1])}
+        return describe_features([None if m is None else (int(m.shape[3]), int(m.shape[-1])) for m in v.ms],
+                                 None if v.latent is None else int(v.latent.shape[-1]),
+                                 int(v.pixels.shape[-1]) if v.pixels is not None else 0, int(maps[0].shape[1]),
+                                 self.latent_grid)
 
 
 def to_device(batch: dict[str, BranchFeatures], device: torch.device) -> dict[str, BranchFeatures]:
@@ -160,6 +199,13 @@ def resolve_grid_and_frames(cache: FeatureCache, spec: LoadSpec) -> tuple[int, i
     grid = spec.grid or ex.grid
     if grid > ex.grid:
         raise UserInputError(f"grid {grid} is finer than the cache's grid {ex.grid}; re-extract with --grid {grid}")
+    if spec.ms_std and ex.ms_pool != "mean+std":
+        raise UserInputError(f"ms_std needs the F_MS standard deviations: cache {cache.path} was extracted with "
+                             f"--ms-pool {ex.ms_pool}; re-extract it with --ms-pool mean+std (its means are the same)")
+    latent_side = cache.config.view_size // 8
+    if spec.latent_grid is not None and spec.latent_grid > latent_side:
+        raise UserInputError(f"latent_grid {spec.latent_grid} is finer than the cached F_Latent ({latent_side}x"
+                             f"{latent_side} at {cache.config.view_size} px views); use at most {latent_side}")
     frames = spec.num_frames or ex.frames
     if not frames:
         raise UserInputError("this cache samples frames at a fixed rate: set num_frames (frames per video) to fit")
@@ -174,11 +220,12 @@ def load_table(cache: FeatureCache, spec: LoadSpec, progress=None) -> VideoTable
     order, mos, splits = table_labels(cache)
     row_of = {k: i for i, k in enumerate(order)}
     tables: dict[str, BranchFeatures] = {}
+    moments = has_moments(cache)
     for file in cache.shard_files():
         shard = cache.read_shard(file, spec.parts(), spec.branches)
         shard.check_finite()
         for i in range(len(shard.keys)):
-            video = video_tensors(shard.video(i), spec, grid, num_frames)
+            video = video_tensors(shard.video(i), spec, grid, num_frames, moments)
             for b, view in video.items():
                 if b not in tables:
                     tables[b] = view.map(lambda t: t.new_empty((len(order), *t.shape)))
@@ -186,7 +233,12 @@ def load_table(cache: FeatureCache, spec: LoadSpec, progress=None) -> VideoTable
                     table[row_of[shard.keys[i]]] = part
         if progress is not None:
             progress()
-    return VideoTable(order, mos, splits, tables)
+    return VideoTable(order, mos, splits, tables, latent_grid=spec.latent_grid)
+
+
+def has_moments(cache: FeatureCache) -> bool:
+    """The cache's F_MS levels hold cell means then stds (extracted with --ms-pool mean+std)."""
+    return cache.config.extract.ms_pool == "mean+std"
 
 
 def table_labels(cache: FeatureCache) -> tuple[list[str], np.ndarray, list[str]]:
@@ -199,25 +251,31 @@ def table_labels(cache: FeatureCache) -> tuple[list[str], np.ndarray, list[str]]
             [cache.labels[k]["split"] for k in order])
 
 
-def _selected_rows(cache: FeatureCache, spec: LoadSpec) -> list[tuple[tuple, int, bool]]:
-    """(cached shape of one frame's part (K, C, H, W), bytes per value, pixels?) of each part `spec`
-    selects, over its branches."""
+def _selected_rows(cache: FeatureCache, spec: LoadSpec) -> list[tuple[tuple, int, str]]:
+    """(cached shape of one frame's part (K, C, H, W), bytes per value, "latent" / "ms" / "pixels") of each
+    part `spec` selects, over its branches."""
     shapes, wanted = cache.part_shapes(), spec.parts()
     out = []
     for b in spec.branches:
         s = shapes[b]
-        out += [(s.latent, 2, False)] if wanted.latent else []
-        out += [(level, 2, False) for level, want in zip(s.ms, wanted.ms) if want]
-        out += [(s.pixels, 1, True)] if wanted.pixels else []
+        out += [(s.latent, 2, "latent")] if wanted.latent else []
+        out += [(level, 2, "ms") for level, want in zip(s.ms, wanted.ms) if want]
+        out += [(s.pixels, 1, "pixels")] if wanted.pixels else []
     return out
 
 
 def estimate_bytes(cache: FeatureCache, spec: LoadSpec) -> int:
-    """Bytes `load_table` allocates for `spec`, from the cached shapes and the same pooling rule."""
+    """Bytes `load_table` allocates for `spec`, from the cached shapes and the same pooling rules."""
     grid, frames = resolve_grid_and_frames(cache, spec)
-    per_video = sum(k * 3 * spec.pixel_size ** 2 if pixels  # resized to the load spec's pixel size
-                    else k * c * pooled_side(h, grid) * pooled_side(w, grid) * size
-                    for (k, c, h, w), size, pixels in _selected_rows(cache, spec))
+    halve = has_moments(cache) and not spec.ms_std  # the stds of a mean+std cache are left out
+
+    def loaded(k, c, h, w, size, kind):
+        if kind == "pixels":  # resized to the load spec's pixel size
+            return k * 3 * spec.pixel_size ** 2
+        g = spec.latent_grid or grid if kind == "latent" else grid
+        return k * (c // 2 if kind == "ms" and halve else c) * pooled_side(h, g) * pooled_side(w, g) * size
+
+    per_video = sum(loaded(*shape, size, kind) for shape, size, kind in _selected_rows(cache, spec))
     return per_video * frames * len(cache)
 
 

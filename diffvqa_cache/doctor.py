@@ -24,7 +24,9 @@ Status = Literal["ok", "missing", "slow", "info"]
 
 GPU_INSTALL = "README.md 'Installing on a GPU cluster'"
 KERNEL_INSTALL = "pip install --no-build-isolation causal-conv1d mamba-ssm"
-MB_PER_VIDEO = 10  # cache size of one video at the default settings (BENCHMARKS.md: 8 frames, 1 crop, grid 8)
+# cache size of one video at the default settings (the paper's: 8 frames x (1 + 20 crops) views of SD 2.1-base
+# at 512 px, each 633,856 B: F_MS 3520 channels at 8x8 + F_Latent 4x64x64 in fp16, a 224 px uint8 copy)
+MB_PER_VIDEO = 106
 LOW_SPACE_GB = 20
 WRITE_TEST_MB = 64
 SLOW_WRITE_MB_S = 100  # a GPU at --steps 1 writes ~225 MB/s of features (BENCHMARKS.md)

@@ -90,9 +90,9 @@ class ViewEncoder:
                       "its features say nothing about quality[/]")
         self.fx = FeatureExtractor(bb, steps=cfg.steps, sampler=cfg.sampler, grid=cfg.grid, dtype=cfg.dtype,
                                    device=device, timestep_spacing=cfg.timestep_spacing, strength=cfg.strength,
-                                   latent=cfg.latent)
+                                   latent=cfg.latent, ms_pool=cfg.ms_pool)
         self.config, self.cfg = config, cfg
-        self.guard = InputDependenceGuard()
+        self.guard = InputDependenceGuard(self.fx)
 
     def encode_stream(self, videos: Iterable[DecodedVideo], on_video=None) -> list[VideoFeatures]:
         """Consume decoded videos in order; views of consecutive videos share batches.
@@ -123,6 +123,7 @@ class ViewEncoder:
         if pending:
             self._run(pending, meta, outs)
             done = _report(done, last_job, n_jobs, meta, on_video)
+        self.guard.probe()  # when no two views shared a seed so far (--noise per-video, a single video)
         # 3. assemble (T, K, ...) arrays per video
         result = []
         for v, video in enumerate(meta):
@@ -152,29 +153,59 @@ class ViewEncoder:
 class InputDependenceGuard:
     """Stops a run whose diffusion features do not follow the pixels (a zero-initialised, broken or
     mismatched Controller): two views with the same start-noise seed but different pixels must not get
-    identical features. Watches the first views of a run; done after a few clean comparisons."""
+    identical features. Watches the first views of a run; done after a few clean comparisons.
 
-    def __init__(self, comparisons: int = 4, max_views: int = 512):
+    With shared noise, views at the same (frame position, view, crop) of two videos share a seed; where no
+    two views do (--noise per-video, or a single video), `probe` runs the run's first two views with
+    different pixels once more, with one seed, before the stream's features are returned (a probe pair:
+    2 extra views per process)."""
+
+    def __init__(self, features=None, comparisons: int = 4, max_views: int = 512):
+        self.features = features  # views, seeds -> BranchFeatures (the FeatureExtractor), for the probe
         self.seen: dict[int, tuple[bytes, bytes, str]] = {}
         self.left, self.max_views = comparisons, max_views
+        self.compared = False  # a pair with one seed was compared (passively or by the probe)
+        self.pair: list[tuple[bytes, np.ndarray, int, str]] = []  # the first two views with different pixels
 
     def check(self, seed: int, image: np.ndarray, features: BranchFeatures, name: str) -> None:
         if self.left <= 0 or self.max_views <= 0:
             return
         self.max_views -= 1
-        pixels = hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).digest()
-        digest = hashlib.blake2b(digest_size=16)
-        for part in features.parts():
-            digest.update(np.ascontiguousarray(part).tobytes())
-        earlier = self.seen.setdefault(seed, (pixels, digest.digest(), name))
+        pixels = _digest([image])
+        if len(self.pair) < 2 and all(p[0] != pixels for p in self.pair):
+            self.pair.append((pixels, np.array(image), seed, name))
+        digest = _digest(features.parts())
+        earlier = self.seen.setdefault(seed, (pixels, digest, name))
         if earlier[0] == pixels:
             return
-        if earlier[1] == digest.digest():
-            raise DiffVQAError(f"the diffusion features do not depend on the input: {earlier[2]} and {name} have "
-                               "different pixels but identical features; the Controller is zero, broken or not made "
-                               "for this model: check --controller (train one with `diffvqa-cache adapt`) or use "
-                               "--strength < 1")
+        if earlier[1] == digest:
+            raise _not_input_dependent(earlier[2], name)
+        self.compared = True
         self.left -= 1
+
+    def probe(self) -> None:
+        """Run the first two different views with the first one's seed, once, if no pair was compared yet."""
+        if self.compared or len(self.pair) < 2 or self.features is None:
+            return
+        (_, a, seed, name_a), (_, b, _, name_b) = self.pair
+        both = self.features(torch.from_numpy(np.stack([a, b])), [seed, seed])
+        one = [_digest(both.map(lambda x, n=n: x[n].numpy()).parts()) for n in (0, 1)]
+        if one[0] == one[1]:
+            raise _not_input_dependent(name_a, f"{name_b}, run with one start-noise seed,")
+        self.compared = True
+
+
+def _digest(parts) -> bytes:
+    digest = hashlib.blake2b(digest_size=16)
+    for part in parts:
+        digest.update(np.ascontiguousarray(part).tobytes())
+    return digest.digest()
+
+
+def _not_input_dependent(a: str, b: str) -> DiffVQAError:
+    return DiffVQAError(f"the diffusion features do not depend on the input: {a} and {b} have different pixels "
+                        "but identical features; the Controller is zero, broken or not made for this model: check "
+                        "--controller (train one with `diffvqa-cache adapt`) or use --strength < 1")
 
 
 def _report(done: int, last_job: list[int], finished_jobs: int, meta: list, on_video) -> int:

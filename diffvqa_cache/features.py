@@ -2,10 +2,13 @@
 
 F_MS are the outputs of the UNet's four up (decoder) blocks during the final denoising step, tapped
 with forward hooks (the UNet's forward is never copied). That step runs at the chain's last timestep:
-with "trailing" spacing t = 1000/steps - 1 (19 for 50 steps, 249 for 4, 999 for 1; with strength < 1 the
-chain has ceil(steps/strength) slots); "leading" and "linspace" end near t=0. `chain_timesteps` gives the
-exact list, which extraction records in the cache (`CacheConfig.timesteps`). F_Latent is the chain's last
-output ("chain") or the clean latent predicted at the last step ("pred_x0").
+with "linspace" spacing (the default) ddim and euler chains run from t=999 to t=0, where the authors take
+their features (999, 979, ..., 20, 0 for 50 steps; 999, 666, 333, 0 for 4; 999, 0 for 2), dpm's grid ends
+at 1000/steps (t=20 for 50 steps); with "trailing" the last call is at t = 1000/steps - 1 (19 for 50 steps,
+249 for 4, 999 for 1); "leading" ends at t=1 (SD's steps_offset). With strength < 1 the chain is the last
+`steps` of ceil(steps/strength) slots. `chain_timesteps` gives the exact list, which extraction records in
+the cache (`CacheConfig.timesteps`). F_Latent is the clean latent z0_hat predicted at the last call
+("pred_x0", the default) or the chain's last output ("chain").
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ import torch
 
 from .backbone import Backbone
 from .branches import N_LEVELS, BranchFeatures
-from .config import LATENTS
+from .config import LATENTS, METHOD, MS_POOLS
 from .devices import autocast
-from .pooling import pool_to_grid
+from .errors import UserInputError
+from .pooling import pool_mean_std, pool_to_grid
 
 
-def make_sampler(name: str, config: dict, timestep_spacing: str = "trailing"):
+def make_sampler(name: str, config: dict, timestep_spacing: str = METHOD["timestep_spacing"]):
     """A deterministic sampler from the model's own training schedule.
 
     "trailing" spacing starts the chain at the last training timestep whatever the number of steps, so
@@ -33,13 +37,19 @@ def make_sampler(name: str, config: dict, timestep_spacing: str = "trailing"):
     return cls.from_config(config, timestep_spacing=timestep_spacing)
 
 
-def make_chain(name: str, schedule: dict, steps: int, spacing: str = "trailing", strength: float = 1.0,
-               device=None):
+def make_chain(name: str, schedule: dict, steps: int, spacing: str = METHOD["timestep_spacing"],
+               strength: float = 1.0, device=None):
     """(sampler, timesteps) of a reverse chain: `steps` steps from pure noise (strength 1) or the last
-    `steps` of ceil(steps/strength) slots (strength < 1, img2img style)."""
+    `steps` of ceil(steps/strength) slots (strength < 1, img2img style). A chain from pure noise whose first
+    call is in the clean half of the schedule (1 step with linspace or leading spacing: t=0 or t=1) is refused."""
     sampler = make_sampler(name, schedule, spacing)
     if strength >= 1.0:
         sampler.set_timesteps(steps, device=device)
+        first = int(sampler.timesteps[0])
+        if first < int(schedule.get("num_train_timesteps", 1000)) // 2:
+            raise UserInputError(f"--steps {steps} with --timestep-spacing {spacing}: the chain's first UNet call is at "
+                                 f"t={first} on pure noise, which the model takes for a nearly clean latent; use "
+                                 "--timestep-spacing trailing (a 1-step chain at t=999), more steps, or --strength < 1")
         return sampler, sampler.timesteps
     sampler.set_timesteps(math.ceil(steps / strength), device=device)
     if hasattr(sampler, "set_begin_index"):
@@ -47,23 +57,26 @@ def make_chain(name: str, schedule: dict, steps: int, spacing: str = "trailing",
     return sampler, sampler.timesteps[-steps:]
 
 
-def chain_timesteps(name: str, schedule: dict, steps: int, spacing: str = "trailing", strength: float = 1.0) -> list[int]:
+def chain_timesteps(name: str, schedule: dict, steps: int, spacing: str = METHOD["timestep_spacing"],
+                    strength: float = 1.0) -> list[int]:
     """The UNet's timesteps along the chain; F_MS are tapped at the last one."""
     return [int(t) for t in make_chain(name, schedule, steps, spacing, strength)[1]]
 
 
 class _UpBlockTap:
-    """Forward hooks on the UNet's up blocks that keep their pooled outputs while `armed`."""
+    """Forward hooks on the UNet's up blocks that keep their pooled outputs while `armed` (the cell means,
+    or with `ms_pool` "mean+std" the means then the standard deviations along the channels)."""
 
-    def __init__(self, unet: torch.nn.Module, grid: int):
+    def __init__(self, unet: torch.nn.Module, grid: int, ms_pool: str = "mean"):
         self.grid, self.armed, self.maps = grid, False, [None] * N_LEVELS
+        self.pool = pool_mean_std if ms_pool == "mean+std" else pool_to_grid
         self.handles = [blk.register_forward_hook(self._hook(i)) for i, blk in enumerate(unet.up_blocks[:N_LEVELS])]
 
     def _hook(self, level: int):
         def hook(module, args, output):
             if self.armed:
                 out = output[0] if isinstance(output, tuple) else output
-                self.maps[level] = pool_to_grid(out.float(), self.grid)
+                self.maps[level] = self.pool(out.float(), self.grid)
         return hook
 
     def remove(self) -> None:
@@ -74,14 +87,18 @@ class _UpBlockTap:
 class FeatureExtractor:
     """Turns a batch of views into F_Latent (z0_hat) and the four pooled F_MS maps."""
 
-    def __init__(self, backbone: Backbone, steps: int, sampler: str = "ddim", grid: int = 8,
-                 dtype: str = "fp32", device: str | torch.device = "cpu", timestep_spacing: str = "trailing",
-                 strength: float = 1.0, latent: str = "chain"):
+    def __init__(self, backbone: Backbone, steps: int, sampler: str = METHOD["sampler"], grid: int = METHOD["grid"],
+                 dtype: str = "fp32", device: str | torch.device = "cpu",
+                 timestep_spacing: str = METHOD["timestep_spacing"], strength: float = 1.0,
+                 latent: str = METHOD["latent"], ms_pool: str = "mean"):
         if latent not in LATENTS:
             raise ValueError(f"latent must be one of {LATENTS}, got {latent!r}")
-        self.bb, self.steps, self.grid, self.latent = backbone, steps, grid, latent
+        if ms_pool not in MS_POOLS:
+            raise ValueError(f"ms_pool must be one of {MS_POOLS}, got {ms_pool!r}")
+        self.bb, self.steps, self.grid, self.latent, self.ms_pool = backbone, steps, grid, latent, ms_pool
         self.device = torch.device(device)
-        self.dtype = dtype  # weights stay fp32; a lower precision is autocast
+        # weights stay fp32; a lower precision is autocast ("auto": bf16 on CUDA, as ExtractConfig.resolved)
+        self.dtype = ("bf16" if self.device.type == "cuda" else "fp32") if dtype == "auto" else dtype
         self.bb.to(self.device)
         self.sampler_name, self.timestep_spacing, self.strength = sampler, timestep_spacing, strength
 
@@ -96,7 +113,7 @@ class FeatureExtractor:
     @torch.no_grad()
     def __call__(self, views: torch.Tensor, noise_seeds: list[int]) -> BranchFeatures:
         """views: uint8 (N, H, W, 3); one start-noise seed per view. Returns CPU float16 F_Latent (N, 4, h, w)
-        and F_MS (N, C_l, g, g) per level (no pixels)."""
+        and F_MS (N, C_l, g, g) per level (N, 2 C_l, g, g with ms_pool "mean+std"; no pixels)."""
         # 1. encode the clean latent z0: the Controller's condition at every step
         z0 = self.encode(views)
         # 2. seeded start noise, drawn on the CPU so it is the same on every device and batch split
@@ -109,7 +126,7 @@ class FeatureExtractor:
         else:  # img2img-style: from z0 noised to t = strength * T
             z = sampler.add_noise(z0, noise, timesteps[:1])
         text = self.bb.null_text.expand(len(views), -1, -1)
-        tap = _UpBlockTap(self.bb.unet, self.grid)
+        tap = _UpBlockTap(self.bb.unet, self.grid, self.ms_pool)
         try:
             # 3. reverse chain z_T ... z_0_hat, Controller conditioned on z0; F_MS tapped at the final step
             for i, t in enumerate(timesteps):

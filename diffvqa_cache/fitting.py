@@ -61,6 +61,10 @@ class FitConfig(Config):
     # TCAB input side: None = the cache's pixel copy (224 px by default: 14x14 = 196 tokens of 16 px per
     # frame, as VideoMamba sees a frame); smaller values are resized at load time (64 for quick CPU runs).
     pixel_size: int | None = None
+    # F_Latent's own load-time grid (None: `grid`, as F_MS): finer keeps more of the 4-channel latent, which
+    # the cache holds at full size (64x64 for SD at 512 px); a multiple of the F_MS grid
+    latent_grid: int | None = None
+    ms_std: bool = False  # F_MS cell means and stds (a cache extracted with --ms-pool mean+std); False: means
     data: str = "auto"  # memory (tables in memory), stream (read from the shards per batch), auto (memory if it fits)
     memory_gb: float | None = None  # budget for the feature data (None: a share of the available memory, see memory.py)
     verify: bool = True  # re-hash every shard before training (catches silent corruption)
@@ -89,7 +93,7 @@ class FitConfig(Config):
         r = self.regressor
         return LoadSpec(branches=r.branches, ms_levels=tuple(r.ms_levels), use_latent=r.use_latent,
                         use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size or cached_pixel_size,
-                        num_frames=self.num_frames)
+                        num_frames=self.num_frames, latent_grid=self.latent_grid, ms_std=self.ms_std)
 
     def training(self, fine_tuning: bool) -> TrainConfig:
         """The training settings a fit uses: `train`, with `finetune`'s lr, epochs and warm-up when it

@@ -181,7 +181,7 @@ class Scorer:
                  controller: str | None = None, batch_size: int = 8, group_size: int | None = None,
                  unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False):
         from .backbone import identify
-        from .config import CacheConfig
+        from .config import EXTRACTOR_VERSION, CacheConfig
         from .extraction import ViewEncoder
 
         self.run = Path(run).expanduser().resolve()
@@ -191,16 +191,17 @@ class Scorer:
             raise UserInputError(f"unfamiliar percentile must be in (0, 100], got {unfamiliar_percentile}")
         # 1. the extraction settings the run was trained on; the model files must be the same ones
         recorded = run_cfg.cache
+        if not recorded.is_current:
+            raise CacheError(f"run {run} was fitted on features of extractor version {recorded.extractor}; this "
+                             f"version extracts version {EXTRACTOR_VERSION} features (README: what changed), which "
+                             "the run's models were not trained on: re-extract that cache with this version and "
+                             "refit (or score with the version that extracted it)")
         cfg = recorded.extract.replace(device=device, batch_size=batch_size, model=model or recorded.extract.model,
                                        controller=controller or recorded.extract.controller)
         cfg.check_features_follow_input()
         self.config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), recorded.dataset,
                                          recorded.mos_range)
         if self.config.fingerprint != run_cfg.fingerprint:
-            stale = recorded.stale_note() if recorded.fingerprint == run_cfg.fingerprint else None
-            if stale:
-                raise CacheError(f"run {run} was fitted on a cache {stale}: re-extract that cache with this version "
-                                 "and fit again (or score with the version that extracted it)")
             raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was "
                              f"trained with ({recorded.model_id}, {recorded.controller_id}); pass those with "
                              "--model/--controller")
@@ -332,7 +333,8 @@ class Scorer:
         """One video's features as the run's models read them."""
         if not feats.is_finite():
             raise CacheError("NaN/Inf in its features; try the run's settings with --dtype fp32")
-        return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"])
+        return video_tensors(feats, self.load_spec, self.feature_spec["grid"], self.feature_spec["num_frames"],
+                             self.config.extract.ms_pool == "mean+std")
 
     def _score_videos(self, decoded: list, tensors: list[dict], results: list[VideoScore]) -> None:
         """Every split model over the videos at once; fills each result."""

@@ -28,9 +28,10 @@ import torch
 from .branches import N_LEVELS, BranchFeatures
 from .cache import (FeatureCache, PartLayout, ShardLayout, branch_from, nonfinite_error, nonfinite_rows, part_names,
                     shard_layout)
-from .data import LoadSpec, pick_frames, resize_pixels, resolve_grid_and_frames, table_labels, to_device
+from .data import (LoadSpec, apply_load_rules, describe_features, has_moments, pick_frames, resolve_grid_and_frames,
+                   table_labels, to_device)
 from .errors import CacheError
-from .pooling import pool_to_grid, pooled_side
+from .pooling import pooled_side
 
 READ_THREADS = 2  # enough: a batch's reads are announced at once; more threads only contend with the model
 MAX_AHEAD = 3  # batches read ahead at most (and at most the budget's bytes)
@@ -48,6 +49,7 @@ class _Shards:
     names: dict[str, list[str]]  # branch -> HDF5 datasets to read
     shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
     checked: set  # videos whose features were found finite
+    moments: bool = False  # F_MS hold cell means then stds (--ms-pool mean+std)
 
     def raw_video_bytes(self) -> int:
         """Bytes one video's rows take when read (one crop per frame)."""
@@ -71,7 +73,7 @@ def _open_shards(cache: FeatureCache, spec: LoadSpec) -> _Shards:
         if odd:
             raise CacheError(f"{lay.file}: {odd[0]} has shape {lay.parts[odd[0]].row_shape}, the first shard "
                              f"{shapes[odd[0]].row_shape}; the cache mixes settings, re-extract it")
-    return _Shards(layouts, spec, grid, num_frames, names, shapes, set())
+    return _Shards(layouts, spec, grid, num_frames, names, shapes, set(), has_moments(cache))
 
 
 class StreamedTable:
@@ -105,11 +107,19 @@ class StreamedTable:
         """As `VideoTable.feature_spec`, from the shard layout (no data read)."""
         src = self._src
         first = src.names[src.spec.branches[0]]
-        side = {n: pooled_side(src.shapes[n].row_shape[-1], src.grid) for n in first if not n.endswith("/pixels")}
-        ms = [next((src.shapes[n].row_shape[1] for n in first if n.endswith(f"/ms{lv}")), 0) for lv in range(N_LEVELS)]
-        return {"ms_channels": [int(c) for c in ms], "latent_channels": 4, "grid": int(max(side.values())),
-                "pixel_size": src.spec.pixel_size if any(n.endswith("/pixels") for n in first) else 0,
-                "num_frames": src.num_frames}
+        halve = 2 if src.moments and not src.spec.ms_std else 1
+
+        def level(lv: int):
+            name = next((n for n in first if n.endswith(f"/ms{lv}")), None)
+            return None if name is None else (int(src.shapes[name].row_shape[1]) // halve,
+                                              pooled_side(src.shapes[name].row_shape[-1], src.grid))
+
+        latent = next((n for n in first if n.endswith("/latent")), None)
+        latent_side = None if latent is None else pooled_side(src.shapes[latent].row_shape[-1],
+                                                              src.spec.latent_grid or src.grid)
+        return describe_features([level(lv) for lv in range(N_LEVELS)], latent_side,
+                                 src.spec.pixel_size if any(n.endswith("/pixels") for n in first) else 0,
+                                 src.num_frames, src.spec.latent_grid)
 
     def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict[str, BranchFeatures]:
         """As `VideoTable.batch`, read now."""
@@ -218,10 +228,8 @@ class StreamedTable:
             self._check_finite(self.keys[v], {name: a[j] for name, a in raw.items()}, src.layouts[self._loc[v][0]].file)
         out = {}
         for b in src.spec.branches:
-            view = branch_from({name: buffers[name] for name in src.names[b]}, b)
-            view.latent = None if view.latent is None else pool_to_grid(view.latent, src.grid)
-            view.ms = tuple(None if m is None else pool_to_grid(m, src.grid) for m in view.ms)
-            view.pixels = None if view.pixels is None else resize_pixels(view.pixels, src.spec.pixel_size)
+            view = apply_load_rules(branch_from({name: buffers[name] for name in src.names[b]}, b), src.spec, src.grid,
+                                    src.moments)
             out[b] = view.map(lambda x: x.pin_memory() if pin and not x.is_pinned() else x)
         return out
 

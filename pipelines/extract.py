@@ -59,15 +59,24 @@ def resolve_part(num_parts: int, part: int | None) -> int:
     return part
 
 
-def prepare_cache(dataset: Dataset, cfg: ExtractConfig, out: Path) -> tuple[Path, CacheConfig]:
-    """Identify the weights, create the cache directory, write config.json (once) and labels.csv."""
+def runs_on_gpu(cfg: ExtractConfig, client=None) -> bool:
+    """Whether the views run on a CUDA GPU (what --dtype auto resolves by): --device cuda..., or auto with a
+    GPU here (with a dask `client`: workers offering GPUs)."""
+    if cfg.device != "auto":
+        return cfg.device.startswith("cuda")
+    return _wants_gpu(client, cfg) if client is not None else torch.cuda.is_available()
+
+
+def prepare_cache(dataset: Dataset, cfg: ExtractConfig, out: Path, gpu: bool | None = None) -> tuple[Path, CacheConfig]:
+    """Identify the weights, create the cache directory, write config.json (once) and labels.csv. `gpu`:
+    whether the views run on a CUDA GPU (resolves --dtype auto; None: `runs_on_gpu` here)."""
     from diffvqa_cache.backbone import identify, read_noise_schedule
     from diffvqa_cache.features import chain_timesteps
 
     timesteps = chain_timesteps(cfg.sampler, read_noise_schedule(cfg.model, cfg.revision), cfg.steps,
                                 cfg.timestep_spacing, cfg.strength)
     config = CacheConfig.create(cfg, identify(cfg.model, cfg.controller, cfg.revision), dataset.name,
-                                dataset.mos_range, timesteps)
+                                dataset.mos_range, timesteps, gpu=runs_on_gpu(cfg) if gpu is None else gpu)
     cache_dir = Path(out) / dataset.name / config.fingerprint
     rows = [(r.key, r.mos, r.split, str(r.path)) for r in dataset.records + dataset.missing]
     conflict = labels_conflict(cache_dir / "labels.csv", rows)
@@ -152,7 +161,7 @@ def run_extract(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: int 
     part = resolve_part(num_parts, part)
     cfg.check_features_follow_input()
     t0 = time.perf_counter()
-    cache_dir, config = prepare_cache(dataset, cfg, out)
+    cache_dir, config = prepare_cache(dataset, cfg, out, runs_on_gpu(cfg, client))
     cdir = CacheDir(cache_dir)
     cdir.remove_leftovers()
     plan = plan_shards([r.key for r in dataset.records], cfg.shard_size)

@@ -54,8 +54,10 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
     for test_cache in test_caches:
         test_cache.check_complete(cfg.verify)
         if test_cache.fingerprint != cache.fingerprint:
+            versions = ("" if test_cache.config.extractor == cache.config.extractor else
+                        f" (extractor versions {test_cache.config.extractor} and {cache.config.extractor})")
             raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
-                             f"cache {cache.fingerprint}: extract both with the same settings")
+                             f"cache {cache.fingerprint}{versions}: extract both with the same settings")
     protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
                                    cfg.cross_train)
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(cfg.budget_gb() * 1e9)

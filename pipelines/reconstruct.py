@@ -16,7 +16,8 @@ import torch
 
 from diffvqa_cache import __version__
 from diffvqa_cache.adaptation import psnr, ssim
-from diffvqa_cache.config import DTYPES, NOISE_MODES, SAMPLERS, one_of, require_input_dependence
+from diffvqa_cache.config import (DTYPES, LATENTS, METHOD, NOISE_MODES, SAMPLERS, TIMESTEP_SPACINGS, one_of,
+                                  require_input_dependence)
 from diffvqa_cache.datasets import safe_key
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
@@ -62,7 +63,8 @@ def decode_latents(bb, z: torch.Tensor, device: torch.device) -> np.ndarray:
 def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str | None = None,
                     revision: str | None = None, frames: int = 1, steps: int = 50, sampler: str = "ddim",
                     seed: int = 0, key: str | None = None, view_size: int | None = None, dtype: str = "fp32",
-                    device: str = "auto", strength: float = 1.0, noise: str = "shared") -> ReconstructResult:
+                    device: str = "auto", strength: float = 1.0, noise: str = "shared",
+                    timestep_spacing: str = METHOD["timestep_spacing"], latent: str = METHOD["latent"]) -> ReconstructResult:
     """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json."""
     from PIL import Image
 
@@ -73,6 +75,8 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     one_of("--sampler", sampler, SAMPLERS)
     one_of("--dtype", dtype, DTYPES)
     one_of("--noise", noise, NOISE_MODES)
+    one_of("--timestep-spacing", timestep_spacing, TIMESTEP_SPACINGS)
+    one_of("--latent", latent, LATENTS)
     if frames < 1 or steps < 1:
         raise UserInputError("--frames and --steps must be >= 1")
     out = Path(out)
@@ -88,7 +92,8 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     pixels, indices, _info, _ = load_video_frames(video, n_frames=frames)
     views = make_views(pixels, size, 1, seed, noise, key)["S"]
     # 2. stage one's reverse chain with stage one's start-noise seeds; decode z0_hat
-    fx = FeatureExtractor(bb, steps=steps, sampler=sampler, grid=1, dtype=dtype, device=dev, strength=strength)
+    fx = FeatureExtractor(bb, steps=steps, sampler=sampler, grid=1, dtype=dtype, device=dev, strength=strength,
+                          timestep_spacing=timestep_spacing, latent=latent)
     seeds = [noise_seed(seed, noise, key, t, "S", 0) for t in range(len(indices))]
     latents = fx(torch.from_numpy(views), seeds).latent
     recon = decode_latents(bb, latents, dev)
@@ -107,7 +112,8 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
     report = {
         "video": str(video), "key": key, "model": model, "model_id": bb.model_id, "controller": controller,
-        "controller_id": bb.controller_id, "steps": steps, "sampler": sampler, "seed": seed,
+        "controller_id": bb.controller_id, "steps": steps, "sampler": sampler, "timestep_spacing": timestep_spacing,
+        "latent": latent, "seed": seed,
         "view_size": size, "dtype": dtype, "error_gain": ERROR_GAIN, "frames": per_frame,
         "mean": {m: float(np.mean([f[m] for f in per_frame])) for m in per_frame[0] if m != "frame_index"},
         "columns": ["view", "reconstruction", "abs error"], "package_version": __version__,

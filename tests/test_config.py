@@ -78,7 +78,7 @@ def test_cache_config_from_an_earlier_config_json():
 def test_cache_config_resolves_sizes_from_the_model():
     config = CacheConfig.create(ExtractConfig(pixel_size=224), ModelIdentity("m", "c", 128), "kvd", (1, 5))
     assert (config.view_size, config.pixel_size) == (128, 128)  # the pixel copy is capped at the view
-    assert config.fingerprint == fingerprint(ExtractConfig(pixel_size=224), "m", "c", 128)
+    assert config.fingerprint == fingerprint(ExtractConfig(pixel_size=224).resolved(gpu=False), "m", "c", 128)
     wider = CacheConfig.create(ExtractConfig(view_size=256), ModelIdentity("m", "c", 128), "kvd", (1, 5))
     assert wider.view_size == 256 and wider.fingerprint != config.fingerprint
 
@@ -105,3 +105,25 @@ def test_tcab_sees_the_cached_views_at_their_size_by_default():
     assert FitConfig(pixel_size=64).load_spec(224).pixel_size == 64  # the small setting for CPU runs
     with pytest.raises(UserInputError, match="larger than the cache's 128 px"):
         FitConfig(pixel_size=224).load_spec(128)
+
+
+def test_dtype_auto_is_resolved_where_the_views_run_and_recorded():
+    """The default precision is the preset's bf16 on a CUDA GPU and fp32 on the CPU; the cache records the
+    resolved one, so CPU and GPU caches never mix; an explicit dtype stays as given."""
+    cfg, identity = ExtractConfig(), ModelIdentity("m", "c", 128)
+    assert cfg.dtype == "auto"
+    cpu = CacheConfig.create(cfg, identity, "kvd", (1, 5))
+    gpu = CacheConfig.create(cfg, identity, "kvd", (1, 5), gpu=True)
+    assert (cpu.extract.dtype, gpu.extract.dtype) == ("fp32", "bf16") and cpu.fingerprint != gpu.fingerprint
+    assert CacheConfig.create(cfg.replace(dtype="fp16"), identity, "kvd", (1, 5), gpu=True).extract.dtype == "fp16"
+
+
+def test_caches_of_older_extractors_are_recognised():
+    from diffvqa_cache.config import EXTRACTOR_VERSION
+
+    new = CacheConfig.create(ExtractConfig(), ModelIdentity("m", "c", 128), "kvd", (1, 5))
+    assert new.extractor_version == EXTRACTOR_VERSION == "4" and new.is_current
+    old = new.to_dict()
+    del old["extractor_version"]  # config.json of 0.2 and earlier
+    loaded = CacheConfig.from_dict(old)
+    assert not loaded.is_current and loaded.extractor == "3 or older" and loaded.extract == new.extract

@@ -81,3 +81,18 @@ def test_impossible_requests_are_one_line(cache):
         resolve_grid_and_frames(cache, LoadSpec(grid=8))
     with pytest.raises(UserInputError, match="ms level 4"):
         LoadSpec(ms_levels=(4,))
+
+
+def test_mean_std_pooling_is_exact_and_coarsens_exactly():
+    """--ms-pool mean+std: the means are `pool_to_grid`'s bit for bit, the stds each cell's population std;
+    a coarser grid at load time gets the same stds as pooling the full map to it directly."""
+    from diffvqa_cache.pooling import pool_mean_std, pool_moments
+
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 3 + 1
+    both = pool_mean_std(x, 4)
+    assert both.shape == (2, 6, 4, 4) and torch.equal(both[:, :3], pool_to_grid(x, 4))
+    torch.testing.assert_close(both[0, 4, 1, 2], x[0, 1, 4:8, 8:12].std(unbiased=False))
+    torch.testing.assert_close(pool_moments(pool_mean_std(x, 8), 4), both, atol=1e-5, rtol=1e-4)
+    assert pool_moments(both, 8) is both
+    small = pool_mean_std(x[..., :2, :2], 4)  # kept as it is: one pixel per cell, no spread
+    assert torch.equal(small[:, :3], x[..., :2, :2]) and not small[:, 3:].any()

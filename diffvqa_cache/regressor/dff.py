@@ -2,7 +2,9 @@
 
 Paper fixes: F_MS -> dimension adjustment -> concat with F_Latent -> conv -> channel attention -> spatial
 attention (a CBAM-style block). Our choice: the dimension adjustment is BatchNorm + a 1x1 conv per selected level to
-`dff_channels` (F_Latent gets a BatchNorm too) (plus a bilinear resize if a level is not on the cache grid); the fusion conv is
+`dff_channels` (F_Latent gets a BatchNorm too) (plus a bilinear resize if a level is not on the cache grid); an F_Latent
+kept at a finer grid than F_MS (`latent_grid`, a multiple of the grid) is folded onto it space-to-depth (4 x f^2
+channels for a factor f: no detail averaged away); the fusion conv is
 3x3 conv + GroupNorm + GELU; CBAM attention with reduction 8 and a 7x7 spatial kernel; attention can be
 switched off for ablations. Frames are processed as one B*T batch.
 """
@@ -51,11 +53,21 @@ class DFF(nn.Module):
     """(latent (B,T,C_lat,g,g), [ms level (B,T,C_l,g,g)]) -> F_DFF (B, T, channels, g, g)."""
 
     def __init__(self, ms_channels: list[int], ms_levels: tuple[int, ...], latent_channels: int,
-                 grid: int, channels: int = 64, use_latent: bool = True, use_attention: bool = True):
+                 grid: int, channels: int = 64, use_latent: bool = True, use_attention: bool = True,
+                 latent_grid: int | None = None):
         super().__init__()
         self.ms_levels = tuple(ms_levels)
         self.use_latent = use_latent
         self.grid = grid
+        self.fold = 1  # space-to-depth factor of a finer F_Latent
+        if use_latent and latent_grid is not None and latent_grid > grid:
+            if latent_grid % grid:
+                from ..errors import UserInputError
+
+                raise UserInputError(f"latent_grid {latent_grid} is not a multiple of the F_MS grid {grid}; use "
+                                     f"{grid * max(1, latent_grid // grid)} or unset it")
+            self.fold = latent_grid // grid
+            latent_channels *= self.fold ** 2
         self.out_channels = channels
         # BatchNorm first: cached features come on very different scales per level and per backbone
         self.adjust = nn.ModuleList([nn.Sequential(nn.BatchNorm2d(ms_channels[level]), nn.Conv2d(ms_channels[level], channels, 1))
@@ -78,6 +90,8 @@ class DFF(nn.Module):
         # 2. concat with F_Latent and fuse
         if self.use_latent:
             lat = latent.flatten(0, 1).float()
+            if self.fold > 1:
+                lat = F.pixel_unshuffle(lat, self.fold)
             if lat.shape[-2:] != (self.grid, self.grid):
                 lat = F.interpolate(lat, size=(self.grid, self.grid), mode="bilinear", align_corners=False)
             parts.append(self.latent_norm(lat))

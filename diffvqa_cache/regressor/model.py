@@ -35,7 +35,7 @@ class BranchEncoder(nn.Module):
         super().__init__()
         self.dff = DFF(spec["ms_channels"], config.ms_levels, spec["latent_channels"], spec["grid"],
                        channels=config.dff_channels, use_latent=config.use_latent,
-                       use_attention=config.use_attention)
+                       use_attention=config.use_attention, latent_grid=spec.get("latent_grid"))
         self.tdm = TDM(enabled=config.use_tdm)
         self.fff = FFF(self.tdm.out_channels(config.dff_channels), conv_channels=config.dff_channels,
                        dim=config.fff_dim)

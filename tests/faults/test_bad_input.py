@@ -24,7 +24,7 @@ def root(tmp_path, sample_root):
 def extract(root, out, *extra, strength: str | None = "0.5"):
     """The CLI's extract on `root`; --strength 0.5 unless `strength` is None (a chain from pure noise)."""
     return runner.invoke(app, ["extract", "--dataset", "csv", "--root", str(root), "--out", str(out),
-                               "--steps", "1", "--frames", "2", *(["--strength", strength] if strength else []), *extra])
+                               "--steps", "1", "--frames", "2", "--crops", "1", *(["--strength", strength] if strength else []), *extra])
 
 
 @pytest.mark.parametrize("labels, expected", [

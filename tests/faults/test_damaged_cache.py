@@ -126,7 +126,7 @@ def test_cache_of_an_older_extractor_version_is_stale_not_reused(pristine, tiny_
     monkeypatch.setattr(config_module, "EXTRACTOR_VERSION", "3")
     old = run_extract(index, tiny_extract_config, tmp_path, progress=False)
     monkeypatch.undo()
-    assert FeatureCache(old.cache_dir).config.extractor_version() == "3"
+    assert FeatureCache(old.cache_dir).config.extractor == "3"
     new = run_extract(index, tiny_extract_config, tmp_path, progress=False)
     assert new.cache_dir != old.cache_dir and new.shards_done == 2 and new.shards_skipped == 0
     assert FeatureCache(new.cache_dir).config.stale_note() is None

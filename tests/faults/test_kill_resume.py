@@ -16,7 +16,7 @@ from diffvqa_cache.files import file_sha256
 
 ROOT = Path(__file__).resolve().parents[2]
 ARGS = ["extract", "--dataset", "sample", "--limit", "10", "--steps", "1", "--strength", "0.5", "--frames", "2",
-        "--grid", "4", "--pixel-size", "32", "--shard-size", "1"]
+        "--crops", "1", "--grid", "4", "--pixel-size", "32", "--shard-size", "1"]
 
 
 def extract(out: Path, kill_after: float | None = None) -> int | None:

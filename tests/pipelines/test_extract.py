@@ -196,15 +196,62 @@ def test_a_controller_that_ignores_the_input_stops_the_run(sample_root, tiny_ext
     zero = tmp_path / "zero"
     ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
                               conditioning_embedding_out_channels=(16,)).save_pretrained(zero)
-    cfg = dataclasses.replace(tiny_extract_config, controller=str(zero), strength=1.0)
+    cfg = dataclasses.replace(tiny_extract_config, controller=str(zero), strength=1.0, timestep_spacing="trailing")
     expected = r"do not depend on the input: videos__sample_000 \(frame 0, view S\) and videos__sample_001"
     with pytest.raises(DiffVQAError, match=expected):
         run_extract(load_dataset("sample", None, limit=3), cfg, tmp_path / "out", progress=False)
+
+
+@pytest.mark.parametrize("limit, noise", [(3, "per-video"), (1, "shared")])
+def test_the_guard_holds_when_no_two_views_share_a_seed(sample_root, tiny_extract_config, tmp_path, limit, noise):
+    """--noise per-video gives every view its own seed (and one video has no pair either): the first two
+    different views are run once more with one seed, and a Controller that ignores the input is stopped
+    before a shard is written."""
+    from diffusers import ControlNetModel
+
+    from diffvqa_cache.backbone import load_backbone
+    from diffvqa_cache.errors import DiffVQAError
+
+    zero = tmp_path / "zero"
+    ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
+                              conditioning_embedding_out_channels=(16,)).save_pretrained(zero)
+    cfg = dataclasses.replace(tiny_extract_config, controller=str(zero), strength=1.0, timestep_spacing="trailing",
+                              noise=noise)
+    with pytest.raises(DiffVQAError, match=r"do not depend on the input: videos__sample_000 \(frame 0, view S\) and "
+                                           r"videos__sample_000 \(frame 0, view D0\), run with one start-noise seed"):
+        run_extract(load_dataset("sample", None, limit=limit), cfg, tmp_path / "out", progress=False)
+    assert not list((tmp_path / "out").rglob("*.h5"))
+    # an input-dependent chain passes the probe and is extracted as before
+    fine = run_extract(load_dataset("sample", None, limit=2), dataclasses.replace(tiny_extract_config, noise=noise),
+                       tmp_path / "fine", progress=False)
+    assert fine.manifest["videos"] == 2
+
+
+def test_a_plain_extract_computes_the_papers_features(sample_root, tmp_path):
+    """extract's defaults are the paper preset (one source): 50 DDIM steps ending with the UNet call at t=0,
+    F_Latent = z0_hat, 20 crops per frame, 8 frames; dtype auto is fp32 on the CPU and bf16 on CUDA."""
+    import typer
+
+    from cli import app
+    from diffvqa_cache.config import EXTRACTOR_VERSION, PAPER_PRESET, ExtractConfig, SD21_BASE
+    from pipelines.extract import prepare_cache
+
+    options = {p.name: p.default for p in typer.main.get_command(app).commands["extract"].params}
+    assert PAPER_PRESET["model"] == SD21_BASE
+    for name, value in PAPER_PRESET.items():
+        assert getattr(ExtractConfig(), name) == (value if name != "model" else "tiny")
+        assert options[name] == getattr(ExtractConfig(), name)
+    assert (PAPER_PRESET["crops"], PAPER_PRESET["steps"], PAPER_PRESET["latent"]) == (20, 50, "pred_x0")
+    _, config = prepare_cache(load_dataset("sample", None, limit=1), ExtractConfig(), tmp_path, gpu=False)
+    assert len(config.timesteps) == 50 and config.timesteps[0] == 999 and config.timesteps[-1] == 0
+    assert config.extract.dtype == "fp32" and config.extractor_version == EXTRACTOR_VERSION == "4"
+    _, on_gpu = prepare_cache(load_dataset("sample", None, limit=1), ExtractConfig(), tmp_path, gpu=True)
+    assert on_gpu.extract.dtype == "bf16" and on_gpu.fingerprint != config.fingerprint
 
 
 def test_records_the_decoder_and_the_chain(extracted):
     result, _ = extracted
     cache = FeatureCache(result.cache_dir)
     assert set(cache.decoders()) == {"h264"} and cache.decoders()["h264"] in ("decord", "pyav")
-    # tiny settings: 1 step at strength 0.5 = the last of 2 trailing slots
-    assert cache.config.timesteps == (499,)
+    # tiny settings: 1 step at strength 0.5 = the last of 2 linspace slots (999, 0)
+    assert cache.config.timesteps == (0,)

@@ -234,3 +234,53 @@ def test_config_overrides_and_yaml(tmp_path):
         FitConfig().with_overrides({"nonsense": 1})
     with pytest.raises(UserInputError, match="branches"):
         FitConfig().with_overrides({"branches": "X"})
+
+
+def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache, fast_fit, tmp_path):
+    """The two cheap ablations: F_Latent kept at a finer grid than F_MS (folded onto it in DFF) and F_MS
+    cell stds beside the means (extracted with --ms-pool mean+std, chosen at load time). The means of a
+    mean+std cache are a plain extraction's; fit, the streamed path and predict all take the same tensors."""
+    import torch
+
+    from diffvqa_cache import Scorer
+    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.data import estimate_bytes, load_table
+    from diffvqa_cache.fitting import score_cached
+    from diffvqa_cache.stream import StreamedTable
+
+    plain = FeatureCache(sample_cache(limit=16).cache_dir)
+    both = FeatureCache(sample_cache(limit=16, ms_pool="mean+std").cache_dir)
+    assert both.fingerprint != plain.fingerprint and both.config.extract.ms_pool == "mean+std"
+    for key in plain.keys[:2]:
+        a, b = plain.read(key).branches, both.read(key).branches
+        for br in "SD":
+            assert np.array_equal(a[br].latent, b[br].latent)
+            for level, (m, mb) in enumerate(zip(a[br].ms, b[br].ms)):
+                c = m.shape[2]
+                assert mb.shape[2] == 2 * c and np.array_equal(m, mb[:, :, :c]) and (mb[:, :, c:] >= 0).all()
+                # the tiny UNet's level 0 is 4x4, kept as it is (no spread); the others are pooled 8x8, 16x16
+                assert (mb[:, :, c:] > 0).any() == (level > 0)
+    cfg = FitConfig().with_overrides({**fast_fit, "ms_std": True, "latent_grid": 16})
+    result = run_fit(both.path, tmp_path / "run", cfg, progress=False)
+    assert np.isfinite(result["summary"]["test"]["srcc"]["median"])
+    spec = RunConfig.read(tmp_path / "run").feature_spec
+    plain_spec = load_table(plain, FitConfig().load_spec(plain.config.pixel_size)).feature_spec()
+    assert spec["latent_grid"] == 16 and spec["grid"] == plain_spec["grid"] == 4
+    assert spec["ms_channels"] == [2 * c for c in plain_spec["ms_channels"]]
+    model, _ = load_checkpoint(sorted((tmp_path / "run" / "models").glob("*.safetensors"))[0], both.fingerprint, "cpu")
+    assert model.branches["D"].dff.latent_norm.num_features == 4 * (16 // 4) ** 2  # space to depth, nothing averaged
+    # the streamed path and the memory estimate follow the same rules
+    load = cfg.load_spec(both.config.pixel_size)
+    table, streamed = load_table(both, load), StreamedTable(both, load, budget_bytes=10**8)
+    assert streamed.feature_spec() == table.feature_spec() == spec and estimate_bytes(both, load) == table.nbytes()
+    plan = [(np.array([3, 0, 7]), np.array([[0, 1], [1, 1], [0, 0]]))]
+    for x, y in zip(table.batches(plan, "cpu"), streamed.batches(plan, "cpu")):
+        assert all(torch.equal(p, q) for br in x for p, q in zip(x[br].parts(), y[br].parts()))
+    # predict recomputes the features and applies the same load rules: the cached video's score
+    key = both.keys[5]
+    fresh = Scorer(tmp_path / "run", device="cpu").score([both.labels[key]["path"]])[0]
+    assert fresh.error is None
+    assert fresh.score == pytest.approx(score_cached(tmp_path / "run", both.path, [key], "cpu")[key], abs=1e-4)
+    # the std arm needs a cache that has them; plain caches say how to get one
+    with pytest.raises(UserInputError, match=r"--ms-pool mean\+std"):
+        run_fit(plain.path, tmp_path / "nope", cfg, progress=False)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.fitting import FitConfig
 from pipelines.fit import run_fit
 from pipelines.predict import run_predict
@@ -168,6 +168,20 @@ def test_predict_refuses_a_run_whose_features_ignore_the_input(run_dir, sample_r
         run_predict([sample_root / "videos" / "sample_001.mp4"], bad, progress=False)
 
 
+def test_predict_refuses_a_run_fitted_on_older_features(run_dir, sample_root, tmp_path):
+    """A run of 0.2 (extractor version 3: no extractor_version in its cache config) is recognised: its models
+    were trained on other features than this version extracts, so predict says so instead of mixing them."""
+    import json
+
+    old = tmp_path / "run"
+    shutil.copytree(run_dir, old)
+    config = json.loads((old / "config.json").read_text())
+    del config["cache"]["extractor_version"]
+    (old / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CacheError, match="extractor version 3 or older; this version extracts version 4.*refit"):
+        run_predict([sample_root / "videos" / "sample_001.mp4"], old, progress=False)
+
+
 def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, monkeypatch, capsys):
     import diffvqa_cache.video as video
 
@@ -214,6 +228,7 @@ def test_predict_says_a_run_of_an_older_extractor_version_is_stale(run_dir, samp
     cache = CacheConfig.from_dict(config["cache"])
     config["fingerprint"] = config["cache"]["fingerprint"] = fingerprint(cache.extract, cache.model_id,
                                                                          cache.controller_id, cache.view_size, "3")
+    del config["cache"]["extractor_version"]  # as a run of 0.2 wrote it
     (old / "config.json").write_text(json.dumps(config))
     # a run written with those settings (its manifest records this config.json)
     write_run_manifest(old, list(json.loads((old / "manifest.json").read_text())["files"]))

@@ -62,9 +62,13 @@ def test_grid_forms(tmp_path):
 def test_shipped_ablations_are_valid_fit_settings():
     base, configs = load_grid(Path(sweep.__file__).with_name("ablations.yaml"))
     assert {"full", "S_only", "D_only", "no_TCAB", "no_TDM", "no_DFF_attention", "no_F_Latent", "grid_4",
-            "frames_4"} <= {n for n, _ in configs}
+            "frames_4", "F_Latent_grid_32", "F_MS_mean_std"} <= {n for n, _ in configs}
     for _, overrides in configs:
         FitConfig().with_overrides({**base, **overrides})
+    named = dict(configs)
+    assert FitConfig().with_overrides(named["F_Latent_grid_32"]).load_spec(224).latent_grid == 32
+    assert FitConfig().with_overrides(named["F_MS_mean_std"]).load_spec(224).ms_std is True
+    assert FitConfig().load_spec(224).latent_grid is None and not FitConfig().ms_std  # defaults unchanged
 
 
 def test_serial_sweep_writes_results_and_summaries(serial_run, cache16):
