@@ -29,6 +29,19 @@ def run_dir(tmp_path_factory, sample_cache, fast_fit):
     return out
 
 
+def _run_with_config(run_dir: Path, dst: Path, edit) -> Path:
+    """A copy of `run_dir` whose config.json `edit(config)` changed, as if the fit had written it (manifest
+    re-recorded, so only the edit differs)."""
+    from diffvqa_cache.fitting import write_run_manifest
+
+    shutil.copytree(run_dir, dst)
+    config = json.loads((dst / "config.json").read_text())
+    edit(config)
+    (dst / "config.json").write_text(json.dumps(config))
+    write_run_manifest(dst, list(json.loads((dst / "manifest.json").read_text())["files"]))
+    return dst
+
+
 @pytest.fixture(scope="module")
 def scorer(run_dir):
     from diffvqa_cache import Scorer
@@ -153,32 +166,27 @@ def test_predict_errors_are_clear(run_dir, tmp_path):
 
 
 def test_predict_refuses_a_run_whose_features_ignore_the_input(run_dir, sample_root, tmp_path):
-    import json
-
-    bad = tmp_path / "run"
-    shutil.copytree(run_dir, bad)
-    config = json.loads((bad / "config.json").read_text())
-    config["cache"]["extract"].update(strength=1.0, controller=None)
-    (bad / "config.json").write_text(json.dumps(config))
-    from diffvqa_cache.fitting import write_run_manifest
-
-    # a run written with those settings (its manifest records this config.json)
-    write_run_manifest(bad, list(json.loads((bad / "manifest.json").read_text())["files"]))
+    bad = _run_with_config(run_dir, tmp_path / "run",
+                           lambda config: config["cache"]["extract"].update(strength=1.0, controller=None))
     with pytest.raises(UserInputError, match="same diffusion features"):
         run_predict([sample_root / "videos" / "sample_001.mp4"], bad, progress=False)
 
 
 def test_predict_refuses_a_run_fitted_on_older_features(run_dir, sample_root, tmp_path):
-    """A run of 0.2 (extractor version 3: no extractor_version in its cache config) is recognised: its models
-    were trained on other features than this version extracts, so predict says so instead of mixing them."""
-    import json
+    """A run of 0.2 (extractor version 3, which turned rotated videos wrongly: a version-3 fingerprint and no
+    extractor_version in its cache config) is refused as such, not as other weights: its models were trained
+    on other features than this version extracts."""
+    from diffvqa_cache.config import CacheConfig, fingerprint
 
-    old = tmp_path / "run"
-    shutil.copytree(run_dir, old)
-    config = json.loads((old / "config.json").read_text())
-    del config["cache"]["extractor_version"]
-    (old / "config.json").write_text(json.dumps(config))
-    with pytest.raises(CacheError, match="extractor version 3 or older; this version extracts version 4.*refit"):
+    def as_version_3(config):
+        cache = CacheConfig.from_dict(config["cache"])
+        config["fingerprint"] = config["cache"]["fingerprint"] = fingerprint(
+            cache.extract, cache.model_id, cache.controller_id, cache.view_size, "3")
+        del config["cache"]["extractor_version"]
+
+    old = _run_with_config(run_dir, tmp_path / "run", as_version_3)
+    with pytest.raises(CacheError, match="extractor version 3 or older; this version extracts version 4.*"
+                                         "re-extract that cache.*refit"):
         run_predict([sample_root / "videos" / "sample_001.mp4"], old, progress=False)
 
 
@@ -212,25 +220,3 @@ def test_non_ascii_and_repeated_file_names_keep_unique_readable_ids(run_dir, sam
     assert all(r.error is None for r in rows)
     written = (tmp_path / "scores.csv").read_text(encoding="utf-8")
     assert all(f"\n{i}," in written for i in ids)
-
-
-def test_predict_says_a_run_of_an_older_extractor_version_is_stale(run_dir, sample_root, tmp_path):
-    """A run fitted on a version-3 cache (rotated videos turned wrongly) is refused as such, not as other weights."""
-    import json
-
-    from diffvqa_cache.config import CacheConfig, fingerprint
-    from diffvqa_cache.errors import CacheError
-    from diffvqa_cache.fitting import write_run_manifest
-
-    old = tmp_path / "run"
-    shutil.copytree(run_dir, old)
-    config = json.loads((old / "config.json").read_text())
-    cache = CacheConfig.from_dict(config["cache"])
-    config["fingerprint"] = config["cache"]["fingerprint"] = fingerprint(cache.extract, cache.model_id,
-                                                                         cache.controller_id, cache.view_size, "3")
-    del config["cache"]["extractor_version"]  # as a run of 0.2 wrote it
-    (old / "config.json").write_text(json.dumps(config))
-    # a run written with those settings (its manifest records this config.json)
-    write_run_manifest(old, list(json.loads((old / "manifest.json").read_text())["files"]))
-    with pytest.raises(CacheError, match="extractor version 3.*re-extract that cache"):
-        run_predict(_videos(sample_root, 1), old, progress=False)
