@@ -22,6 +22,7 @@ from .regressor import DiffVQARegressor, RegressorConfig
 from .training import TrainConfig, check_finite, predict_raw, predict_raw_many, train
 
 SECTIONS = ("regressor", "train")
+RUN_FIX = "pass a run directory written by `diffvqa-cache fit`"
 
 
 @dataclass
@@ -180,24 +181,25 @@ class RunConfig(Config):
 
     @classmethod
     def read(cls, run: Path | str, flag: str = "--run") -> "RunConfig":
-        return cls.load(run_folder(run, flag) / "config.json")
+        path = run_folder(run, flag) / "config.json"
+        if not path.is_file():
+            raise UserInputError(f"{flag} {run}: no config.json; {RUN_FIX}")
+        return cls.load(path)
 
 
 def run_folder(run: Path | str, flag: str = "--run") -> Path:
-    """`run` if it is a run directory written by `fit`, else a `UserInputError` saying what it is instead
+    """`run` unless it is missing, not a folder, or a feature cache: then a `UserInputError` saying which
     (`flag`: the option that named it)."""
     from .cache import holds_cache
 
-    run, fix = Path(run), "pass a run directory written by `diffvqa-cache fit`"
+    run = Path(run)
     if not run.exists():
-        raise UserInputError(f"{flag} {run}: no such folder; {fix}")
+        raise UserInputError(f"{flag} {run}: no such folder; {RUN_FIX}")
     if not run.is_dir():
-        raise UserInputError(f"{flag} {run} is a file, not a folder; {fix}")
+        raise UserInputError(f"{flag} {run} is a file, not a folder; {RUN_FIX}")
     if holds_cache(run):
         raise UserInputError(f"{flag} {run} is a feature cache (written by `extract`), not a run: fit a run on it with "
                              f"`diffvqa-cache fit --cache {run} --out RUN`, then pass {flag} RUN")
-    if not (run / "config.json").is_file():
-        raise UserInputError(f"{flag} {run}: no config.json; {fix}")
     return run
 
 
@@ -205,7 +207,7 @@ def load_run_models(run: Path | str, fingerprint: str, device, flag: str = "--ru
     """The run's models (one per split) with their metadata; refuses other features than `fingerprint`."""
     models = sorted((run_folder(run, flag) / "models").glob("*.safetensors"))
     if not models:
-        raise UserInputError(f"{run}: no models/*.safetensors; pass a run directory written by `diffvqa-cache fit`")
+        raise UserInputError(f"{run}: no models/*.safetensors; {RUN_FIX}")
     return [load_checkpoint(m, fingerprint, device) for m in models]
 
 

@@ -56,14 +56,15 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
     protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
                                    cfg.cross_train)
     names = test_set_names(test_caches, ("test", "test1080p"))
-    check_plan(protocol, splits, cache.path, cfg.test_fraction, cfg.train.val_fraction,
-               {name: str(c.path) for name, c in zip(names, test_caches)})
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(cfg.budget_gb() * 1e9)
     path, need = choose_data_path([cache, *test_caches], spec, cfg.data, budget)
     with bar("load cache", len(cache.shard_files()), progress and path == "memory") as pb:
         table = open_table(cache, spec, path, budget, device, progress=lambda: pb.update(advance=1))
     test_tables = {name: open_table(c, spec, path, budget, device)
                    for name, c in zip(names, test_caches)}
+    # the features' own checks (NaN/Inf, where loaded into memory) first, then the plan: all before any training
+    check_plan(protocol, splits, cache.path, cfg.test_fraction, cfg.train.val_fraction,
+               {name: str(c.path) for name, c in zip(names, test_caches)})
     data = {"path": path, "budget_gb": budget / 1e9, "need_gb": round(need / 1e9, 3),
             "device": str(table.device) if path == "memory" else "cpu (streamed)"}
     return FitInputs(cache, test_caches, protocol, splits, table, test_tables, data)
