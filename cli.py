@@ -425,9 +425,13 @@ def predict(
     results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
                           output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile)
     typer.echo(json.dumps(to_json(results, run.resolve(), per_frame), indent=1) if as_json else format_table(results))
+    failed = sum(r.error is not None for r in results)
+    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "")
     if output is not None:
-        typer.echo(f"wrote {output} ({len(results)} videos scored in this run)", err=True)
-    if any(r.error is not None for r in results):
+        typer.echo(f"wrote {output}: {done}", err=True)
+    elif failed:
+        typer.echo(done, err=True)
+    if failed:
         raise typer.Exit(1)
 
 
@@ -557,10 +561,12 @@ def reproduce(
     """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
     from diffvqa_cache.dask_cluster import dask_client
     from diffvqa_cache.devices import resolve_device
+    from diffvqa_cache.fitting import FitConfig
     from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
     fit = _parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
+    FitConfig().with_overrides(fit)  # a wrong setting fails now, not after hours of extraction
     rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
                            adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
     with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:

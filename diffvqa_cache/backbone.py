@@ -231,7 +231,7 @@ def load_controller(unet: torch.nn.Module, controller: str | None) -> torch.nn.M
         log.info("no --controller: a zero-initialised Controller, i.e. plain SD")
         return ControlNetModel.from_unet(unet, conditioning_channels=4, conditioning_embedding_out_channels=(16,))
     folder = _controller_folder(controller)
-    net = ControlNetModel.from_pretrained(folder, **_lean())
+    net = ControlNetModel.from_pretrained(folder, use_safetensors=True, **_lean())
     if net.config.conditioning_channels != 4:
         raise UserInputError(f"--controller {folder}: conditioning_channels={net.config.conditioning_channels}, "
                              "but a DiffVQA Controller is conditioned on the 4-channel latent z0")
@@ -268,6 +268,12 @@ def _controller_folder(controller: str) -> Path:
     if not (folder / "config.json").is_file():
         raise UserInputError(f"--controller {folder}: no config.json there; pass a folder written by "
                              "ControlNetModel.save_pretrained (e.g. by `diffvqa-cache adapt`)")
+    weights = _weight_files(folder)
+    if not any(p.suffix == ".safetensors" for p in weights):
+        found = f"only {', '.join(sorted(p.name for p in weights))}: pickled weights, which can run code, are " \
+            "never loaded" if weights else "no weights"
+        raise UserInputError(f"--controller {folder}: {found}; save the Controller as safetensors "
+                             "(ControlNetModel.save_pretrained(folder, safe_serialization=True), as `adapt` does)")
     return folder
 
 

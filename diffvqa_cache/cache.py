@@ -246,6 +246,12 @@ def plan_shards(keys: list[str], shard_size: int) -> list[list[str]]:
 
 
 # ---------------------------------------------------------------- reading
+def holds_cache(path: Path | str) -> bool:
+    """Whether PATH is a cache directory or a folder holding one (a config.json beside shards/, depth 0-2)."""
+    return any((p.parent / "shards").is_dir() for pattern in ("config.json", "*/config.json", "*/*/config.json")
+               for p in Path(path).expanduser().glob(pattern))
+
+
 def find_cache_dir(path: Path | str) -> Path:
     """PATH itself if it holds a config.json, else the single cache directory below it (<out>/<dataset>/<fp>)."""
     path = Path(path).expanduser()

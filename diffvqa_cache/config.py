@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import numbers
+import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,21 +68,37 @@ class Config:
 
     @classmethod
     def from_dict(cls, data: dict, what: str | None = None):
+        """Build from JSON/YAML data: every value is checked against its field's declared type (ints are
+        numbers, lists become tuples, numeric text is a number: PyYAML reads `1e-3` as text), and missing
+        or unknown keys are refused; each problem is one `UserInputError` naming the key and the value."""
+        return cls._from_data(data, what or cls.__name__, what, "")
+
+    @classmethod
+    def _from_data(cls, data, what: str, top: str | None, key: str):
         if not isinstance(data, dict):
-            raise UserInputError(f"{what or cls.__name__}: expected a mapping of settings, got {type(data).__name__}")
+            raise UserInputError(f"{what}: expected a mapping of settings, got {type(data).__name__}")
         data = {cls.RENAMED.get(k, k): v for k, v in data.items()}
         hints = typing.get_type_hints(cls)
-        known = {f.name for f in dataclasses.fields(cls) if f.init}
+        fields = [f for f in dataclasses.fields(cls) if f.init]
+        known = {f.name for f in fields}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise UserInputError(f"unknown {what or cls.__name__} setting(s) {unknown}; known: {sorted(known)}")
+            raise UserInputError(f"unknown {what} setting(s) {unknown}; known: {sorted(known)}")
+        missing = [key + f.name for f in fields if f.name not in data and f.default is dataclasses.MISSING
+                   and f.default_factory is dataclasses.MISSING]
+        if missing:
+            raise UserInputError(f"{top + ': ' if top else ''}missing setting(s) {missing}")
         values = {}
         for name, value in data.items():
             kind = hints[name]
             if isinstance(kind, type) and issubclass(kind, Config) and isinstance(value, dict):
-                value = kind.from_dict(value, f"{what or cls.__name__}.{name}")
-            elif typing.get_origin(kind) is tuple and isinstance(value, list):
-                value = tuple(value)
+                value = kind._from_data(value, f"{what}.{name}", top, f"{key}{name}.")
+            else:
+                try:
+                    value = _typed(value, kind)
+                except TypeError:
+                    raise UserInputError(f"{top + ': ' if top else ''}setting {key}{name}={value!r}: expected "
+                                         f"{_expected(kind)}") from None
             values[name] = value
         return cls(**values)
 
@@ -95,10 +113,85 @@ class Config:
             data = json.loads(Path(path).read_text())
         except (OSError, ValueError) as exc:
             raise UserInputError(f"{path}: cannot read {cls.__name__} ({exc})") from None
-        return cls.from_dict(data, f"{cls.__name__} in {path}")
+        what = f"{cls.__name__} in {path}"
+        try:
+            return cls.from_dict(data, what)
+        except UserInputError as exc:  # a check of __post_init__: say which file holds the value
+            if str(exc).startswith(what):
+                raise
+            raise UserInputError(f"{what}: {exc}") from None
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+
+_NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
+          float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _typed(value, kind):
+    """`value` as a value of the declared type `kind` (lists as tuples where a tuple is declared, numeric text
+    as a float where a number is); TypeError where it is not one. Types other than these are not checked."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _typed(value, arg)
+            except TypeError:
+                pass
+        raise TypeError
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+            return value
+    elif kind is float:
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            return value  # an int stays an int: 1 == 1.0, and fingerprints hash the value as it was given
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    elif (origin or kind) in (tuple, list):
+        if isinstance(value, (list, tuple)):
+            if origin is tuple and args and args[-1] is not Ellipsis:
+                if len(value) != len(args):
+                    raise TypeError
+                items = [_typed(v, a) for v, a in zip(value, args)]
+            else:
+                items = [_typed(v, args[0]) for v in value] if args else list(value)
+            return tuple(items) if (origin or kind) is tuple else items
+    elif (origin or kind) is dict:
+        if isinstance(value, dict):
+            return {_typed(k, args[0]): _typed(v, args[1]) for k, v in value.items()} if len(args) == 2 else value
+    elif isinstance(kind, type) and issubclass(kind, Config):
+        pass  # a nested config is a mapping (built by from_dict)
+    else:
+        return value
+    raise TypeError
+
+
+def _expected(kind) -> str:
+    """What a value of type `kind` looks like, for messages ("an integer", "a list of 2 numbers" ...)."""
+    origin, args = typing.get_origin(kind), typing.get_args(kind)
+    if origin in (typing.Union, types.UnionType):
+        named = " or ".join(_expected(a) for a in args if a is not type(None))
+        return named + (" or null" if type(None) in args else "")
+    if (origin or kind) in (tuple, list):
+        if not args:
+            return "a list"
+        of = _NAMES.get(args[0], ("", "values"))[1]
+        return f"a list of {len(args)} {of}" if origin is tuple and args[-1] is not Ellipsis else f"a list of {of}"
+    if (origin or kind) is dict or (isinstance(kind, type) and issubclass(kind, Config)):
+        return "a mapping"
+    return _NAMES.get(kind, (getattr(kind, "__name__", str(kind)),))[0]
 
 
 def _plain(value):

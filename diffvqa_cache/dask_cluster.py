@@ -203,6 +203,14 @@ def _slurm_jobs_left(ids: list[str]) -> bool | None:
     return bool(proc.stdout.split())
 
 
+def _refusal_hint(why: str, spec: ClusterJobs) -> str:
+    """What to do about a refused worker job, where the refusal says which option caused it."""
+    if spec.gpus_per_job and any(word in why.lower() for word in ("gres", "ngpus", "gpu")):
+        return (f"; the jobs ask for {spec.gpus_per_job} GPU(s) each (--gpus-per-job), which this cluster or "
+                "--queue does not offer: pass --gpus-per-job 0 for CPU worker jobs, or --queue a GPU partition")
+    return ""
+
+
 def _wait_for_first_worker(client, cluster, spec: ClusterJobs, refused: list[str]) -> None:
     """Return once a worker is connected. Fail when a job was refused, when the jobs ended without a worker
     (SLURM: squeue) or after --start-timeout."""
@@ -212,7 +220,8 @@ def _wait_for_first_worker(client, cluster, spec: ClusterJobs, refused: list[str
     while True:
         if refused:
             lines = [ln.split("error:", 1)[-1].strip() for ln in refused[0].splitlines() if "error" in ln.lower()]
-            raise UserInputError(f"{SUBMIT[spec.cluster]} refused the worker job: {lines[-1] if lines else refused[0]}")
+            why = lines[-1] if lines else refused[0]
+            raise UserInputError(f"{SUBMIT[spec.cluster]} refused the worker job: {why}{_refusal_hint(why, spec)}")
         ids = _job_ids(cluster)
         if len(ids) >= spec.jobs and not told:
             err.print(f"submitted {len(ids)} {spec.cluster} worker job(s) {','.join(ids)}; waiting for the first "

@@ -19,7 +19,7 @@ from .config import CacheConfig
 from .errors import DiffVQAError
 from .progress import err
 from .seeds import noise_seed
-from .video import load_video_frames
+from .video import TooFewFrames, load_video_frames
 from .views import make_views, resize_frames
 
 
@@ -34,6 +34,7 @@ class DecodedVideo:
     decoder: str = ""  # "decord" or "pyav": which one produced the frames
     codec: str = ""  # the stream's codec ("h264", "vp9", ...)
     fps: float | None = None  # the video's frame rate (frame_index / fps = time in seconds)
+    too_few_frames: int | None = None  # the video's frame count, when the sampling needs more
     frame_hw: tuple[int, int] | None = None  # decoded (upright) frame height and width
 
 
@@ -47,6 +48,8 @@ def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 
         views = make_views(pixels, size, crops, seed, noise, record.key)
         return DecodedVideo(record.key, indices, views, decoder=used, codec=info.codec, fps=info.fps,
                             frame_hw=pixels.shape[1:3])
+    except TooFewFrames as exc:
+        return DecodedVideo(record.key, None, None, str(exc), too_few_frames=exc.n_total)
     except DiffVQAError as exc:
         return DecodedVideo(record.key, None, None, str(exc))
     except Exception as exc:  # one bad video never stops the others

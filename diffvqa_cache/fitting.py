@@ -18,7 +18,7 @@ from .data import DATA_PATHS, LoadSpec, VideoTable
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .files import checksum_problems, checksums, write_json_atomic
-from .memory import default_budget_gb
+from .memory import feature_budget_gb
 from .metrics import compute_metrics_ids
 from .protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
 from .regressor import DiffVQARegressor, RegressorConfig
@@ -42,6 +42,7 @@ class FinetuneConfig(Config):
         if not self.lr > 0 or self.epochs < 1 or self.warmup_epochs < 0:
             raise UserInputError(f"finetune needs lr > 0, epochs >= 1 and warmup_epochs >= 0, got {self.lr}, "
                                  f"{self.epochs}, {self.warmup_epochs}")
+RUN_FIX = "pass a run directory written by `diffvqa-cache fit`"
 
 
 @dataclass
@@ -78,12 +79,12 @@ class FitConfig(Config):
             raise UserInputError(f"need splits >= 1 and 0 < test_fraction < 1, got {self.splits}, {self.test_fraction}")
         if self.data not in DATA_PATHS:
             raise UserInputError(f"data must be one of {DATA_PATHS}, got {self.data!r}")
-        if self.memory_gb is not None and not self.memory_gb > 0:
-            raise UserInputError(f"memory_gb must be > 0 (or unset for the default), got {self.memory_gb}")
+        if self.memory_gb is not None:
+            feature_budget_gb(self.memory_gb)
 
     def budget_gb(self) -> float:
         """`memory_gb`, or its default from the memory available now."""
-        return self.memory_gb if self.memory_gb is not None else default_budget_gb()
+        return feature_budget_gb(self.memory_gb)
 
     def load_spec(self, cached_pixel_size: int) -> LoadSpec:
         """What to load from a cache whose view copies are `cached_pixel_size` wide."""
@@ -141,7 +142,10 @@ def load_fit_config(path: Path | None, overrides: dict) -> FitConfig:
                 flat.update({f"{k}.{n}": x for n, x in v.items()})
             else:
                 flat[k] = v
-        cfg = cfg.with_overrides(flat)
+        try:
+            cfg = cfg.with_overrides(flat)
+        except UserInputError as exc:
+            raise UserInputError(f"--config {path}: {exc}") from None
     return cfg.with_overrides(overrides)
 
 
@@ -211,10 +215,10 @@ class RunConfig(Config):
         return super().from_dict(data, what)
 
     @classmethod
-    def read(cls, run: Path | str) -> "RunConfig":
-        path = Path(run) / "config.json"
+    def read(cls, run: Path | str, flag: str = "--run") -> "RunConfig":
+        path = run_folder(run, flag) / "config.json"
         if not path.is_file():
-            raise UserInputError(f"--run {run}: no config.json; pass a run directory written by `diffvqa-cache fit`")
+            raise UserInputError(f"{flag} {run}: no config.json; {RUN_FIX}")
         return cls.load(path)
 
 
@@ -279,14 +283,32 @@ def verify_run(run: Path | str) -> None:
         raise CacheError(f"{run}/{problems[0]}{more}{fix}")
 
 
-def load_run_models(run: Path | str, fingerprint: str, device, verify: bool = True) -> list[tuple[torch.nn.Module, dict]]:
+def run_folder(run: Path | str, flag: str = "--run") -> Path:
+    """`run` unless it is missing, not a folder, or a feature cache: then a `UserInputError` saying which
+    (`flag`: the option that named it)."""
+    from .cache import holds_cache
+
+    run = Path(run)
+    if not run.exists():
+        raise UserInputError(f"{flag} {run}: no such folder; {RUN_FIX}")
+    if not run.is_dir():
+        raise UserInputError(f"{flag} {run} is a file, not a folder; {RUN_FIX}")
+    if holds_cache(run):
+        raise UserInputError(f"{flag} {run} is a feature cache (written by `extract`), not a run: fit a run on it with "
+                             f"`diffvqa-cache fit --cache {run} --out RUN`, then pass {flag} RUN")
+    return run
+
+
+def load_run_models(run: Path | str, fingerprint: str, device, verify: bool = True,
+                    flag: str = "--run") -> list[tuple[torch.nn.Module, dict]]:
     """The run's models (one per split) with their metadata, after `verify_run` (unless `verify`: the
-    caller did it); refuses other features than `fingerprint`."""
+    caller did it); refuses other features than `fingerprint`. `flag`: the option that named the run."""
+    run = run_folder(run, flag)
     if verify:
         verify_run(run)
-    models = sorted((Path(run) / "models").glob("*.safetensors"))
+    models = sorted((run / "models").glob("*.safetensors"))
     if not models:
-        raise UserInputError(f"{run}: no models/*.safetensors; pass a run directory written by `diffvqa-cache fit`")
+        raise UserInputError(f"{run}: no models/*.safetensors; {RUN_FIX}")
     return [load_checkpoint(m, fingerprint, device) for m in models]
 
 
@@ -306,12 +328,12 @@ def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[s
     from .cache import FeatureCache
     from .data import choose_data_path, open_table
 
+    budget = int(feature_budget_gb(memory_gb, "--memory-gb") * 1e9)
     cache, dev = FeatureCache(cache_path), resolve_device(device)
     models = load_run_models(run, cache.fingerprint, dev)
     if verify:
         cache.verify_shards(keys)
     spec = LoadSpec.from_dict(models[0][1]["load_spec"])
-    budget = int((memory_gb or default_budget_gb()) * 1e9)
     path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]
     table = open_table(cache, spec, path, budget, dev)
     if keys is not None:

@@ -44,6 +44,17 @@ def default_budget_gb() -> float:
     return round(DEFAULT_SHARE * avail / 1e9, 2) if avail else FALLBACK_GB
 
 
+def feature_budget_gb(memory_gb: float | None, name: str = "memory_gb") -> float:
+    """The feature budget `memory_gb` (refused unless > 0, as `name`), or the default when it is None."""
+    if memory_gb is None:
+        return default_budget_gb()
+    if not memory_gb > 0:
+        from .errors import UserInputError
+
+        raise UserInputError(f"{name} must be > 0 (or unset for the default), got {memory_gb:g}")
+    return memory_gb
+
+
 def peak_rss_bytes() -> int:
     """Peak resident memory of this process (Linux VmHWM, which `reset_peak_rss` can reset; else ru_maxrss)."""
     peak = _proc_kib("/proc/self/status", "VmHWM")

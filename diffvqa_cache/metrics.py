@@ -23,6 +23,7 @@ from scipy.optimize import OptimizeWarning, curve_fit
 from .errors import UserInputError
 
 METRIC_KEYS = ("srcc", "krcc", "plcc", "plcc_raw", "rmse")
+MIN_VIDEOS = 3  # the fewest videos the correlations are computed on (a test set, a validation set)
 # What each key means (written into a run's metrics.json), and its short label in summaries and tables.
 METRIC_LABELS = {
     "srcc": "Spearman rank correlation of the raw predictions",
@@ -106,8 +107,8 @@ def _check(pred, mos, ids=None) -> tuple[np.ndarray, np.ndarray]:
             raise UserInputError(
                 f"{name} has {len(bad)} NaN/Inf value(s) at {where}; drop or fix those videos first"
             )
-    if len(pred) < 3:
-        raise UserInputError(f"need at least 3 videos to compute metrics, got {len(pred)}")
+    if len(pred) < MIN_VIDEOS:
+        raise UserInputError(f"need at least {MIN_VIDEOS} videos to compute metrics, got {len(pred)}")
     for name, arr in (("pred", pred), ("mos", mos)):
         if np.all(arr == arr[0]):
             raise UserInputError(

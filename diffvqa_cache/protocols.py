@@ -9,12 +9,14 @@ of a split's train part, never out of its test part.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import Config
 from .errors import UserInputError
+from .metrics import MIN_VIDEOS
 
 PROTOCOLS = ("auto", "random", "lsvq", "cross")
 CROSS_TRAIN = ("train", "all")  # cross protocol: the training cache's official train part, or every video
@@ -89,3 +91,37 @@ def plan_splits(protocol: str, cache, test_caches: list = (), n_splits: int = 10
     if len(cache) < 10:
         raise UserInputError(f"{cache.path}: only {len(cache)} videos, too few for random {test_fraction:.0%} test splits")
     return "random", random_splits(list(cache.keys), n_splits, test_fraction, seed)
+
+
+def check_plan(protocol: str, splits: list[Split], cache_path, test_fraction: float, val_fraction: float,
+               test_cache_paths: dict[str, str] | None = None) -> None:
+    """Refuse, before any training, a plan whose splits cannot all be trained and scored: every test set
+    needs `MIN_VIDEOS` videos (the metrics), and every split's training part, once its validation set is
+    carved out, as many (training, the score scale, the familiarity reference). The message names the
+    setting that fixes it."""
+    test_cache_paths = test_cache_paths or {}
+    for split in splits:
+        for name, keys in split.test.items():
+            if len(keys) >= MIN_VIDEOS:
+                continue
+            short = f"{len(keys)} video(s), and metrics need at least {MIN_VIDEOS}"
+            if name in test_cache_paths:
+                raise UserInputError(f"--test-cache {test_cache_paths[name]}: {short}; leave it out or extract more "
+                                     "videos into it")
+            if protocol == "random":
+                n = len(split.train) + len(keys)
+                raise UserInputError(
+                    f"{cache_path}: {n} videos with test_fraction {test_fraction:g} leave {len(keys)} test video(s) "
+                    f"per split, and metrics need at least {MIN_VIDEOS}: use --set test_fraction="
+                    f"{math.ceil(100 * MIN_VIDEOS / n) / 100:g} or more, or a cache with more videos")
+            raise UserInputError(f"{cache_path}: the official split's {name} set has {short}; use --protocol random "
+                                 "(or --protocol cross with --test-cache)")
+        train, val = carve_validation(split.train, val_fraction, 0)
+        if len(train) < MIN_VIDEOS:
+            carved = f", {len(val)} of them carved out for validation (train.val_fraction {val_fraction:g})," \
+                if val else ""
+            fix = "--set train.val_fraction=0" if val else "a cache with more videos"
+            if protocol == "random":
+                fix += f" or a smaller test_fraction (now {test_fraction:g})"
+            raise UserInputError(f"{cache_path}: split {split.name} has {len(split.train)} training video(s){carved} "
+                                 f"and training needs at least {MIN_VIDEOS}: use {fix}")

@@ -287,6 +287,11 @@ class Scorer:
         in shared batches, as the models read them {position in group: tensors}."""
         results = [VideoScore(d.key, str(r.path), error=d.error, decoder=d.decoder or None)
                    for d, r in zip(group, records)]
+        for d, r, result in zip(group, records, results):
+            if d.too_few_frames is not None:  # the run fixes the sampling: no option of predict changes it
+                result.error = (f"{r.path} has {d.too_few_frames} frame(s), fewer than the {self.config.extract.frames}"
+                                f" frames per video this run samples (as its cache did); this run cannot score it (a "
+                                "run whose cache samples fewer frames per video, or frames at a fixed rate, can)")
         for d, r in zip(group, records):
             if d.error is not None:
                 advance()

@@ -106,6 +106,15 @@ def _rotate_tag(metadata) -> float | None:
     return None
 
 
+class TooFewFrames(DecodeError):
+    """A video with fewer frames than the sampling takes (`n_frames`); the message is extract's, where the
+    sampling is an option (predict, whose run fixes it, says its own)."""
+
+    def __init__(self, name: str, n_total: int, n_frames: int):
+        self.n_total, self.n_frames = n_total, n_frames
+        super().__init__(f"{name} has {n_total} frames, fewer than --frames {n_frames}; lower --frames or use --fps")
+
+
 def sample_indices(
     n_total: int,
     n_frames: int | None = 8,
@@ -133,9 +142,7 @@ def sample_indices(
     if n_frames <= 0:
         raise UserInputError(f"--frames must be positive (got {n_frames})")
     if n_total < n_frames:
-        raise DecodeError(
-            f"{name} has {n_total} frames, fewer than --frames {n_frames}; lower --frames or use --fps"
-        )
+        raise TooFewFrames(name, n_total, n_frames)
     return np.floor((np.arange(n_frames) + 0.5) * n_total / n_frames).astype(np.int64)
 
 

@@ -26,7 +26,7 @@ from diffvqa_cache.files import folder_lock, remove_leftovers, reporting_disk_fu
 from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models, write_run_manifest
 from diffvqa_cache.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.protocols import Split, plan_splits, test_set_names
+from diffvqa_cache.protocols import Split, check_plan, plan_splits, test_set_names
 from diffvqa_cache.stream import StreamedTable
 
 
@@ -60,12 +60,16 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
                              f"cache {cache.fingerprint}{versions}: extract both with the same settings")
     protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
                                    cfg.cross_train)
+    names = test_set_names(test_caches, ("test", "test1080p"))
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(cfg.budget_gb() * 1e9)
     path, need = choose_data_path([cache, *test_caches], spec, cfg.data, budget)
     with bar("load cache", len(cache.shard_files()), progress and path == "memory") as pb:
         table = open_table(cache, spec, path, budget, device, progress=lambda: pb.update(advance=1))
     test_tables = {name: open_table(c, spec, path, budget, device)
-                   for name, c in zip(test_set_names(test_caches, ("test", "test1080p")), test_caches)}
+                   for name, c in zip(names, test_caches)}
+    # the features' own checks (NaN/Inf, where loaded into memory) first, then the plan: all before any training
+    check_plan(protocol, splits, cache.path, cfg.test_fraction, cfg.train.val_fraction,
+               {name: str(c.path) for name, c in zip(names, test_caches)})
     data = {"path": path, "budget_gb": budget / 1e9, "need_gb": round(need / 1e9, 3),
             "device": str(table.device) if path == "memory" else "cpu (streamed)"}
     return FitInputs(cache, test_caches, protocol, splits, table, test_tables, data)
@@ -93,7 +97,7 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     inputs = load_fit_inputs(cache_path, cfg, test_cache_paths, progress, device)
     cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
     table, test_tables, spec = inputs.table, inputs.test_tables, cfg.load_spec(inputs.cache.config.pixel_size)
-    init_models = load_run_models(init, cache.fingerprint, "cpu") if init else None
+    init_models = load_run_models(init, cache.fingerprint, "cpu", flag="--init") if init else None
     used = cfg.replace(train=cfg.training(fine_tuning=init is not None))  # fine-tuning: its own lr, epochs, warm-up
     out = Path(out)
     (out / "models").mkdir(parents=True, exist_ok=True)
@@ -175,7 +179,7 @@ def check_resumable(out: Path, new: RunConfig) -> None:
     """Refuse to resume a run directory written with other settings (or not by `fit`)."""
     if not (out / "config.json").is_file():
         return  # nothing to resume: a fresh run
-    old = RunConfig.read(out)
+    old = RunConfig.read(out, "--out")
     a, b = old.to_dict(), new.to_dict()
     if a.get("training") is None:  # written before fine-tuning had settings of its own: it trained with fit.train
         a["training"] = a["fit"]["train"]

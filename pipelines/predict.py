@@ -10,6 +10,7 @@ the same command run again scores only the videos the file does not hold yet (fa
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from pathlib import Path
@@ -61,17 +62,29 @@ class ResultsFile:
                                          f"{data.get('per_frame')}), not of {self.run} (per_frame={self.per_frame}); {redo}")
                 entries = [(v["path"], v, v.get("error") is None) for v in data["videos"]]
             else:
-                with open(self.path, newline="") as f:
-                    reader = csv.DictReader(f)
-                    if reader.fieldnames != self.columns:
-                        raise UserInputError(f"{self.path} has other columns than this command writes "
-                                             f"(--per-frame {'on' if self.per_frame else 'off'}); {redo}")
-                    rows = list(reader)
+                text = self.path.read_text()
+
+                def truncated(line: int) -> str:
+                    return f"{self.path} is truncated or damaged (line {line} is incomplete); {redo}"
+
+                if not text.endswith("\n"):  # every line this tool writes ends so (an empty file: cut at once)
+                    raise UserInputError(truncated(len(text.splitlines())))
+                reader = csv.DictReader(io.StringIO(text, newline=""))
+                if reader.fieldnames != self.columns:
+                    raise UserInputError(f"{self.path} has other columns than this command writes "
+                                         f"(--per-frame {'on' if self.per_frame else 'off'}); {redo}")
+                rows = list(reader)
+                cut = next((i for i, r in enumerate(rows, 2) if None in r or None in r.values()), None)
+                if cut is not None:
+                    raise UserInputError(truncated(cut))
                 if any(r["run"] != self.run for r in rows):
                     raise UserInputError(f"{self.path} holds scores of another run than {self.run}; {redo}")
                 entries = [(r["path"], r, not r["error"]) for r in rows]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UserInputError(f"{self.path}: not a predict results file ({type(exc).__name__}: {exc}); {redo}") from None
+        except UserInputError:
+            raise
+        except (OSError, ValueError, KeyError, TypeError, csv.Error) as exc:
+            raise UserInputError(f"{self.path}: not a predict results file, or a truncated or damaged one "
+                                 f"({type(exc).__name__}: {exc}); {redo}") from None
         for path, entry, ok in entries:
             self.entries.setdefault(path, []).append(entry)
             if ok:

@@ -30,7 +30,7 @@ from diffvqa_cache.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_byte
 from diffvqa_cache.metrics import METRIC_KEYS
 from diffvqa_cache.plots import sweep_summary
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.protocols import Split, plan_splits
+from diffvqa_cache.protocols import Split, check_plan, plan_splits
 
 # Settings that define the splits: the same for every configuration (set them in `base:` or on the CLI).
 SPLIT_SETTINGS = ("protocol", "splits", "test_fraction", "seed")
@@ -225,6 +225,7 @@ def plan_tasks(cache_path: Path, base: dict, configs: list[tuple[str, dict]]) ->
     cache.check_complete(base_cfg.verify)  # once, in the driver: the tasks then trust the checksummed shards
     protocol, splits = plan_splits(base_cfg.protocol, cache, (), base_cfg.splits, base_cfg.test_fraction,
                                    base_cfg.seed, base_cfg.cross_train)
+    check_plan(protocol, splits, cache.path, base_cfg.test_fraction, base_cfg.train.val_fraction)
     tasks = [SweepTask(name, overrides, base, split, base_cfg.seed + i, cache.fingerprint)
              for name, overrides in configs for i, split in enumerate(splits)]
     return cache, protocol, tasks
