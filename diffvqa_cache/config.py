@@ -91,8 +91,9 @@ class Config:
         values = {}
         for name, value in data.items():
             kind = hints[name]
-            if isinstance(kind, type) and issubclass(kind, Config) and isinstance(value, dict):
-                value = kind._from_data(value, f"{what}.{name}", top, f"{key}{name}.")
+            nested = _config_class(kind)
+            if nested is not None and isinstance(value, dict):
+                value = nested._from_data(value, f"{what}.{name}", top, f"{key}{name}.")
             else:
                 try:
                     value = _typed(value, kind)
@@ -127,6 +128,14 @@ class Config:
 
 _NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),
           float: ("a number", "numbers"), str: ("a string", "strings")}
+
+
+def _config_class(kind) -> type | None:
+    """The Config class a field of type `kind` holds (`X` or `X | None`), else None."""
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
+        classes = [a for a in typing.get_args(kind) if a is not type(None)]
+        kind = classes[0] if len(classes) == 1 else None
+    return kind if isinstance(kind, type) and issubclass(kind, Config) else None
 
 
 def _typed(value, kind):

@@ -194,7 +194,7 @@ def test_a_controller_with_only_pickled_weights_is_refused_and_nothing_is_writte
     load_controller(unet, None).save_pretrained(tmp_path / "ctrl", safe_serialization=False)
     assert sorted(p.name for p in (tmp_path / "ctrl").iterdir()) == ["config.json", "diffusion_pytorch_model.bin"]
     out = tmp_path / "out"
-    line = one_line_error(["extract", "--dataset", "sample", "--limit", "2", "--out", str(out), "--steps", "1",
+    line = one_line_error(["extract", "--dataset", "sample", "--limit", "2", "--out", str(out), "--steps", "1", "--timestep-spacing", "trailing",
                            "--frames", "2", "--controller", str(tmp_path / "ctrl")])
     assert "diffusion_pytorch_model.bin" in line and "safetensors" in line and "never loaded" in line
     assert not out.exists()  # no config.json, no labels.csv
