@@ -164,9 +164,11 @@ def _packet_index(container, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray
 def _read_pyav_seeking(container, stream, indices: np.ndarray) -> dict[int, np.ndarray] | None:
     """Decode only the groups of pictures that hold the wanted frames: seek to the keyframe before a
     wanted frame unless the decoder has already passed that keyframe (then decoding on is cheaper).
-    Frames are matched by pts to their display-order index, so the choice equals the sequential decode's.
-    None (the caller decodes sequentially) if the container lacks usable timestamps, holds fewer frames
-    than wanted, or a seek does not land where the index says."""
+    Frames are matched by pts to their display-order index, and every frame the decoder gives from a
+    keyframe on must be the index's next one, so the choice equals the sequential decode's. None (the
+    caller decodes sequentially) if the container lacks usable timestamps, holds fewer frames than wanted,
+    a seek does not land on a keyframe at or before the one asked for, or the decoder's frames are not the
+    index's (frames it would not show, for instance)."""
     index = _packet_index(container, stream)
     if index is None:
         return None
@@ -175,28 +177,35 @@ def _read_pyav_seeking(container, stream, indices: np.ndarray) -> dict[int, np.n
     if wanted[-1] >= len(order) or key_pts[wanted[0]] < 0:
         return None  # too few packets (the sequential path names the truncation) or no keyframe before
     out: dict[int, np.ndarray] = {}
-    frames, last_pts = None, None  # the decoder's frames and the pts of the last one it gave
+    frames, last_pts, start = None, None, 0  # the decoder's frames, the pts of the last one, the keyframe's
     for i in wanted:
         target = int(order[i])
         if frames is None or last_pts is None or key_pts[i] > last_pts:
-            frames, last_pts = _decode_from_keyframe(container, stream, int(key_pts[i]), int(key_seek[i])), None
-            if frames is None:
+            sought = _decode_from_keyframe(container, stream, int(key_pts[i]), int(key_seek[i]))
+            if sought is None:
                 return None
+            start, frames = sought
+            last_pts, expect = None, int(np.searchsorted(order, start))  # index of the next frame due
         for frame in frames:
             if frame.pts is None:
                 return None
+            if frame.pts < start:  # leading frames of an open GOP, shown before the keyframe: not ours
+                continue
+            if expect >= len(order) or frame.pts != order[expect]:
+                return None  # the decoder's frames are not the index's
+            expect += 1
             last_pts = frame.pts
             if last_pts >= target:
                 break
         if last_pts != target:
-            return None  # stream ended early, or the seek landed after the wanted frame
+            return None  # the stream ended early
         out[i] = frame.to_ndarray(format="rgb24")
     return out
 
 
 def _decode_from_keyframe(container, stream, key_pts: int, key_seek: int):
-    """Seek to the keyframe at ``key_pts`` and return its decoded frames onwards, or None unless the first
-    packet after the seek is a keyframe at or before it: containers without an exact index can land
+    """Seek to the keyframe at ``key_pts`` and return (the pts of the keyframe landed on, the decoded frames
+    from it onwards), or None unless the first packet after the seek is a keyframe at or before it: containers without an exact index can land
     anywhere, and frames decoded from there would lack their references. Tries the pts first (where MP4
     and Matroska index keyframes), then ``key_seek`` (the smaller of pts and dts)."""
     for ts in dict.fromkeys((key_pts, key_seek)):
@@ -204,7 +213,7 @@ def _decode_from_keyframe(container, stream, key_pts: int, key_seek: int):
         packets = container.demux(stream)
         first = next((p for p in packets if p.size), None)
         if first is not None and first.is_keyframe and first.pts is not None and first.pts <= key_pts:
-            return _frames_of(first, packets)
+            return first.pts, _frames_of(first, packets)
     return None
 
 

@@ -311,3 +311,23 @@ def test_pyav_falls_back_when_a_seek_misses(tmp_path, monkeypatch):
     monkeypatch.setattr(video_mod, "_open", lambda p: Inexact(real_open(p), [0]))
     assert not _seek_used(path, idx)
     assert np.array_equal(video_mod._read_pyav(path, idx, 60, seek=True), expected)
+
+
+def test_pyav_falls_back_when_the_decoder_skips_an_indexed_frame(tmp_path, monkeypatch):
+    """A packet the decoder shows no frame for (a hidden frame stored on its own) would shift every index
+    after it: the decoded pts are checked against the index, and the sequential frames come back."""
+    path = write_clip(tmp_path / "gop10.mp4", noise_frames(60), codec_options={"g": "10"})
+    idx = np.array([5, 25, 47])
+    expected = video_mod._read_pyav(path, idx, 60, seek=False)
+    real = video_mod._packet_index
+
+    def with_hidden_frame(container, stream):  # an extra timestamp between frames 20 and 21
+        order, key_pts, key_seek = real(container, stream)
+        extra = (order[20] + order[21]) // 2
+        at = 21
+        return (np.insert(order, at, extra), np.insert(key_pts, at, key_pts[20]),
+                np.insert(key_seek, at, key_seek[20]))
+
+    monkeypatch.setattr(video_mod, "_packet_index", with_hidden_frame)
+    assert not _seek_used(path, idx)
+    assert np.array_equal(video_mod._read_pyav(path, idx, 60, seek=True), expected)
