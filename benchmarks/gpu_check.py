@@ -185,7 +185,9 @@ def step_sd_folder(args) -> dict:
                                                num_attention_heads=4), max_length=8)
     else:  # SD 2.1-base's VAE and UNet, SD 2's text encoder size (as benchmarks/load_memory.py builds it)
         vae_cfg, unet_cfg = sd21_base_configs()
-        save_sd_folder(folder, AutoencoderKL(**vae_cfg), UNet2DConditionModel(**unet_cfg),
+        with torch.device("cuda" if torch.cuda.is_available() else "cpu"):  # random init is far faster there
+            vae, unet = AutoencoderKL(**vae_cfg), UNet2DConditionModel(**unet_cfg)
+        save_sd_folder(folder, vae.cpu(), unet.cpu(),
                        dict(vocab_size=49408, hidden_size=1024, intermediate_size=4096, num_hidden_layers=23,
                             num_attention_heads=16, hidden_act="gelu", projection_dim=512), max_length=77)
     size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
