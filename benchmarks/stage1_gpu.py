@@ -111,6 +111,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--budget-s", type=float, default=480.0, help="stop starting new measurements after this")
     ap.add_argument("--no-compile", action="store_true")
+    ap.add_argument("--no-levers", action="store_true", help="skip section 3")
     ap.add_argument("--out", type=Path, default=Path(os.environ["OUT"]) if os.environ.get("OUT") else None)
     args = ap.parse_args()
     dry = args.dry_run
@@ -171,6 +172,8 @@ def main() -> None:
     base_v = views(lever_batch, size)
 
     def lever(name: str, fx, note: str = "") -> None:
+        if args.no_levers:
+            return
         if not within():
             results["skipped"].append(f"lever {name}")
             return
@@ -201,7 +204,7 @@ def main() -> None:
     for m in (bb.vae, bb.unet, bb.controller):
         m.to(dtype=torch.bfloat16)
     lever("channels_last + weights in bf16", mk(), "autocast no longer re-casts weights each call")
-    if not args.no_compile:
+    if not args.no_compile and not args.no_levers:
         orig = (bb.unet, bb.controller, bb.vae.encoder)
         backend = "eager" if dry else "inductor"
         try:

@@ -153,34 +153,146 @@ def _read_decord(path: Path, indices: np.ndarray, codec: str) -> np.ndarray:
     vr = decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
     if len(indices) and int(indices.max()) >= len(vr):
         raise IndexError(f"index {int(indices.max())} beyond decord's {len(vr)} frames")
-    return vr.get_batch([int(i) for i in indices]).asnumpy()
+    # each distinct frame once, in stream order: decord seeks back (re-decoding a GOP) for every index
+    # below the one before, so unsorted or repeated indices would cost extra decodes
+    unique, where = np.unique(indices, return_inverse=True)
+    frames = vr.get_batch([int(i) for i in unique]).asnumpy()
+    return frames[where.reshape(-1)] if len(unique) != len(indices) or np.any(unique != indices) else frames
 
 
-def _read_pyav(path: Path, indices: np.ndarray, n_claimed: int) -> np.ndarray:
-    """Decode sequentially, keeping the wanted frames and stopping after the last one."""
-    if len(indices) == 0:
-        return np.zeros((0, 0, 0, 3), np.uint8)
+def _packet_index(container, stream) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+    """From demuxing alone (no decoding): the pts of the stream's frames in display order and, per frame,
+    the pts of the keyframe at or before it and the timestamp to seek to for that keyframe (its smaller
+    of pts and dts; -1 where no keyframe precedes the frame). None if timestamps are missing or repeated:
+    then only a sequential decode is safe."""
+    pts, key_pts, key_seek = [], [], []
+    for packet in container.demux(stream):
+        if not packet.size or packet.is_discard:  # flush packets; frames an edit list drops
+            continue
+        if packet.pts is None:
+            return None
+        pts.append(packet.pts)
+        if packet.is_keyframe:
+            key_pts.append(packet.pts)
+            key_seek.append(packet.pts if packet.dts is None else min(packet.pts, packet.dts))
+    order = np.sort(np.asarray(pts, np.int64))
+    if not key_pts or np.any(np.diff(order) <= 0):
+        return None
+    by_pts = np.argsort(np.asarray(key_pts, np.int64), kind="stable")
+    key_pts = np.asarray(key_pts, np.int64)[by_pts]
+    key_seek = np.asarray(key_seek, np.int64)[by_pts]
+    at = np.searchsorted(key_pts, order, side="right") - 1
+    ok = at >= 0
+    return order, np.where(ok, key_pts[np.maximum(at, 0)], -1), np.where(ok, key_seek[np.maximum(at, 0)], -1)
+
+
+def _read_pyav_seeking(container, stream, indices: np.ndarray) -> dict[int, np.ndarray] | None:
+    """Decode only the groups of pictures that hold the wanted frames: seek to the keyframe before a
+    wanted frame unless the decoder has already passed that keyframe (then decoding on is cheaper).
+    Frames are matched by pts to their display-order index, and every frame the decoder gives from a
+    keyframe on must be the index's next one, so the choice equals the sequential decode's. None (the
+    caller decodes sequentially) if the container lacks usable timestamps, holds fewer frames than wanted,
+    a seek does not land on a keyframe at or before the one asked for, or the decoder's frames are not the
+    index's (frames it would not show, for instance)."""
+    index = _packet_index(container, stream)
+    if index is None:
+        return None
+    order, key_pts, key_seek = index
+    wanted = sorted(set(int(i) for i in indices))
+    if wanted[-1] >= len(order) or key_pts[wanted[0]] < 0:
+        return None  # too few packets (the sequential path names the truncation) or no keyframe before
+    out: dict[int, np.ndarray] = {}
+    frames, last_pts, start = None, None, 0  # the decoder's frames, the pts of the last one, the keyframe's
+    for i in wanted:
+        target = int(order[i])
+        if frames is None or last_pts is None or key_pts[i] > last_pts:
+            sought = _decode_from_keyframe(container, stream, int(key_pts[i]), int(key_seek[i]))
+            if sought is None:
+                return None
+            start, frames = sought
+            last_pts, expect = None, int(np.searchsorted(order, start))  # index of the next frame due
+        for frame in frames:
+            if frame.pts is None:
+                return None
+            if frame.pts < start:  # leading frames of an open GOP, shown before the keyframe: not ours
+                continue
+            if expect >= len(order) or frame.pts != order[expect]:
+                return None  # the decoder's frames are not the index's
+            expect += 1
+            last_pts = frame.pts
+            if last_pts >= target:
+                break
+        if last_pts != target:
+            return None  # the stream ended early
+        out[i] = frame.to_ndarray(format="rgb24")
+    return out
+
+
+def _decode_from_keyframe(container, stream, key_pts: int, key_seek: int):
+    """Seek to the keyframe at ``key_pts`` and return (the pts of the keyframe landed on, the decoded frames
+    from it onwards), or None unless the first packet after the seek is a keyframe at or before it: containers without an exact index can land
+    anywhere, and frames decoded from there would lack their references. Tries the pts first (where MP4
+    and Matroska index keyframes), then ``key_seek`` (the smaller of pts and dts)."""
+    for ts in dict.fromkeys((key_pts, key_seek)):
+        container.seek(ts, backward=True, any_frame=False, stream=stream)
+        packets = container.demux(stream)
+        first = next((p for p in packets if p.size), None)
+        if first is not None and first.is_keyframe and first.pts is not None and first.pts <= key_pts:
+            return first.pts, _frames_of(first, packets)
+    return None
+
+
+def _frames_of(first, packets):
+    yield from first.decode()
+    for packet in packets:
+        yield from packet.decode()
+
+
+def _read_pyav_sequential(container, stream, path: Path, indices: np.ndarray, n_claimed: int) -> dict[int, np.ndarray]:
+    """Decode from the start, keeping the wanted frames and stopping after the last one."""
     wanted: dict[int, np.ndarray] = {}
     needed = set(int(i) for i in indices)
     last = max(needed)
     count = 0
-    container = _open(path)
-    try:
-        stream = _video_stream(container, path)
-        stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            if count in needed:
-                wanted[count] = frame.to_ndarray(format="rgb24")
-            count += 1
-            if count > last:
-                break
-    finally:
-        container.close()
+    for frame in container.decode(stream):
+        if count in needed:
+            wanted[count] = frame.to_ndarray(format="rgb24")
+        count += 1
+        if count > last:
+            break
     if count <= last:
         raise DecodeError(
             f"{path}: stream ends after {count} frames but frame {last} was needed "
             f"(header says {n_claimed}; truncated file?); re-download or re-encode it"
         )
+    return wanted
+
+
+def _read_pyav(path: Path, indices: np.ndarray, n_claimed: int, seek: bool = True) -> np.ndarray:
+    """Decode the wanted frames (display-order indices) with PyAV, converting only those to RGB.
+
+    With ``seek``, only the groups of pictures holding them are decoded (`_read_pyav_seeking`), else
+    (or where that cannot vouch for its frames) every frame up to the last wanted one; both give the
+    same frames."""
+    if len(indices) == 0:
+        return np.zeros((0, 0, 0, 3), np.uint8)
+    wanted = None
+    for sequential in ((False, True) if seek else (True,)):
+        container = _open(path)
+        try:
+            stream = _video_stream(container, path)
+            stream.thread_type = "AUTO"
+            if sequential:
+                wanted = _read_pyav_sequential(container, stream, path, indices, n_claimed)
+            else:
+                try:
+                    wanted = _read_pyav_seeking(container, stream, indices)
+                except av.error.FFmpegError:
+                    wanted = None
+        finally:
+            container.close()
+        if wanted is not None:
+            break
     return np.stack([wanted[int(i)] for i in indices])
 
 

@@ -47,3 +47,31 @@ def write_audio_only(path: Path) -> Path:
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+def noise_frames(n: int, w: int = 64, h: int = 48, seed: int = 0) -> np.ndarray:
+    """Frames with a drifting random texture: every frame differs from its neighbours, so a frame taken
+    from the wrong position (or decoded without its references) shows in the pixels."""
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 256, (h, w * 2, 3), dtype=np.uint8)
+    return np.stack([np.roll(base, i, axis=1)[:, :w] // 2 + np.uint8(i * 7 % 128) for i in range(n)])
+
+
+def write_vfr_clip(path: Path, frames: np.ndarray, pts_ms: list[int], codec: str = "libx264",
+                   options: dict | None = None) -> Path:
+    """Encode frames at the given presentation times (milliseconds): a variable-frame-rate clip."""
+    import av
+    from fractions import Fraction
+
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=30, options=options or {})
+        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        for arr, t in zip(frames, pts_ms):
+            frame = av.VideoFrame.from_ndarray(arr, format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path

@@ -192,3 +192,142 @@ def test_truncated_file(tmp_path, backend, clip_tools):
 def test_unknown_backend(clip_factory):
     with pytest.raises(UserInputError):
         read_frames(clip_factory("h264"), [0], backend="ffmpeg")
+
+
+# --- PyAV seeks to the keyframe before each wanted frame (same frames as a sequential decode) ----------
+
+from clip_helpers import noise_frames, write_vfr_clip  # noqa: E402
+
+from diffvqa_cache import video as video_mod  # noqa: E402
+
+SEEK_CLIPS = {  # name: write_clip keywords (120 frames): short/long GOPs, B-frames, open GOP, odd containers
+    "h264_gop8_bframes.mp4": dict(codec="libx264", codec_options={"g": "8", "bf": "3", "preset": "veryfast"}),
+    "h264_gop250.mp4": dict(codec="libx264", codec_options={"g": "250"}),
+    "h264_open_gop.mp4": dict(codec="libx264", codec_options={
+        "x264-params": "open-gop=1:keyint=10:min-keyint=10:scenecut=0"}),
+    "h264_no_bframes.mkv": dict(codec="libx264", codec_options={"g": "12", "bf": "0"}),
+    "h264_gop10.mov": dict(codec="libx264", codec_options={"g": "10"}),
+    "h264_gop10.ts": dict(codec="libx264", codec_options={"g": "10"}),
+    "h264_gop10.avi": dict(codec="libx264", codec_options={"g": "10"}),
+    "mpeg4_bframes.avi": dict(codec="mpeg4", codec_options={"g": "10", "bf": "2"}),
+    "vp9_gop10.webm": dict(codec="libvpx-vp9", codec_options={"g": "10"}),
+    "vp9_gop10.mkv": dict(codec="libvpx-vp9", codec_options={"g": "10"}),
+}
+
+
+class _CountingContainer:
+    """Wraps a PyAV container and counts the frames its decoder returns (sequential or after seeks)."""
+
+    def __init__(self, container, counter):
+        self._c, self._n = container, counter
+
+    def __getattr__(self, name):
+        return getattr(self._c, name)
+
+    def decode(self, *args):
+        for frame in self._c.decode(*args):
+            self._n[0] += 1
+            yield frame
+
+    def demux(self, *args):
+        for packet in self._c.demux(*args):
+            yield _CountingPacket(packet, self._n)
+
+
+class _CountingPacket:
+    def __init__(self, packet, counter):
+        self._p, self._n = packet, counter
+
+    def __getattr__(self, name):
+        return getattr(self._p, name)
+
+    def decode(self):
+        frames = self._p.decode()
+        self._n[0] += len(frames)
+        return frames
+
+
+@pytest.fixture
+def count_decoded(monkeypatch):
+    counter = [0]
+    real_open = video_mod._open
+    monkeypatch.setattr(video_mod, "_open", lambda path: _CountingContainer(real_open(path), counter))
+    return counter
+
+
+def _seek_used(path, indices) -> bool:
+    container = video_mod._open(path)
+    try:
+        return video_mod._read_pyav_seeking(container, video_mod._video_stream(container, path), indices) is not None
+    finally:
+        container.close()
+
+
+@pytest.mark.parametrize("name", sorted(SEEK_CLIPS))
+def test_pyav_seeking_gives_the_sequential_frames(tmp_path, name):
+    path = write_clip(tmp_path / name, noise_frames(120), **SEEK_CLIPS[name])
+    info = probe(path)
+    for idx in (sample_indices(info.n_frames, 8), np.array([119, 3, 64, 64, 0, 57, 58, 9])):
+        seek = video_mod._read_pyav(path, idx, info.n_frames, seek=True)
+        seq = video_mod._read_pyav(path, idx, info.n_frames, seek=False)
+        assert seek.shape == (len(idx), 48, 64, 3) and np.array_equal(seek, seq), name
+    assert _seek_used(path, idx), f"{name}: fell back to the sequential decode"
+
+
+@pytest.mark.parametrize("container", ["mp4", "mkv"])
+def test_pyav_seeking_vfr(tmp_path, container):
+    pts = np.cumsum(np.random.default_rng(1).integers(10, 100, 120)).tolist()  # 10..100 ms apart
+    path = write_vfr_clip(tmp_path / f"vfr.{container}", noise_frames(120), pts, options={"g": "10"})
+    idx = np.array([1, 30, 31, 77, 119])
+    seek = video_mod._read_pyav(path, idx, 120, seek=True)
+    assert np.array_equal(seek, video_mod._read_pyav(path, idx, 120, seek=False))
+    assert _seek_used(path, idx)
+
+
+def test_pyav_decodes_only_the_wanted_gops(tmp_path, count_decoded):
+    """8 frames of a 240-frame clip with a keyframe every 10: at most a GOP per frame is decoded, not 211."""
+    path = write_clip(tmp_path / "gop10.mp4", noise_frames(240), codec_options={"g": "10", "bf": "2"})
+    idx = sample_indices(240, 8)  # 15, 45, ..., 225
+    frames, used = read_frames(path, idx, backend="pyav")
+    assert used == "pyav" and frames.shape[0] == 8
+    assert count_decoded[0] <= 8 * 10 + 1  # probe decodes one frame
+    count_decoded[0] = 0
+    read_frames(path, [230], backend="pyav")
+    assert count_decoded[0] <= 10 + 1
+
+
+def test_pyav_falls_back_when_a_seek_misses(tmp_path, monkeypatch):
+    """A container whose seeks land on a frame that is no keyframe (an inexact index) is caught: the
+    sequential frames come back, not frames decoded without their references."""
+    path = write_clip(tmp_path / "gop10.mp4", noise_frames(60), codec_options={"g": "10"})
+    idx = np.array([5, 25, 47])
+    expected = video_mod._read_pyav(path, idx, 60, seek=False)
+    real_open = video_mod._open
+
+    class Inexact(_CountingContainer):
+        def seek(self, ts, **kw):  # three frames (512 ticks each) past the asked-for time, any frame
+            return self._c.seek(ts + 3 * 512, backward=True, any_frame=True, stream=kw.get("stream"))
+
+    monkeypatch.setattr(video_mod, "_open", lambda p: Inexact(real_open(p), [0]))
+    assert not _seek_used(path, idx)
+    assert np.array_equal(video_mod._read_pyav(path, idx, 60, seek=True), expected)
+
+
+def test_pyav_falls_back_when_the_decoder_skips_an_indexed_frame(tmp_path, monkeypatch):
+    """A packet the decoder shows no frame for (a hidden frame stored on its own) would shift every index
+    after it: the decoded pts are checked against the index, and the sequential frames come back."""
+    path = write_clip(tmp_path / "gop10.mp4", noise_frames(60), codec_options={"g": "10"})
+    idx = np.array([5, 25, 47])
+    expected = video_mod._read_pyav(path, idx, 60, seek=False)
+    real = video_mod._packet_index
+
+    def with_hidden_frame(container, stream):  # an extra timestamp between frames 20 and 21
+        order, key_pts, key_seek = real(container, stream)
+        extra = (order[20] + order[21]) // 2
+        at = 21
+        return (np.insert(order, at, extra), np.insert(key_pts, at, key_pts[20]),
+                np.insert(key_seek, at, key_seek[20]))
+
+    monkeypatch.setattr(video_mod, "_packet_index", with_hidden_frame)
+    assert not _seek_used(path, idx)
+    assert np.array_equal(video_mod._read_pyav(path, idx, 60, seek=True), expected)
