@@ -24,7 +24,7 @@ import numpy as np
 
 from . import __version__
 from .branches import BRANCHES, N_LEVELS, BranchFeatures
-from .config import CacheConfig
+from .config import EXTRACTOR_VERSION, CacheConfig
 from .errors import CacheError
 from .files import atomic_path, claim_lock, file_sha256, remove_leftovers, write_csv_atomic, write_json_atomic
 
@@ -264,8 +264,23 @@ def find_cache_dir(path: Path | str) -> Path:
         return found[0]
     if not found:
         raise CacheError(f"{path}: no cache here (no config.json at depth 0-2); pass the folder `extract` printed")
+    current = [p for p in found if _recorded_extractor(p) == EXTRACTOR_VERSION]
+    if len(current) == 1:  # after an upgrade: the new extraction beside the stale one
+        from .progress import err
+
+        err.print(f"[yellow]{path}: using {current[0].relative_to(path)}; {len(found) - 1} cache(s) of older extractor "
+                  "versions beside it are not used[/]")
+        return current[0]
     raise CacheError(f"{path} holds {len(found)} caches ({', '.join(str(p.relative_to(path)) for p in found[:4])}"
                      f"{', ...' if len(found) > 4 else ''}); pass one of them")
+
+
+def _recorded_extractor(cache_dir: Path) -> str | None:
+    """The extractor version a cache folder's config.json records (None: not recorded, or unreadable)."""
+    try:
+        return json.loads((cache_dir / "config.json").read_text()).get("extractor_version")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 @dataclass

@@ -90,6 +90,23 @@ def test_plan_and_find(small, tmp_path):
         find_cache_dir(tmp_path / "nope")
 
 
+def test_find_prefers_the_current_extraction_beside_stale_ones(small, tmp_path, capsys):
+    """After an upgrade `extract` writes a new cache beside the old one: `fit --cache OUT/dataset` takes the
+    current one (and says so); two current caches stay ambiguous."""
+    import shutil
+
+    out = tmp_path / "out" / "kvd"
+    stale = shutil.copytree(small, out / "0000stale")
+    config = json.loads((stale / "config.json").read_text())
+    del config["extractor_version"]  # as 0.2 wrote it
+    (stale / "config.json").write_text(json.dumps(config))
+    current = shutil.copytree(small, out / "ffffcurrent")
+    assert find_cache_dir(out) == current and "older extractor versions" in capsys.readouterr().err
+    shutil.copytree(small, out / "other")
+    with pytest.raises(CacheError, match="holds 3 caches"):
+        find_cache_dir(out)
+
+
 def test_merge_of_parts_equals_the_whole(small, tmp_path):
     import shutil
 
