@@ -4,10 +4,12 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
 - `Mamba` holds exactly the parameters and state_dict keys of `mamba_ssm.Mamba` (in_proj, conv1d, x_proj,
   dt_proj, A_log, D, out_proj; same shapes and init), so a checkpoint moves between GPU and CPU.
 - At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
-  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise pure PyTorch
-  computes the same recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an
-  in-place sequential scan without them (inference: ~8x faster on the CPU, as it never materialises the
-  (batch, L, d_inner, d_state) tensors). The projections and the causal depthwise conv are plain torch ops.
+  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise the compiled CPU
+  kernel of `scan_cpu` (a C recurrence with a hand-written backward, built with the system's C compiler;
+  ~20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
+  Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
+  recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
+  scan without them. The projections and the causal depthwise conv are plain torch ops.
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
@@ -18,11 +20,14 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mambapy.pscan import pscan
+
+from . import scan_cpu
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,6 +106,26 @@ def selective_scan_inference(u, delta, A, B, C, D, z=None, delta_bias=None, delt
     return y
 
 
+SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
+SCAN_CHOICES = ("auto", "compiled", "torch")
+
+
+def cpu_selective_scan(dtype: torch.dtype, grad: bool):
+    """The scan for a non-CUDA forward, chosen by $DIFFVQA_MAMBA_SCAN: `auto` (default) = the compiled
+    kernel of `scan_cpu` for float32/float64 when it builds here, else the pure-PyTorch scans; `torch` = the
+    pure-PyTorch scans (parallel scan with gradients, in-place sequential scan without); `compiled` = the
+    kernel or an error."""
+    choice = os.environ.get(SCAN_ENV, "auto").strip().lower() or "auto"
+    if choice not in SCAN_CHOICES:
+        raise ValueError(f"${SCAN_ENV}={choice!r} is not one of {', '.join(SCAN_CHOICES)}; unset it or pick one")
+    if choice == "compiled" and not scan_cpu.available():
+        raise RuntimeError(f"${SCAN_ENV}=compiled but the compiled CPU scan is unavailable: {scan_cpu._library()}; "
+                           f"install a C compiler (cc) or set {SCAN_ENV}=auto")
+    if choice != "torch" and dtype in (torch.float32, torch.float64) and scan_cpu.available():
+        return scan_cpu.selective_scan_compiled
+    return selective_scan_parallel if grad else selective_scan_inference
+
+
 class Mamba(nn.Module):
     """Drop-in for `mamba_ssm.Mamba(d_model, d_state, d_conv, expand)`: (B, L, d_model) -> (B, L, d_model)."""
 
@@ -148,7 +173,7 @@ class Mamba(nn.Module):
             y = scan(x.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), B, C, self.D.float(),
                      z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         else:
-            scan = selective_scan_parallel if torch.is_grad_enabled() else selective_scan_inference
+            scan = cpu_selective_scan(x.dtype, torch.is_grad_enabled())
             y = scan(x, dt, -torch.exp(self.A_log), B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
         # 5. output projection
         return self.out_proj(y.transpose(1, 2))
