@@ -26,6 +26,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mambapy.pscan import pscan
+from torch.utils.checkpoint import checkpoint
 
 from . import scan_cpu
 
@@ -106,6 +107,17 @@ def selective_scan_inference(u, delta, A, B, C, D, z=None, delta_bias=None, delt
     return y
 
 
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`nn.Conv1d(d, d, k, groups=d, padding=k - 1)(x)[..., :L]` as k shifted products (x: (B, d, L), weight
+    (d, 1, k)): out_t = bias + sum_j weight_j x_{t + j - k + 1}."""
+    k, length = weight.shape[-1], x.shape[-1]
+    padded = F.pad(x, (k - 1, 0))
+    out = weight[:, 0, k - 1, None] * x
+    for j in range(k - 1):
+        out = out + weight[:, 0, j, None] * padded[..., j:j + length]
+    return out if bias is None else out + bias[:, None]
+
+
 SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
 SCAN_CHOICES = ("auto", "compiled", "torch")
 
@@ -158,11 +170,22 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not hidden_states.is_cuda and torch.is_grad_enabled():
+            # CPU training: keep only this layer's input for backward and recompute the rest there (the
+            # layer's activations are ~20 (B, d_inner, L) tensors: GBs at TCAB's 1568 tokens; ~+30% time)
+            return checkpoint(self._forward, hidden_states, use_reentrant=False)
+        return self._forward(hidden_states)
+
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         length = hidden_states.shape[1]
         # 1. input projection, split into the SSM branch x and the gate z, channels first: (B, d_inner, L)
         x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        # 2. causal depthwise conv over the sequence + SiLU
-        x = F.silu(self.conv1d(x)[..., :length])
+        # 2. causal depthwise conv over the sequence + SiLU (on the CPU as shifted products: torch's depthwise
+        # conv1d backward is slower there than the whole scan)
+        if x.is_cuda:
+            x = F.silu(self.conv1d(x)[..., :length])
+        else:
+            x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         # 3. input-dependent dt (without bias: the scan adds it), B, C
         dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L)

@@ -182,3 +182,36 @@ def test_kernel_is_built_once_into_the_cache_folder(monkeypatch, tmp_path):
     finally:
         scan_cpu._library.cache_clear()
         scan_cpu._warn_once.cache_clear()
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_cpu_causal_conv_equals_the_conv1d_layer(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=k, groups=6, padding=k - 1, bias=True).double()
+    x = torch.randn(2, 6, 17, dtype=torch.float64, requires_grad=True)
+    y_ref = conv(x)[..., :17]
+    y = mamba_mod.causal_depthwise_conv1d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), [x, conv.weight, conv.bias])
+    g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
+    # Mamba.forward on the CPU with gradients = a checkpoint of _forward: same output and gradients
+    torch.manual_seed(0)
+    layer = Mamba(16, d_state=4).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fn in (layer, layer._forward):
+        y = fn(x)
+        grads.append((y.detach(), *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    # and what autograd keeps for backward is the layer's input, not its (B, d_inner, L) activations
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        layer(x)
+    assert sum(saved) <= x.numel() * 2
