@@ -179,7 +179,10 @@ class Mamba(nn.Module):
     def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         length = hidden_states.shape[1]
         # 1. input projection, split into the SSM branch x and the gate z, channels first: (B, d_inner, L)
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
+        # (computed channels first, W @ h^T, so that x, z and dt below are contiguous without copies)
+        tokens = hidden_states.transpose(1, 2)
+        x = torch.matmul(self.in_proj.weight[:self.d_inner], tokens)
+        z = torch.matmul(self.in_proj.weight[self.d_inner:], tokens)
         # 2. causal depthwise conv over the sequence + SiLU (on the CPU as shifted products: torch's depthwise
         # conv1d backward is slower there than the whole scan)
         if x.is_cuda:
@@ -187,9 +190,9 @@ class Mamba(nn.Module):
         else:
             x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         # 3. input-dependent dt (without bias: the scan adds it), B, C
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L)
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, d_state, L)
+        dt, B, C = torch.split(torch.matmul(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L)
+        B, C = B.contiguous(), C.contiguous()  # (B, d_state, L)
         # 4. selective scan (mamba_ssm's CUDA kernel when available and on GPU, else pure PyTorch), gated by silu(z)
         if x.is_cuda and cuda_selective_scan() is not None:
             scan = cuda_selective_scan()
