@@ -200,7 +200,8 @@ def _warn_once(why: str) -> None:
 
 
 @functools.lru_cache(maxsize=4)
-def _pool(workers: int) -> ThreadPoolExecutor:
+def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
+    """Threads for the kernel calls; one pool per process (a forked child cannot use its parent's threads)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mamba-scan")
 
 
@@ -211,7 +212,7 @@ def _run_split(fn, items: int, args_of) -> None:
     if parts == 1:
         fn(*args_of(0), 0, items)
         return
-    futures = [_pool(parts).submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
+    futures = [_pool(parts, os.getpid()).submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
     for f in futures:
         f.result()
 

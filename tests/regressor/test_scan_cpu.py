@@ -215,3 +215,19 @@ def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
         layer(x)
     assert sum(saved) <= x.numel() * 2
+
+
+def test_compiled_scan_works_in_a_forked_child_after_the_parent_used_it(threads):
+    import multiprocessing
+
+    inputs = _scan_inputs(2, 4, 4, 9, torch.float64)
+    expected = scan_cpu.selective_scan_compiled(**inputs)  # the parent's thread pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_scan_in_child, (inputs,)).get(timeout=60)
+    torch.testing.assert_close(got, expected)
+
+
+def _scan_in_child(inputs):
+    torch.set_num_threads(2)
+    return scan_cpu.selective_scan_compiled(**inputs)
