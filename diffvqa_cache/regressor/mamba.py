@@ -6,7 +6,7 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
 - At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
   CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise the compiled CPU
   kernel of `scan_cpu` (a C recurrence with a hand-written backward, built with the system's C compiler;
-  ~20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
+  10-20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
   Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
   recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
   scan without them. The projections and the causal depthwise conv are plain torch ops.
