@@ -242,29 +242,39 @@ def check_mamba(ctx: Context) -> Finding:
         if not torch.isfinite(y).all():
             return Finding("missing", f"one Mamba layer on {device} returned NaN/Inf", _kernel_fix(device))
         kernel = device.type == "cuda" and mamba.cuda_selective_scan() is not None
+        compiled = False
         if kernel:
             err = _relative_error(y.float().cpu(), copy.deepcopy(layer).cpu()(x.cpu()))
             what, against = "kernel (mamba_ssm CUDA scan)", "the PyTorch scan"
         else:
-            err = _scan_vs_reference(mamba, gen)
-            what, against = f"fallback (pure-PyTorch scan) on {device}", "the sequential reference"
+            try:
+                scan = mamba.cpu_selective_scan(torch.float32, True)
+            except (ValueError, RuntimeError) as exc:  # a bad $DIFFVQA_MAMBA_SCAN
+                return Finding("missing", _one_line(exc), f"unset {mamba.SCAN_ENV}")
+            compiled = scan is not mamba.selective_scan_parallel
+            err = _scan_vs_reference(mamba, gen, scan)
+            kind = "compiled CPU scan" if compiled else "pure-PyTorch scan"
+            what, against = f"fallback ({kind}) on {device}", "the sequential reference"
     if err > TOLERANCE:
         return Finding("missing", f"{what} differs from {against} by {err:.1e}", _kernel_fix(device))
     detail = f"{what}, matches {against} to {err:.0e}"
     if device.type == "cuda" and not kernel:
         _, why = _import("mamba_ssm.ops.selective_scan_interface")
         return Finding("slow", f"{detail}; mamba_ssm: {why}", f"{KERNEL_INSTALL} ({GPU_INSTALL})")
+    if device.type == "cpu" and not compiled and os.environ.get(mamba.SCAN_ENV, "auto") != "torch":
+        return Finding("slow", f"{detail}; {mamba.scan_cpu._library()}",
+                       "install a C compiler (e.g. apt-get install gcc) for the compiled CPU scan (TCAB scan 10-20x faster)")
     return Finding("ok", detail)
 
 
-def _scan_vs_reference(mamba, gen) -> float:
+def _scan_vs_reference(mamba, gen, scan) -> float:
     import torch
 
     b, d, n, length = 2, 8, 4, 12
     u, delta, z = (torch.randn(b, d, length, generator=gen) for _ in range(3))
     B, C = (torch.randn(b, n, length, generator=gen) for _ in range(2))
     A, D, bias = -torch.rand(d, n, generator=gen) - 0.5, torch.randn(d, generator=gen), torch.randn(d, generator=gen)
-    fast = mamba.selective_scan_parallel(u, delta, A, B, C, D, z=z, delta_bias=bias)
+    fast = scan(u, delta, A, B, C, D, z=z, delta_bias=bias)
     slow = mamba.selective_scan_reference(u, delta, A, B, C, D, z=z, delta_bias=bias)
     return _relative_error(fast, slow)
 

@@ -52,6 +52,7 @@ def test_cpu_machine_passes_with_the_gpu_reported_not_failed(tmp_path, no_gpu):
     assert checks["gpu"]["status"] == "slow" and not checks["gpu"]["essential"] and "GPU node" in checks["gpu"]["fix"]
     mamba = checks["mamba"]
     assert mamba["status"] == "ok" and mamba["essential"] and mamba["detail"].startswith("fallback")
+    assert "compiled CPU scan" in mamba["detail"]
     assert checks["pyav"]["status"] == "ok" and "decodes H.264" in checks["pyav"]["detail"]
     for name in ("torch", "diffusers", "h5py"):
         assert checks[name]["status"] == "ok" and checks[name]["essential"]

@@ -4,10 +4,12 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
 - `Mamba` holds exactly the parameters and state_dict keys of `mamba_ssm.Mamba` (in_proj, conv1d, x_proj,
   dt_proj, A_log, D, out_proj; same shapes and init), so a checkpoint moves between GPU and CPU.
 - At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
-  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise pure PyTorch
-  computes the same recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an
-  in-place sequential scan without them (inference: ~8x faster on the CPU, as it never materialises the
-  (batch, L, d_inner, d_state) tensors). The projections and the causal depthwise conv are plain torch ops.
+  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise the compiled CPU
+  kernel of `scan_cpu` (a C recurrence with a hand-written backward, built with the system's C compiler;
+  10-20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
+  Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
+  recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
+  scan without them. The projections and the causal depthwise conv are plain torch ops.
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
@@ -18,11 +20,15 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mambapy.pscan import pscan
+from torch.utils.checkpoint import checkpoint
+
+from . import scan_cpu
 
 
 @functools.lru_cache(maxsize=None)
@@ -101,6 +107,37 @@ def selective_scan_inference(u, delta, A, B, C, D, z=None, delta_bias=None, delt
     return y
 
 
+def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`nn.Conv1d(d, d, k, groups=d, padding=k - 1)(x)[..., :L]` as k shifted products (x: (B, d, L), weight
+    (d, 1, k)): out_t = bias + sum_j weight_j x_{t + j - k + 1}."""
+    k, length = weight.shape[-1], x.shape[-1]
+    padded = F.pad(x, (k - 1, 0))
+    out = weight[:, 0, k - 1, None] * x
+    for j in range(k - 1):
+        out = out + weight[:, 0, j, None] * padded[..., j:j + length]
+    return out if bias is None else out + bias[:, None]
+
+
+SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
+SCAN_CHOICES = ("auto", "compiled", "torch")
+
+
+def cpu_selective_scan(dtype: torch.dtype, grad: bool):
+    """The scan for a non-CUDA forward, chosen by $DIFFVQA_MAMBA_SCAN: `auto` (default) = the compiled
+    kernel of `scan_cpu` for float32/float64 when it builds here, else the pure-PyTorch scans; `torch` = the
+    pure-PyTorch scans (parallel scan with gradients, in-place sequential scan without); `compiled` = the
+    kernel or an error."""
+    choice = os.environ.get(SCAN_ENV, "auto").strip().lower() or "auto"
+    if choice not in SCAN_CHOICES:
+        raise ValueError(f"${SCAN_ENV}={choice!r} is not one of {', '.join(SCAN_CHOICES)}; unset it or pick one")
+    if choice == "compiled" and not scan_cpu.available():
+        raise RuntimeError(f"${SCAN_ENV}=compiled but the compiled CPU scan is unavailable: {scan_cpu._library()}; "
+                           f"install a C compiler (cc) or set {SCAN_ENV}=auto")
+    if choice != "torch" and dtype in (torch.float32, torch.float64) and scan_cpu.available():
+        return scan_cpu.selective_scan_compiled
+    return selective_scan_parallel if grad else selective_scan_inference
+
+
 class Mamba(nn.Module):
     """Drop-in for `mamba_ssm.Mamba(d_model, d_state, d_conv, expand)`: (B, L, d_model) -> (B, L, d_model)."""
 
@@ -133,22 +170,36 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not hidden_states.is_cuda and torch.is_grad_enabled():
+            # CPU training: keep only this layer's input for backward and recompute the rest there (the
+            # layer's activations are ~20 (B, d_inner, L) tensors: GBs at TCAB's 1568 tokens; ~+30% time)
+            return checkpoint(self._forward, hidden_states, use_reentrant=False)
+        return self._forward(hidden_states)
+
+    def _forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         length = hidden_states.shape[1]
         # 1. input projection, split into the SSM branch x and the gate z, channels first: (B, d_inner, L)
-        x, z = self.in_proj(hidden_states).transpose(1, 2).chunk(2, dim=1)
-        # 2. causal depthwise conv over the sequence + SiLU
-        x = F.silu(self.conv1d(x)[..., :length])
+        # (computed channels first, W @ h^T, so that x, z and dt below are contiguous without copies)
+        tokens = hidden_states.transpose(1, 2)
+        x = torch.matmul(self.in_proj.weight[:self.d_inner], tokens)
+        z = torch.matmul(self.in_proj.weight[self.d_inner:], tokens)
+        # 2. causal depthwise conv over the sequence + SiLU (on the CPU as shifted products: torch's depthwise
+        # conv1d backward is slower there than the whole scan)
+        if x.is_cuda:
+            x = F.silu(self.conv1d(x)[..., :length])
+        else:
+            x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         # 3. input-dependent dt (without bias: the scan adds it), B, C
-        dt, B, C = torch.split(self.x_proj(x.transpose(1, 2)), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)  # (B, d_inner, L)
-        B, C = B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous()  # (B, d_state, L)
+        dt, B, C = torch.split(torch.matmul(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state], dim=1)
+        dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L)
+        B, C = B.contiguous(), C.contiguous()  # (B, d_state, L)
         # 4. selective scan (mamba_ssm's CUDA kernel when available and on GPU, else pure PyTorch), gated by silu(z)
         if x.is_cuda and cuda_selective_scan() is not None:
             scan = cuda_selective_scan()
             y = scan(x.contiguous(), dt.contiguous(), -torch.exp(self.A_log.float()), B, C, self.D.float(),
                      z=z.contiguous(), delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         else:
-            scan = selective_scan_parallel if torch.is_grad_enabled() else selective_scan_inference
+            scan = cpu_selective_scan(x.dtype, torch.is_grad_enabled())
             y = scan(x, dt, -torch.exp(self.A_log), B, C, self.D, z=z, delta_bias=self.dt_proj.bias, delta_softplus=True)
         # 5. output projection
         return self.out_proj(y.transpose(1, 2))
