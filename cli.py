@@ -28,7 +28,9 @@ _DEBUG = {"on": bool(os.environ.get("DIFFVQA_DEBUG"))}
 # Shared option types, declared once.
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="kvd, lvqc, ytugc, lsvq, csv, labels_txt or sample.")]
 RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root folder (not needed for sample).")]
-LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding the one found in --root.")]
+LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding the one found in --root (alone: "
+                                                         "its folder is the root). --dataset csv finds any one "
+                                                         "CSV/TSV/XLSX in --root itself.")]
 LimitOpt = Annotated[Optional[int], typer.Option(help="Take the first N videos only.")]
 AllowProblemsOpt = Annotated[bool, typer.Option(help="Skip label rows with duplicate ids or unreadable MOS instead of stopping.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -123,6 +125,7 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
     data = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
     data.check(allow_problems)
     err.print(data.summary())
+    err.print(data.describe_labels(), highlight=False, markup=False)
     for line in data.problems[:20]:
         err.print(f"[yellow]problem[/] {line}")
     if len(data.problems) > 20:

@@ -146,17 +146,24 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
         return dataset
 
     spec = _SPECS[name]
+    if root is None and labels is not None:  # --labels FILE alone: the videos are beside it
+        root = Path(labels).expanduser().parent
     if root is None:
-        raise DatasetError(f"dataset {name!r} needs its folder: pass --root DIR")
+        raise DatasetError(f"dataset {name!r} needs its folder: pass --root DIR (or --labels FILE: its folder)")
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a folder; check --root")
 
     files = [_given_labels(labels, root)] if labels is not None else _find_labels(name, spec, root)
     rows: list[Row] = []
+    columns: tuple[str, str] | None = None
     for path in files:
-        rows.extend(_read_rows(name, spec, path, video_column, mos_column, split_column))
-    return _build(name, spec, root, files[0], rows, limit)
+        more, used = _read_rows(name, spec, path, video_column, mos_column, split_column)
+        rows.extend(more)
+        columns = columns or used
+    dataset = _build(name, spec, root, files[0], rows, limit)
+    dataset.columns = columns
+    return dataset
 
 
 def _given_labels(labels: Path | str, root: Path) -> Path:
@@ -169,6 +176,15 @@ def _given_labels(labels: Path | str, root: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+LABEL_SUFFIXES = ("CSV", "TSV", "XLSX")
+
+
+def label_candidates(root: Path) -> list[Path]:
+    """The files in root that --dataset csv reads as its label file: any .csv, .tsv or .xlsx."""
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in (".csv", ".tsv", ".xlsx"))
+
+
 def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
     found = [root / n for n in spec.label_names if (root / n).is_file()]
     if name == "lsvq":  # the official pair: train/test split plus the 1080p test set
@@ -176,9 +192,14 @@ def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
         if pair:
             return pair
     if name == "csv" and not found:
-        csvs = sorted(root.glob("*.csv"))
-        if len(csvs) == 1:
-            return csvs
+        tables = label_candidates(root)
+        if len(tables) == 1:
+            return tables
+        if len(tables) > 1:
+            raise DatasetError(f"{len(tables)} possible label files in {root}: {', '.join(p.name for p in tables)}; "
+                               f"pick one with --labels FILE")
+        raise DatasetError(f"no label file in {root}: --dataset csv takes any one {'/'.join(LABEL_SUFFIXES)} file "
+                           f"there with a video and a MOS column (or labels.txt: path,mos per line); pass --labels FILE")
     if not found:
         raise DatasetError(f"no label file for {name} in {root} (tried {', '.join(spec.label_names)}); "
                            f"pass --labels FILE")
@@ -188,15 +209,16 @@ def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
 # ---------------------------------------------------------------- reading label files
 
 def _read_rows(name: str, spec: _Spec, path: Path, video_column: str | None, mos_column: str | None,
-               split_column: str | None) -> list[Row]:
-    """All rows of one label file as (file name, row number, video field, raw MOS, split)."""
+               split_column: str | None) -> tuple[list[Row], tuple[str, str]]:
+    """All rows of one label file as (file name, row number, video field, raw MOS, split), and the
+    (video, MOS) columns read."""
     kind = _detect_format(path)
     if kind in ("labels_txt", "path_mos"):
         if split_column:
             raise DatasetError(f"{path} is a headerless labels.txt file: it has no column {split_column!r}; "
                                f"drop --split-column")
         split = _split_from_filename(path) if name == "lsvq" else ""
-        return list(_read_labels_txt(path, split))
+        return list(_read_labels_txt(path, split)), ("first field", "last field")
 
     columns, table = _read_table(path, kind)
     vcol = _pick_column(columns, video_column, spec.video_columns)
@@ -232,7 +254,7 @@ def _read_rows(name: str, spec: _Spec, path: Path, video_column: str | None, mos
         else:
             split = default_split
         rows.append((path.name, number, values[vi].strip(), values[mi], split))
-    return rows
+    return rows, (vcol, mcol)
 
 
 def _detect_format(path: Path) -> str:
