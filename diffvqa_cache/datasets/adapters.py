@@ -498,3 +498,63 @@ def _parse_mos(raw: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------- checking scores against a label file
+
+def _name_parts(text: str) -> list[str]:
+    """'./videos\\clip01.mp4' -> ['videos', 'clip01']: path components, the video extension dropped."""
+    parts = [p for p in text.strip().replace("\\", "/").split("/") if p not in ("", ".")]
+    if parts:
+        parts[-1] = VIDEO_EXT.sub("", parts[-1])
+    return parts
+
+
+@dataclass
+class LabelTable:
+    """A label file's MOS by video name, for checking scores (`predict --labels`, `metrics --labels`)."""
+
+    file: Path
+    columns: tuple[str, str]  # the (video, MOS) columns read
+    rows: int  # usable rows
+    _by_stem: dict[str, list[tuple[list[str], float]]]
+
+    def match(self, name: str) -> float | None:
+        """The MOS of a video given by file name or path, with or without extension and folders
+        ('clip01', '/data/clips/clip01.mp4' and 'clips/clip01.mp4' all find 'clip01.mp4'); None when the
+        label file does not list it, or lists that name twice with different MOS."""
+        query = _name_parts(name)
+        found = self._by_stem.get(query[-1] if query else "", [])
+        if not found:
+            return None
+
+        def common(parts: list[str]) -> int:
+            n = 0
+            while n < min(len(parts), len(query)) and parts[-1 - n] == query[-1 - n]:
+                n += 1
+            return n
+
+        best = max(common(p) for p, _ in found)
+        values = {m for p, m in found if common(p) == best}
+        return values.pop() if len(values) == 1 else None
+
+    def describe(self) -> str:
+        return f"{self.file} (video column {self.columns[0]!r}, MOS column {self.columns[1]!r}; {self.rows} videos)"
+
+
+def read_labels(labels: Path | str, video_column: str | None = None, mos_column: str | None = None) -> LabelTable:
+    """Read any label file load_dataset reads (CSV/TSV/XLSX/.mat with a video and a MOS column, or
+    labels.txt) into a LabelTable; rows without a name or a numeric MOS are left out."""
+    path = _given_labels(labels, Path.cwd())
+    rows, columns = _read_rows("csv", _SPECS["csv"], path, video_column, mos_column, None)
+    by_stem: dict[str, list[tuple[list[str], float]]] = {}
+    usable = 0
+    for _, _, video, raw, _ in rows:
+        mos, parts = _parse_mos(raw), _name_parts(video)
+        if mos is None or not parts:
+            continue
+        by_stem.setdefault(parts[-1], []).append((parts, mos))
+        usable += 1
+    if not usable:
+        raise DatasetError(f"no usable rows in {path} (a video name and a numeric MOS per row); check --labels")
+    return LabelTable(path, columns, usable, by_stem)
