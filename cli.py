@@ -486,7 +486,8 @@ def predict(
     if table is not None:
         typer.echo(check_against_labels(results, table), err=as_json)
     failed = sum(r.error is not None for r in results)
-    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "")
+    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "") \
+        + (f", {len(results.earlier)} read from {output}" if getattr(results, "earlier", None) else "")
     if output is not None:
         typer.echo(f"wrote {output}: {done}", err=True)
     elif failed:

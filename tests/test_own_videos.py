@@ -47,3 +47,128 @@ def test_no_or_several_label_files_say_what_is_accepted(tmp_path):
     with pytest.raises(DatasetError) as exc:
         load_dataset("csv", root)
     assert "2 possible label files" in str(exc.value) and "one.csv, two.xlsx" in str(exc.value)
+
+
+def test_label_names_match_with_or_without_extension_and_folders(tmp_path):
+    from diffvqa_cache.datasets import read_labels
+
+    (tmp_path / "l.csv").write_text("filename,score\nclip01.mp4,3.5\nvideos/clip02.mkv,2\na/x.mp4,1\nb/x.mp4,4\n")
+    t = read_labels(tmp_path / "l.csv")
+    assert t.columns == ("filename", "score") and t.rows == 4
+    assert t.match("clip01") == 3.5 and t.match("/data/my_clips/clip01.mp4") == 3.5
+    assert t.match("clip02") == 2 and t.match("other/videos/clip02.mp4") == 2
+    assert t.match("/d/b/x.mp4") == 4 and t.match("x") is None  # two x: the folder decides, else unmatched
+    assert t.match("clip03.mp4") is None
+
+
+# ---------------------------------------------------------------- the README walk, run as written
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+TINY = {"SD": "--model tiny --strength 0.5 --steps 1 --timestep-spacing trailing --frames 2 --crops 1 --grid 4 "
+              "--pixel-size 32 --shard-size 4 --decode-workers 1 --device cpu",
+        "FIT": "--splits 2 --epochs 1 --device cpu --set regressor.use_tcab=false --set train.batch_size=4"}
+
+
+def readme_commands(**values) -> list[list[str]]:
+    """The `diffvqa-cache` lines of the README's "Using it on your own videos" block, with its variables
+    (SD=..., FIT=...) set to `values`, as argument lists."""
+    import re
+    import shlex
+
+    text = README.read_text()
+    section = text[text.index("## Using it on your own videos"):]
+    block = section[section.index("```bash") + 7:]
+    block = block[:block.index("```")].replace("\\\n", " ")
+    names, commands = {}, []
+    for line in block.splitlines():
+        line = line.split("  #")[0].strip()
+        if m := re.fullmatch(r'([A-Z_]+)="([^"]*)"', line):
+            names[m.group(1)] = values[m.group(1)]
+        elif line.startswith("diffvqa-cache "):
+            line = re.sub(r"\$([A-Z_]+)", lambda m: names[m.group(1)], line)
+            commands.append(shlex.split(line)[1:])
+    assert set(names) == set(values) and len(commands) == 5
+    return commands
+
+
+@pytest.fixture(scope="module")
+def walk(tmp_path_factory, sample_root):
+    """A user's folder of 15 clips (from the sample) with `filename,score` in scores.csv, and the README's
+    commands run in its parent folder: {command name: CliRunner result}, plus the folder."""
+    import csv
+    import os
+
+    from typer.testing import CliRunner
+
+    import cli
+
+    home = tmp_path_factory.mktemp("user")
+    clips = home / "my_clips"
+    clips.mkdir()
+    with open(sample_root / "labels.csv", newline="") as fh:
+        sample = list(csv.DictReader(fh))[:15]
+    lines = ["filename,score"]
+    for i, row in enumerate(sample, start=1):
+        shutil.copy(sample_root / row["video"], clips / f"clip{i:02d}.mp4")
+        lines.append(f"clip{i:02d}.mp4,{row['mos']}")
+    (clips / "scores.csv").write_text("\n".join(lines) + "\n")
+    old = os.getcwd()
+    os.chdir(home)
+    results = {}
+    try:
+        for args in readme_commands(**TINY):
+            res = CliRunner().invoke(cli.app, args)
+            assert res.exit_code == 0, (args, res.output)
+            results.setdefault(args[0], []).append(res)
+        # the same predict again: everything is in my_scores.csv already
+        predict = next(a for a in readme_commands(**TINY) if a[0] == "predict")
+        results["rerun"] = CliRunner().invoke(cli.app, predict)
+    finally:
+        os.chdir(old)
+    return home, results
+
+
+def test_readme_walk_extract_says_which_labels_it_read(walk):
+    home, results = walk
+    said = results["extract"][0].stderr
+    assert f"labels: {home / 'my_clips' / 'scores.csv'} (video column 'filename', MOS column 'score')" in said
+    assert "over 15 videos" in said
+
+
+def test_predict_checks_scores_against_the_labels(walk):
+    import pandas as pd
+
+    home, results = walk
+    out = results["predict"][0].stdout
+    assert "MOS" in out.splitlines()[0] and "clip01" in out
+    assert "checked against" in out and "15 videos matched" in out
+    for key in ("SRCC=", "PLCC=", "KRCC=", "RMSE="):
+        assert key in out
+    table = pd.read_csv(home / "my_scores.csv")
+    labels = pd.read_csv(home / "my_clips" / "scores.csv")
+    assert dict(zip(table.video, table.mos)) == {f.removesuffix(".mp4"): s for f, s in zip(labels.filename, labels.score)}
+    # metrics SCORES --labels gives the same numbers as predict printed
+    same = results["metrics"][1].stdout
+    assert same.splitlines()[1] == out.splitlines()[-1]
+
+
+def test_metrics_on_a_run_reports_per_split_and_the_median_like_fit(walk):
+    import json
+
+    home, results = walk
+    out = results["metrics"][0].stdout
+    assert "per split, as fit reports it (not pooled)" in out and "split-00" in out and "split-01" in out
+    fit = json.loads((home / "runs" / "mine" / "metrics.json").read_text())
+    test = next(iter(fit["summary"]))
+    median = fit["summary"][test]["srcc"]["median"]
+    srcc_row = next(line for line in out.splitlines() if line.startswith("SRCC"))
+    assert float(srcc_row.split()[1]) == pytest.approx(median, abs=1e-4)
+
+
+def test_a_finished_predict_rerun_prints_the_table_from_the_file(walk):
+    _, results = walk
+    rerun, first = results["rerun"], results["predict"][0]
+    assert rerun.exit_code == 0, rerun.output
+    assert "no videos scored" not in rerun.stdout and "0/0" not in rerun.output
+    assert "15 of 15 videos already scored" in rerun.stderr and "15 read from my_scores.csv" in rerun.stderr
+    assert rerun.stdout == first.stdout  # the same table and check, read back from my_scores.csv
