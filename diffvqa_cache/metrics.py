@@ -217,11 +217,11 @@ def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
 def metrics_per_split(path, pred_col="pred", mos_col="mos", split_col="split", set_col="test_set") -> dict | None:
     """A run's predictions.csv (several splits, each video once per split it was tested in) as `fit`
     reports it: {test set: {"splits": {split: metrics}, "summary": summarize()}}; None when the file has
-    no `split_col` or a single split (then the pooled metrics are the split's)."""
+    no `split_col`, or one split and one test set (then the pooled metrics are the split's)."""
     df, values = read_predictions(path, (pred_col, mos_col), (pred_col, mos_col))
-    if split_col not in df.columns or df[split_col].nunique() < 2:
-        return None
     sets = df[set_col] if set_col in df.columns else pd.Series([""] * len(df))
+    if split_col not in df.columns or (df[split_col].nunique() < 2 and sets.nunique() < 2):
+        return None
     out = {}
     for test_set in dict.fromkeys(sets):
         per = {}

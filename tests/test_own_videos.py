@@ -32,6 +32,8 @@ def test_any_one_label_table_is_found_and_what_was_read_is_said(tmp_path, capsys
     # --labels FILE alone: its folder is the root
     data = load_dataset("csv", None, labels=root / "my scores.csv")
     assert data.root == root and len(data.records) == 3
+    with pytest.raises(DatasetError, match="--dataset csv --labels"):  # extract's default dataset is sample
+        load_dataset("sample", None, labels=root / "my scores.csv")
 
 
 def test_no_or_several_label_files_say_what_is_accepted(tmp_path):
@@ -172,3 +174,23 @@ def test_a_finished_predict_rerun_prints_the_table_from_the_file(walk):
     assert "no videos scored" not in rerun.stdout and "0/0" not in rerun.output
     assert "15 of 15 videos already scored" in rerun.stderr and "15 read from my_scores.csv" in rerun.stderr
     assert rerun.stdout == first.stdout  # the same table and check, read back from my_scores.csv
+
+
+def test_metrics_of_a_runs_predictions_are_per_split_not_pooled(tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    # each split ranks its test videos perfectly, but split-01's model is offset: pooling mixes the two
+    rows = ["video,mos,pred,split,test_set"]
+    rows += [f"a{i},{m},{m / 10},split-00,test" for i, m in enumerate([1, 2, 3, 4, 5])]
+    rows += [f"b{i},{m},{m / 10 + 1},split-01,test" for i, m in enumerate([1.5, 2.5, 3.5, 4.5, 5])]
+    path = tmp_path / "predictions.csv"
+    path.write_text("\n".join(rows) + "\n")
+    res = CliRunner().invoke(cli.app, ["metrics", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "per split, as fit reports it (not pooled): test set test" in res.stdout
+    srcc = next(line for line in res.stdout.splitlines() if line.startswith("SRCC"))
+    assert srcc.split()[1] == "1.0000" and "(2 splits" in res.stdout
+    pooled = CliRunner().invoke(cli.app, ["metrics", str(path), "--pooled"])
+    assert pooled.exit_code == 0 and "SRCC=0.6079" in pooled.stdout  # what metrics printed before

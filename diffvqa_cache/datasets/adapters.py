@@ -137,6 +137,9 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
     if limit is not None and limit < 1:
         raise DatasetError(f"--limit must be at least 1 (got {limit})")
     if name == "sample":
+        if labels is not None:
+            raise DatasetError(f"--dataset sample uses its own labels, not {labels}; for your own videos pass "
+                               f"--dataset csv --labels {labels}")
         from .sample import ensure_sample  # lazy: only the sample command needs it
 
         folder = ensure_sample(Path(root) if root is not None else None)
