@@ -194,3 +194,14 @@ def test_metrics_of_a_runs_predictions_are_per_split_not_pooled(tmp_path):
     assert srcc.split()[1] == "1.0000" and "(2 splits" in res.stdout
     pooled = CliRunner().invoke(cli.app, ["metrics", str(path), "--pooled"])
     assert pooled.exit_code == 0 and "SRCC=0.6079" in pooled.stdout  # what metrics printed before
+
+
+def test_a_label_file_without_recognisable_columns_says_which_to_name(tmp_path):
+    from diffvqa_cache.datasets import read_labels
+
+    (tmp_path / "l.csv").write_text("flickr_id,rating\n1,3\n")
+    with pytest.raises(DatasetError) as exc:
+        read_labels(tmp_path / "l.csv")
+    text = str(exc.value)
+    assert "has no video and MOS columns" in text and "found flickr_id, rating" in text and "--video-column" in text
+    assert read_labels(tmp_path / "l.csv", "flickr_id", "rating").match("videos/1.mp4") == 3

@@ -549,7 +549,10 @@ def read_labels(labels: Path | str, video_column: str | None = None, mos_column:
     """Read any label file load_dataset reads (CSV/TSV/XLSX/.mat with a video and a MOS column, or
     labels.txt) into a LabelTable; rows without a name or a numeric MOS are left out."""
     path = _given_labels(labels, Path.cwd())
-    rows, columns = _read_rows("csv", _SPECS["csv"], path, video_column, mos_column, None)
+    try:
+        rows, columns = _read_rows("csv", _SPECS["csv"], path, video_column, mos_column, None)
+    except DatasetError as exc:  # no --dataset here: say what is missing
+        raise DatasetError(str(exc).replace("does not fit --dataset csv:", "has no video and MOS columns:")) from None
     by_stem: dict[str, list[tuple[list[str], float]]] = {}
     usable = 0
     for _, _, video, raw, _ in rows:
