@@ -44,6 +44,7 @@ class ResultsFile:
 
     def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float, labels=None):
         self.path, self.run, self.per_frame, self.labels = Path(path), str(run), per_frame, labels
+        self.scale, self.percentile = scale, percentile
         self.is_json = self.path.suffix.lower() == ".json"
         self.header = describe_output(run, scale, per_frame, percentile)
         plain = VIDEO_COLUMNS + ["scale", "run"] + (FRAME_COLUMNS if per_frame else [])
@@ -140,13 +141,18 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
     """Score every input video (files, folders) with the run; write `output` as it goes (with a `mos`
     column from `labels`, a datasets.LabelTable). Returns this invocation's results in input order (videos
     already scored in `output` are skipped, not returned); its `earlier` holds those, as read from the file."""
-    if scorer is None:
-        RunConfig.read(run)  # a wrong --run or a typo in a video path fails before the model loads
+    run_cfg = RunConfig.read(run) if scorer is None else None  # a wrong --run or video path fails before the model loads
     files = expand_inputs(paths)
-    scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
-                              unfamiliar_percentile=unfamiliar_percentile, progress=progress)
-    sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile, labels) \
-        if output else None
+    sink = None
+    if run_cfg is not None and output is not None and Path(output).is_file():  # a rerun: maybe nothing to do
+        scale = Scale(run_cfg.cache.dataset, *map(float, run_cfg.cache.mos_range))
+        sink = ResultsFile(output, Path(run).expanduser().resolve(), scale, per_frame, float(unfamiliar_percentile),
+                           labels)
+    if sink is None or not all(str(p) in sink.scored for p in files):  # the model is needed
+        scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
+                                  unfamiliar_percentile=unfamiliar_percentile, progress=progress)
+        sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile, labels) \
+            if output else None
     earlier = []
     if sink is not None and sink.scored:
         todo = [p for p in files if str(p) not in sink.scored]
@@ -159,7 +165,8 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
             results = scorer.score(files, plot_dir=plot_dir, on_result=sink.add if sink else None)
         else:
             results = Scores()
-            results.scale, results.unfamiliar_percentile = scorer.scale, scorer.unfamiliar_percentile
+            results.scale = sink.scale if sink else scorer.scale
+            results.unfamiliar_percentile = sink.percentile if sink else scorer.unfamiliar_percentile
     finally:
         if sink is not None:
             sink.write()

@@ -174,6 +174,7 @@ def test_a_finished_predict_rerun_prints_the_table_from_the_file(walk):
     assert "no videos scored" not in rerun.stdout and "0/0" not in rerun.output
     assert "15 of 15 videos already scored" in rerun.stderr and "15 read from my_scores.csv" in rerun.stderr
     assert rerun.stdout == first.stdout  # the same table and check, read back from my_scores.csv
+    assert "--model tiny" in first.stderr and "--model tiny" not in rerun.stderr  # no model loaded for it
 
 
 def test_metrics_of_a_runs_predictions_are_per_split_not_pooled(tmp_path):
