@@ -28,7 +28,9 @@ _DEBUG = {"on": bool(os.environ.get("DIFFVQA_DEBUG"))}
 # Shared option types, declared once.
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="kvd, lvqc, ytugc, lsvq, csv, labels_txt or sample.")]
 RootOpt = Annotated[Optional[Path], typer.Option(help="Dataset root folder (not needed for sample).")]
-LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding the one found in --root.")]
+LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding the one found in --root (alone: "
+                                                         "its folder is the root). --dataset csv finds any one "
+                                                         "CSV/TSV/XLSX in --root itself.")]
 LimitOpt = Annotated[Optional[int], typer.Option(help="Take the first N videos only.")]
 AllowProblemsOpt = Annotated[bool, typer.Option(help="Skip label rows with duplicate ids or unreadable MOS instead of stopping.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
@@ -123,6 +125,7 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
     data = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
     data.check(allow_problems)
     err.print(data.summary())
+    err.print(data.describe_labels(), highlight=False, markup=False)
     for line in data.problems[:20]:
         err.print(f"[yellow]problem[/] {line}")
     if len(data.problems) > 20:
@@ -285,13 +288,49 @@ def cache_merge(parts: Annotated[list[Path], typer.Argument(help="Cache director
 
 @app.command()
 @known_errors
-def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and a MOS column.")],
-            pred: Annotated[str, typer.Option(help="Prediction column.")] = "pred",
+def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and a MOS column: a run's "
+                                                     "predictions.csv, predict's scores (with --labels), any CSV.")],
+            pred: Annotated[Optional[str], typer.Option(help="Prediction column (default: pred, else score).")] = None,
             mos: Annotated[str, typer.Option(help="MOS column.")] = "mos",
+            labels: Annotated[Optional[Path], typer.Option(help="Take the MOS from this label file instead, matching "
+                                                                "video names with or without extension and folders.")] = None,
+            video_column: Annotated[Optional[str], typer.Option(help="--labels: its video column.")] = None,
+            mos_column: Annotated[Optional[str], typer.Option(help="--labels: its MOS column.")] = None,
+            pooled: Annotated[bool, typer.Option(help="A run's predictions.csv: pool all splits' rows instead of "
+                                                      "reporting per split and the median, as fit does.")] = False,
             as_json: JsonOpt = False) -> None:
-    """SRCC, KRCC, PLCC (4-parameter logistic fit and raw) and RMSE of any CSV of predictions."""
-    from diffvqa_cache.metrics import format_metrics, metrics_from_csv
+    """SRCC, KRCC, PLCC (4-parameter logistic fit and raw) and RMSE of any CSV of predictions; a run's
+    predictions.csv per split and their median, as fit reports them."""
+    import pandas as pd
 
+    from diffvqa_cache.metrics import (format_label_check, format_metrics, format_per_split, metrics_against_labels,
+                                       metrics_from_csv, metrics_per_split, read_predictions)
+
+    if pred is None:
+        try:
+            header = [str(c).strip() for c in pd.read_csv(file, nrows=0).columns]
+        except Exception:  # noqa: BLE001 - read_predictions below says what is wrong with the file
+            header = []
+        pred = "score" if "pred" not in header and "score" in header else "pred"
+    if labels is not None:
+        from diffvqa_cache.datasets import read_labels
+
+        table = read_labels(labels, video_column, mos_column)
+        df, values = read_predictions(file, (pred,), (pred,))
+        name = "path" if "path" in df.columns else "video" if "video" in df.columns else None
+        if name is None:
+            from diffvqa_cache.errors import UserInputError
+
+            raise UserInputError(f"{file} has no video or path column to match with {labels}; add one")
+        m, unmatched = metrics_against_labels(df[name].tolist(), values[pred].tolist(), table)
+        typer.echo(json.dumps({**m, "labels": str(table.file), "not_listed": unmatched}) if as_json
+                   else format_label_check(m, unmatched, table))
+        return
+    by_split = None if pooled else metrics_per_split(file, pred_col=pred, mos_col=mos)
+    if by_split is not None:
+        typer.echo(json.dumps(by_split) if as_json else format_per_split(by_split)
+                   + "\n(--pooled: one set of metrics over all splits' rows)")
+        return
     m = metrics_from_csv(file, pred_col=pred, mos_col=mos)
     typer.echo(json.dumps(m) if as_json else format_metrics(m))
 
@@ -417,16 +456,38 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of the table.")] = False,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda ...")] = "auto",
     batch_size: Annotated[int, typer.Option(help="Views per model pass.")] = 8,
+    labels: Annotated[Optional[Path], typer.Option(help="Check the scores against this label file (any CSV/TSV/XLSX "
+                                                        "with a video and a MOS column, or labels.txt): adds its MOS "
+                                                        "and prints SRCC/PLCC/KRCC/RMSE; names match with or without "
+                                                        "extension and folders.")] = None,
+    video_column: Annotated[Optional[str], typer.Option(help="--labels: its video column.")] = None,
+    mos_column: Annotated[Optional[str], typer.Option(help="--labels: its MOS column.")] = None,
 ) -> None:
     """Score videos with a fitted run: MOS-scale and 0-1 scores, the split models' range, an unfamiliar-content
-    flag, and (--per-frame, --plot) each frame's quality and weight."""
-    from pipelines.predict import format_table, run_predict, to_json
+    flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
+    from pipelines.predict import check_against_labels, format_table, run_predict, shown, to_json
 
+    table = None
+    if labels is not None:
+        from diffvqa_cache.datasets import read_labels
+
+        table = read_labels(labels, video_column, mos_column)  # a wrong label file fails before the model loads
     results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
-                          output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile)
-    typer.echo(json.dumps(to_json(results, run.resolve(), per_frame), indent=1) if as_json else format_table(results))
+                          output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile,
+                          labels=table)
+    if as_json:
+        data = to_json(shown(results), run.resolve(), per_frame)
+        if table is not None:
+            for v in data["videos"]:
+                v["mos"] = table.match(v["path"])
+        typer.echo(json.dumps(data, indent=1))
+    else:
+        typer.echo(format_table(results, table))
+    if table is not None:
+        typer.echo(check_against_labels(results, table), err=as_json)
     failed = sum(r.error is not None for r in results)
-    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "")
+    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "") \
+        + (f", {len(results.earlier)} read from {output}" if getattr(results, "earlier", None) else "")
     if output is not None:
         typer.echo(f"wrote {output}: {done}", err=True)
     elif failed:

@@ -159,11 +159,9 @@ def summarize(per_split: list[dict]) -> dict:
     return out
 
 
-def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
-    """Read a predictions CSV (header row) and compute metrics of `pred_col` against `mos_col`.
-
-    If the file has a `video` column, NaN/Inf errors name the videos as well as the line numbers.
-    """
+def read_predictions(path, columns, numeric) -> tuple[pd.DataFrame, dict]:
+    """A predictions CSV (header row): the table as text, and the `numeric` columns as float arrays
+    (errors name the line, and the video when there is a `video` column). All `columns` must exist."""
     path = Path(path)
     if not path.is_file():
         raise UserInputError(f"{path}: file not found; pass the path of a predictions CSV")
@@ -173,7 +171,7 @@ def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserInputError(f"{path}: not a readable CSV ({first}); check the file format") from None
     df.columns = [str(c).strip() for c in df.columns]
-    for col in (pred_col, mos_col):
+    for col in columns:
         if col not in df.columns:
             raise UserInputError(
                 f"{path}: no column '{col}' (columns found: {', '.join(df.columns)}); pass the right column name"
@@ -182,7 +180,7 @@ def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
         raise UserInputError(f"{path}: {len(df)} data row(s), need at least 3 to compute metrics")
 
     values = {}
-    for col in (pred_col, mos_col):
+    for col in numeric:
         raw = df[col].str.strip()
         num = pd.to_numeric(raw, errors="coerce")
         bad = raw[num.isna()]
@@ -201,10 +199,72 @@ def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
             )
             raise UserInputError(f"{path}: column '{col}' has {len(inf)} NaN/Inf value(s): {where}; fix those rows")
         values[col] = arr
+    return df, values
+
+
+def metrics_from_csv(path, pred_col="pred", mos_col="mos") -> dict:
+    """Read a predictions CSV (header row) and compute metrics of `pred_col` against `mos_col`.
+
+    If the file has a `video` column, NaN/Inf errors name the videos as well as the line numbers.
+    """
+    _, values = read_predictions(path, (pred_col, mos_col), (pred_col, mos_col))
     try:
         return compute_metrics(values[pred_col], values[mos_col])
     except UserInputError as exc:
         raise UserInputError(f"{path}: {exc}") from None
+
+
+def metrics_per_split(path, pred_col="pred", mos_col="mos", split_col="split", set_col="test_set") -> dict | None:
+    """A run's predictions.csv (several splits, each video once per split it was tested in) as `fit`
+    reports it: {test set: {"splits": {split: metrics}, "summary": summarize()}}; None when the file has
+    no `split_col`, or one split and one test set (then the pooled metrics are the split's)."""
+    df, values = read_predictions(path, (pred_col, mos_col), (pred_col, mos_col))
+    sets = df[set_col] if set_col in df.columns else pd.Series([""] * len(df))
+    if split_col not in df.columns or (df[split_col].nunique() < 2 and sets.nunique() < 2):
+        return None
+    out = {}
+    for test_set in dict.fromkeys(sets):
+        per = {}
+        for split in dict.fromkeys(df[split_col][sets == test_set]):
+            rows = ((sets == test_set) & (df[split_col] == split)).to_numpy()
+            try:
+                per[split] = compute_metrics(values[pred_col][rows], values[mos_col][rows])
+            except UserInputError as exc:
+                raise UserInputError(f"{path}: split {split}{f' of {test_set}' if test_set else ''}: {exc}") from None
+        out[test_set] = {"splits": per, "summary": summarize(list(per.values()))}
+    return out
+
+
+def format_per_split(by_set: dict) -> str:
+    """`metrics_per_split` as text: each split's metrics, then median/mean/std over the splits."""
+    lines = []
+    for test_set, r in by_set.items():
+        lines.append(f"per split, as fit reports it (not pooled){f': test set {test_set}' if test_set else ''}")
+        lines += [f"  {name:10s} {format_metrics(m)}" for name, m in r["splits"].items()]
+        lines.append(format_metrics(r["summary"]))
+    return "\n".join(lines)
+
+
+def metrics_against_labels(names, preds, labels) -> tuple[dict, list[str]]:
+    """Metrics of `preds` (one per video of `names`: file names or paths) against the MOS a
+    `datasets.LabelTable` gives them; also the names the label file does not list (left out)."""
+    names = [str(n) for n in names]
+    mos = [labels.match(n) for n in names]
+    keep = [i for i, (m, p) in enumerate(zip(mos, preds)) if m is not None and p is not None and math.isfinite(p)]
+    unmatched = [n for n, m in zip(names, mos) if m is None]
+    if len(keep) < MIN_VIDEOS:
+        first = f" (not listed: {_list(unmatched)})" if unmatched else ""
+        raise UserInputError(f"only {len(keep)} of the {len(names)} scored videos have a MOS in {labels.file}{first}; "
+                             f"need {MIN_VIDEOS} to compute metrics: check the names in its {labels.columns[0]!r} column")
+    return compute_metrics_ids([preds[i] for i in keep], [mos[i] for i in keep], [names[i] for i in keep]), unmatched
+
+
+def format_label_check(m: dict, unmatched: list[str], labels) -> str:
+    """What `predict --labels` and `metrics --labels` print."""
+    line = f"checked against {labels.describe()}: {m['n']} videos matched"
+    if unmatched:
+        line += f", {len(unmatched)} not listed there (left out: {_list(unmatched)})"
+    return f"{line}\n{format_metrics(m)}"
 
 
 def format_metrics(m: dict) -> str:

@@ -19,7 +19,8 @@ from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import write_csv_atomic, write_json_atomic
 from diffvqa_cache.fitting import RunConfig
 from diffvqa_cache.progress import err
-from diffvqa_cache.scoring import FRAME_COLUMNS, VIDEO_COLUMNS, Scale, Scorer, Scores, VideoScore, expand_inputs
+from diffvqa_cache.scoring import (FRAME_COLUMNS, VIDEO_COLUMNS, Scale, Scorer, Scores, Spread, VideoScore,
+                                   expand_inputs)
 
 FLUSH_SECONDS = 10.0
 SPREAD_NOTE = "range = min-max of the split models' scores (model disagreement, not a MOS confidence interval)"
@@ -41,11 +42,14 @@ def to_json(results: Scores, run: Path | str, per_frame: bool) -> dict:
 class ResultsFile:
     """A predict results file: CSV (one row per video, or per frame with `per_frame`) or JSON (nested)."""
 
-    def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float):
-        self.path, self.run, self.per_frame = Path(path), str(run), per_frame
+    def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float, labels=None):
+        self.path, self.run, self.per_frame, self.labels = Path(path), str(run), per_frame, labels
+        self.scale, self.percentile = scale, percentile
         self.is_json = self.path.suffix.lower() == ".json"
         self.header = describe_output(run, scale, per_frame, percentile)
-        self.columns = VIDEO_COLUMNS + ["scale", "run"] + (FRAME_COLUMNS if per_frame else [])
+        plain = VIDEO_COLUMNS + ["scale", "run"] + (FRAME_COLUMNS if per_frame else [])
+        self.columns = plain[:3] + ["mos"] + plain[3:]  # the labels' MOS (--labels) beside the score
+        self._accepted = (plain, self.columns)  # a file written without --labels is read and extended
         self.entries: dict[str, list] = {}  # path -> its rows (CSV dicts) or its JSON object, in file order
         self.scored: set[str] = set()  # paths with a score (not an error) in the file
         self.last_write = time.monotonic()
@@ -70,7 +74,7 @@ class ResultsFile:
                 if not text.endswith("\n"):  # every line this tool writes ends so (an empty file: cut at once)
                     raise UserInputError(truncated(len(text.splitlines())))
                 reader = csv.DictReader(io.StringIO(text, newline=""))
-                if reader.fieldnames != self.columns:
+                if reader.fieldnames not in self._accepted:
                     raise UserInputError(f"{self.path} has other columns than this command writes "
                                          f"(--per-frame {'on' if self.per_frame else 'off'}); {redo}")
                 rows = list(reader)
@@ -99,8 +103,30 @@ class ResultsFile:
         if time.monotonic() - self.last_write >= FLUSH_SECONDS:
             self.write()
 
+    def video_score(self, path: str) -> VideoScore:
+        """The file's result for one scored video (frames left out), as the table shows it."""
+        e = self.entries[path][0]
+
+        def num(key):
+            return None if e.get(key) in (None, "") else float(e[key])
+
+        if self.is_json:
+            s = e.get("spread")
+            spread = Spread(s["std"], s["min"], s["max"], s["models"]) if s else None
+            unfamiliar = e.get("unfamiliar")
+        else:
+            spread = Spread(num("spread_std"), num("spread_min"), num("spread_max"), int(num("models"))) \
+                if e.get("models") else None
+            unfamiliar = {"True": True, "False": False}.get(e.get("unfamiliar"))
+        return VideoScore(e["video"], path, num("score"), num("normalised_score"), spread, num("novelty_percentile"),
+                          unfamiliar, error=e.get("error") or None, decoder=e.get("decoder") or None)
+
     def write(self) -> None:
         entries = [e for group in self.entries.values() for e in group]
+        for e in entries:  # the MOS of the label file, when given; else what an earlier --labels run wrote
+            if self.labels is not None:
+                e["mos"] = self.labels.match(e["path"])
+            e.setdefault("mos", None)
         if self.is_json:
             write_json_atomic(self.path, {**self.header, "videos": entries})
         else:
@@ -111,45 +137,81 @@ class ResultsFile:
 def run_predict(paths: list[Path], run: Path, model: str | None = None, controller: str | None = None,
                 device: str = "auto", batch_size: int = 8, output: Path | None = None, per_frame: bool = False,
                 plot_dir: Path | None = None, unfamiliar_percentile: float = 99.0, progress: bool = True,
-                scorer: Scorer | None = None) -> Scores:
-    """Score every input video (files, folders) with the run; write `output` as it goes. Returns this
-    invocation's results in input order (videos already scored in `output` are skipped, not returned)."""
-    if scorer is None:
-        RunConfig.read(run)  # a wrong --run or a typo in a video path fails before the model loads
+                scorer: Scorer | None = None, labels=None) -> Scores:
+    """Score every input video (files, folders) with the run; write `output` as it goes (with a `mos`
+    column from `labels`, a datasets.LabelTable). Returns this invocation's results in input order (videos
+    already scored in `output` are skipped, not returned); its `earlier` holds those, as read from the file."""
+    run_cfg = RunConfig.read(run) if scorer is None else None  # a wrong --run or video path fails before the model loads
     files = expand_inputs(paths)
-    scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
-                              unfamiliar_percentile=unfamiliar_percentile, progress=progress)
-    sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile) if output else None
+    sink = None
+    if run_cfg is not None and output is not None and Path(output).is_file():  # a rerun: maybe nothing to do
+        scale = Scale(run_cfg.cache.dataset, *map(float, run_cfg.cache.mos_range))
+        sink = ResultsFile(output, Path(run).expanduser().resolve(), scale, per_frame, float(unfamiliar_percentile),
+                           labels)
+    if sink is None or not all(str(p) in sink.scored for p in files):  # the model is needed
+        scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
+                                  unfamiliar_percentile=unfamiliar_percentile, progress=progress)
+        sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile, labels) \
+            if output else None
+    earlier = []
     if sink is not None and sink.scored:
         todo = [p for p in files if str(p) not in sink.scored]
-        err.print(f"{len(files) - len(todo)} of {len(files)} videos already scored in {output}; scoring the other "
-                  f"{len(todo)}")
+        earlier = [sink.video_score(str(p)) for p in files if str(p) in sink.scored]
+        err.print(f"{len(files) - len(todo)} of {len(files)} videos already scored in {output}; "
+                  + (f"scoring the other {len(todo)}" if todo else "nothing left to score (the table is read from it)"))
         files = todo
     try:
-        results = scorer.score(files, plot_dir=plot_dir, on_result=sink.add if sink else None)
+        if files:
+            results = scorer.score(files, plot_dir=plot_dir, on_result=sink.add if sink else None)
+        else:
+            results = Scores()
+            results.scale = sink.scale if sink else scorer.scale
+            results.unfamiliar_percentile = sink.percentile if sink else scorer.unfamiliar_percentile
     finally:
         if sink is not None:
             sink.write()
+    results.earlier = earlier
     return results
 
 
-def format_table(results: Scores) -> str:
-    """The short table `predict` prints: video, score, range, normalised score, novelty and flag."""
+def check_against_labels(results: Scores, labels) -> str:
+    """predict --labels: SRCC/PLCC/KRCC/RMSE of the scores (this run's and those read from the results
+    file) against the label file's MOS."""
+    from diffvqa_cache.metrics import format_label_check, metrics_against_labels
+
+    scored = [r for r in shown(results) if r.error is None]
+    m, unmatched = metrics_against_labels([r.path for r in scored], [r.score for r in scored], labels)
+    return format_label_check(m, unmatched, labels)
+
+
+def shown(results: Scores) -> Scores:
+    """What the table shows: the videos read from the results file first, then this run's."""
+    out = Scores(list(getattr(results, "earlier", [])) + list(results))
+    out.scale, out.unfamiliar_percentile = results.scale, results.unfamiliar_percentile
+    return out
+
+
+def format_table(results: Scores, labels=None) -> str:
+    """The short table `predict` prints: video, score, range, normalised score, novelty and flag (with
+    `labels`, a datasets.LabelTable: and the MOS); the videos read from the results file included."""
+    results = shown(results)
     scale, percentile = results.scale, results.unfamiliar_percentile
     if not results:
         return "no videos scored in this run"
-    rows = [("video", "score", "range", "0-1", "novelty", "")]
+    rows = [("video", "score", "range", "0-1", "novelty") + (("MOS",) if labels else ()) + ("",)]
     for r in results:
+        mos = () if labels is None else ("-" if (m := labels.match(r.path)) is None else f"{m:g}",)
         if r.error is not None:
-            rows.append((r.video, "failed", "", "", "", r.error))
+            rows.append((r.video, "failed", "", "", "") + mos + (r.error,))
             continue
         s = r.spread
         rows.append((r.video, f"{r.score:.3f}", f"{s.min:.2f}-{s.max:.2f}" if s.models > 1 else "-",
                      "-" if r.normalised is None else f"{r.normalised:.3f}",
-                     "-" if r.novelty is None else f"{r.novelty:.0f}%",
-                     "UNFAMILIAR" if r.unfamiliar else ""))
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
-    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "  " + row[5]
+                     "-" if r.novelty is None else f"{r.novelty:.0f}%") + mos +
+                    ("UNFAMILIAR" if r.unfamiliar else "",))
+    n = len(rows[0]) - 1
+    widths = [max(len(row[i]) for row in rows) for i in range(n)]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "  " + row[n]
              for row in rows]
     models = next((r.spread.models for r in results if r.spread), 0)
     lines.append(f"score: {scale.describe()}; 0-1: normalised on that range; {SPREAD_NOTE.replace('split models', f'{models} split models')};"

@@ -137,6 +137,9 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
     if limit is not None and limit < 1:
         raise DatasetError(f"--limit must be at least 1 (got {limit})")
     if name == "sample":
+        if labels is not None:
+            raise DatasetError(f"--dataset sample uses its own labels, not {labels}; for your own videos pass "
+                               f"--dataset csv --labels {labels}")
         from .sample import ensure_sample  # lazy: only the sample command needs it
 
         folder = ensure_sample(Path(root) if root is not None else None)
@@ -146,17 +149,24 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
         return dataset
 
     spec = _SPECS[name]
+    if root is None and labels is not None:  # --labels FILE alone: the videos are beside it
+        root = Path(labels).expanduser().parent
     if root is None:
-        raise DatasetError(f"dataset {name!r} needs its folder: pass --root DIR")
+        raise DatasetError(f"dataset {name!r} needs its folder: pass --root DIR (or --labels FILE: its folder)")
     root = Path(os.path.abspath(Path(root).expanduser()))
     if not root.is_dir():
         raise DatasetError(f"dataset root {root} does not exist or is not a folder; check --root")
 
     files = [_given_labels(labels, root)] if labels is not None else _find_labels(name, spec, root)
     rows: list[Row] = []
+    columns: tuple[str, str] | None = None
     for path in files:
-        rows.extend(_read_rows(name, spec, path, video_column, mos_column, split_column))
-    return _build(name, spec, root, files[0], rows, limit)
+        more, used = _read_rows(name, spec, path, video_column, mos_column, split_column)
+        rows.extend(more)
+        columns = columns or used
+    dataset = _build(name, spec, root, files[0], rows, limit)
+    dataset.columns = columns
+    return dataset
 
 
 def _given_labels(labels: Path | str, root: Path) -> Path:
@@ -169,6 +179,15 @@ def _given_labels(labels: Path | str, root: Path) -> Path:
     return Path(os.path.abspath(path))
 
 
+LABEL_SUFFIXES = ("CSV", "TSV", "XLSX")
+
+
+def label_candidates(root: Path) -> list[Path]:
+    """The files in root that --dataset csv reads as its label file: any .csv, .tsv or .xlsx."""
+    return sorted(p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")
+                  and p.suffix.lower() in (".csv", ".tsv", ".xlsx"))
+
+
 def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
     found = [root / n for n in spec.label_names if (root / n).is_file()]
     if name == "lsvq":  # the official pair: train/test split plus the 1080p test set
@@ -176,9 +195,14 @@ def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
         if pair:
             return pair
     if name == "csv" and not found:
-        csvs = sorted(root.glob("*.csv"))
-        if len(csvs) == 1:
-            return csvs
+        tables = label_candidates(root)
+        if len(tables) == 1:
+            return tables
+        if len(tables) > 1:
+            raise DatasetError(f"{len(tables)} possible label files in {root}: {', '.join(p.name for p in tables)}; "
+                               f"pick one with --labels FILE")
+        raise DatasetError(f"no label file in {root}: --dataset csv takes any one {'/'.join(LABEL_SUFFIXES)} file "
+                           f"there with a video and a MOS column (or labels.txt: path,mos per line); pass --labels FILE")
     if not found:
         raise DatasetError(f"no label file for {name} in {root} (tried {', '.join(spec.label_names)}); "
                            f"pass --labels FILE")
@@ -188,15 +212,16 @@ def _find_labels(name: str, spec: _Spec, root: Path) -> list[Path]:
 # ---------------------------------------------------------------- reading label files
 
 def _read_rows(name: str, spec: _Spec, path: Path, video_column: str | None, mos_column: str | None,
-               split_column: str | None) -> list[Row]:
-    """All rows of one label file as (file name, row number, video field, raw MOS, split)."""
+               split_column: str | None) -> tuple[list[Row], tuple[str, str]]:
+    """All rows of one label file as (file name, row number, video field, raw MOS, split), and the
+    (video, MOS) columns read."""
     kind = _detect_format(path)
     if kind in ("labels_txt", "path_mos"):
         if split_column:
             raise DatasetError(f"{path} is a headerless labels.txt file: it has no column {split_column!r}; "
                                f"drop --split-column")
         split = _split_from_filename(path) if name == "lsvq" else ""
-        return list(_read_labels_txt(path, split))
+        return list(_read_labels_txt(path, split)), ("first field", "last field")
 
     columns, table = _read_table(path, kind)
     vcol = _pick_column(columns, video_column, spec.video_columns)
@@ -232,7 +257,7 @@ def _read_rows(name: str, spec: _Spec, path: Path, video_column: str | None, mos
         else:
             split = default_split
         rows.append((path.name, number, values[vi].strip(), values[mi], split))
-    return rows
+    return rows, (vcol, mcol)
 
 
 def _detect_format(path: Path) -> str:
@@ -476,3 +501,66 @@ def _parse_mos(raw: str) -> float | None:
     except ValueError:
         return None
     return value if math.isfinite(value) else None
+
+
+# ---------------------------------------------------------------- checking scores against a label file
+
+def _name_parts(text: str) -> list[str]:
+    """'./videos\\clip01.mp4' -> ['videos', 'clip01']: path components, the video extension dropped."""
+    parts = [p for p in text.strip().replace("\\", "/").split("/") if p not in ("", ".")]
+    if parts:
+        parts[-1] = VIDEO_EXT.sub("", parts[-1])
+    return parts
+
+
+@dataclass
+class LabelTable:
+    """A label file's MOS by video name, for checking scores (`predict --labels`, `metrics --labels`)."""
+
+    file: Path
+    columns: tuple[str, str]  # the (video, MOS) columns read
+    rows: int  # usable rows
+    _by_stem: dict[str, list[tuple[list[str], float]]]
+
+    def match(self, name: str) -> float | None:
+        """The MOS of a video given by file name or path, with or without extension and folders
+        ('clip01', '/data/clips/clip01.mp4' and 'clips/clip01.mp4' all find 'clip01.mp4'); None when the
+        label file does not list it, or lists that name twice with different MOS."""
+        query = _name_parts(name)
+        found = self._by_stem.get(query[-1] if query else "", [])
+        if not found:
+            return None
+
+        def common(parts: list[str]) -> int:
+            n = 0
+            while n < min(len(parts), len(query)) and parts[-1 - n] == query[-1 - n]:
+                n += 1
+            return n
+
+        best = max(common(p) for p, _ in found)
+        values = {m for p, m in found if common(p) == best}
+        return values.pop() if len(values) == 1 else None
+
+    def describe(self) -> str:
+        return f"{self.file} (video column {self.columns[0]!r}, MOS column {self.columns[1]!r}; {self.rows} videos)"
+
+
+def read_labels(labels: Path | str, video_column: str | None = None, mos_column: str | None = None) -> LabelTable:
+    """Read any label file load_dataset reads (CSV/TSV/XLSX/.mat with a video and a MOS column, or
+    labels.txt) into a LabelTable; rows without a name or a numeric MOS are left out."""
+    path = _given_labels(labels, Path.cwd())
+    try:
+        rows, columns = _read_rows("csv", _SPECS["csv"], path, video_column, mos_column, None)
+    except DatasetError as exc:  # no --dataset here: say what is missing
+        raise DatasetError(str(exc).replace("does not fit --dataset csv:", "has no video and MOS columns:")) from None
+    by_stem: dict[str, list[tuple[list[str], float]]] = {}
+    usable = 0
+    for _, _, video, raw, _ in rows:
+        mos, parts = _parse_mos(raw), _name_parts(video)
+        if mos is None or not parts:
+            continue
+        by_stem.setdefault(parts[-1], []).append((parts, mos))
+        usable += 1
+    if not usable:
+        raise DatasetError(f"no usable rows in {path} (a video name and a numeric MOS per row); check --labels")
+    return LabelTable(path, columns, usable, by_stem)

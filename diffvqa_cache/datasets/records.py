@@ -76,6 +76,17 @@ class Dataset:
     listed: int = 0  # label rows read (valid or not)
     found: int = 0  # records on disk before --limit
     warnings: list[str] = field(default_factory=list)  # rows kept but suspect (negative MOS, outside the root)
+    columns: tuple[str, str] | None = None  # the (video, MOS) columns read from the label file
+
+    def describe_labels(self) -> str:
+        """Which label file and columns were read, and the MOS range found among the usable videos."""
+        text = f"labels: {self.labels_file}"
+        if self.columns:
+            text += f" (video column {self.columns[0]!r}, MOS column {self.columns[1]!r})"
+        scores = [r.mos for r in self.records]
+        if scores:
+            text += f"; MOS {min(scores):g}-{max(scores):g} over {len(scores)} videos"
+        return text
 
     def summary(self) -> str:
         """One short line: counts of listed, found, missing (first names) and problems."""

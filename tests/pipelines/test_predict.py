@@ -220,3 +220,15 @@ def test_non_ascii_and_repeated_file_names_keep_unique_readable_ids(run_dir, sam
     assert all(r.error is None for r in rows)
     written = (tmp_path / "scores.csv").read_text(encoding="utf-8")
     assert all(f"\n{i}," in written for i in ids)
+
+
+def test_a_finished_rerun_shows_the_table_from_the_results_file(run_dir, scorer, sample_root, tmp_path):
+    from pipelines.predict import format_table
+
+    for name in ("scores.csv", "scores.json"):
+        out = tmp_path / name
+        first = run_predict(_videos(sample_root, 2, 3), run_dir, output=out, progress=False, scorer=scorer)
+        again = run_predict(_videos(sample_root, 2, 3), run_dir, output=out, progress=False, scorer=scorer)
+        assert list(again) == []  # nothing scored twice
+        table = format_table(again)
+        assert "no videos scored" not in table and table == format_table(first)
