@@ -82,6 +82,10 @@ def learning_curves(path: Path, histories: dict[str, list[dict]]) -> None:
         ax_val.text(0.5, 0.5, "no validation metric recorded\n(fit with --set train.val_fraction=0.1\n"
                     "to carve a validation set and follow its SRCC)", ha="center", va="center", fontsize=9,
                     transform=ax_val.transAxes, color="tab:gray")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_val):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _save(fig, path)
 
