@@ -48,7 +48,8 @@ def learning_curves(path: Path, histories: dict[str, list[dict]]) -> None:
     carved (train.val_fraction > 0); else the panel says it was not recorded."""
     plt = _plt()
     has_val = any("val_srcc" in r for h in histories.values() for r in h)
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10 if has_val else 8.5, 3.8), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1 if has_val else 0.55]})
     ax_loss, ax_val = axes[0]
     few = len(histories) <= 12
     for name, h in histories.items():
@@ -129,8 +130,8 @@ def sweep_summary(path: Path, summary: list[dict], title: str,
                   + ("; whisker and ticks: each split)" if per_split else ")"), fontsize=8)
     ax.axvline(1.0, color="k", lw=0.6, ls=":")
     ax.grid(alpha=0.3, axis="x")
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
