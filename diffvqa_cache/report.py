@@ -195,3 +195,63 @@ def _worst_section(cfg: RunConfig, rows: list[dict], n: int) -> list[str]:
     if problems:
         out.append("<p class='note'>thumbnails unavailable: " + e("; ".join(problems)) + "</p>")
     return out
+
+
+# ---------------------------------------------------------------- a sweep's report
+def write_sweep_report(sweep: Path | str, out: Path | str | None = None) -> Path:
+    """Write the report of sweep folder `sweep` (its results.csv and summary.csv) to `out` (default
+    SWEEP/report.html): the configurations' medians with each split's values and range, and the chart."""
+    sweep = Path(sweep)
+    if not (sweep / "results.csv").is_file() or not (sweep / "summary.csv").is_file():
+        raise UserInputError(f"{sweep}: no results.csv / summary.csv; pass a run directory written by `fit` or a "
+                             "sweep folder written by `sweep`")
+    with open(sweep / "results.csv", newline="") as f:
+        results = list(csv.DictReader(f))
+    with open(sweep / "summary.csv", newline="") as f:
+        summary = [{**s, "srcc_median": _num(s.get("srcc_median")), "plcc_median": _num(s.get("plcc_median"))}
+                   for s in csv.DictReader(f)]
+    ok = [r for r in results if r.get("status") == "ok"]
+    per_split = {s["config"]: {m: [_num(r[m]) for r in ok if r["config"] == s["config"]] for m in ("srcc", "plcc")}
+                 for s in summary}
+    e = html.escape
+    title = f"DiffVQA sweep: {sweep.name}"
+    body = []
+    for s in summary:
+        vals = [v for v in per_split[s["config"]]["srcc"] if np.isfinite(v)]
+        spread = f"{min(vals):.4f} - {max(vals):.4f}" if vals else ""
+        body.append([e(s["config"]), f"{s['srcc_median']:.4f}", f"{s['plcc_median']:.4f}", spread,
+                     f"{np.std(vals):.4f}" if vals else "", " ".join(f"{v:.3f}" for v in vals),
+                     e(str(s.get("n_failed", ""))), f"<code>{e(s.get('overrides', ''))}</code>"])
+    from .plots import sweep_summary
+
+    with tempfile.TemporaryDirectory() as tmp:
+        chart = Path(tmp) / "sweep.png"
+        sweep_summary(chart, summary, f"{sweep.name}: test set of each split", per_split)
+        img = _png(chart)
+    page = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style>"
+            f"</head><body><h1>{e(title)}</h1>",
+            f"<p class='note'>folder <code>{e(str(sweep.resolve()))}</code>; {len(summary)} configurations, "
+            f"{len(results)} tasks ({len(results) - len(ok)} failed); sorted by median SRCC over splits.</p>",
+            "<h2 id='table'>Configurations</h2>",
+            _table(["config", "median SRCC", "median PLCC", "SRCC range", "SRCC std", "SRCC per split", "failed",
+                    "overrides"], body),
+            "<h2 id='chart'>Medians and the spread over splits</h2>", f"<img alt='sweep chart' src='{img}'>",
+            "</body></html>"]
+    out = Path(out) if out is not None else sweep / REPORT_FILE
+    write_text_atomic(out, "\n".join(page))
+    return out
+
+
+def _num(x) -> float:
+    try:
+        return float(x)
+    except (TypeError, ValueError):
+        return float("nan")
+
+
+def write_report(folder: Path | str, out: Path | str | None = None, worst: int = 8) -> Path:
+    """The report of a run directory (`fit`) or of a sweep folder (`sweep`), whichever `folder` is."""
+    folder = Path(folder)
+    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "results.csv").is_file():
+        return write_sweep_report(folder, out)
+    return write_run_report(folder, out, worst)

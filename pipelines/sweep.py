@@ -372,6 +372,9 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
                                    and not r.get("error") and primary in r.get("metrics", {})] for m in ("srcc", "plcc")}
                  for s in summary}
     sweep_summary(out / "summary.png", summary, f"{cache.config.dataset} {protocol}, test set {primary}", per_split)
+    from diffvqa_cache.report import write_sweep_report
+
+    write_sweep_report(out)
     return summary
 
 

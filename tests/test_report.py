@@ -218,3 +218,27 @@ def test_sweep_chart_labels_its_axis_shows_the_spread_and_prints_the_values(figu
     whiskers = [tuple(line.get_xdata()) for line in ax.lines if len(line.get_xdata()) == 2]
     assert (0.6, 0.75) in whiskers and (0.78, 0.86) in whiskers
     assert ax.get_xlim()[0] <= 0.6
+
+
+def test_sweep_report_lists_each_configuration_with_its_splits_and_the_chart(tmp_path):
+    from diffvqa_cache.report import write_report
+
+    with open(tmp_path / "results.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "split", "status", "n_train", "seconds", "srcc", "krcc", "plcc", "plcc_raw", "rmse",
+                    "overrides", "error"])
+        for config, vals in (("full", (0.8, 0.9)), ("no_tdm", (0.5, 0.7))):
+            for i, v in enumerate(vals):
+                w.writerow([config, f"split-0{i}", "ok", 12, 1.0, v, v - 0.1, v + 0.02, v, 0.5, "{}", ""])
+        w.writerow(["no_tdm", "split-02", "failed", "", "", "", "", "", "", "", "{}", "UserInputError: x"])
+    with open(tmp_path / "summary.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["config", "n_splits", "n_failed", "srcc_median", "plcc_median", "overrides", "error"])
+        w.writerow(["full", 2, 0, 0.85, 0.87, "{}", ""])
+        w.writerow(["no_tdm", 2, 1, 0.6, 0.62, '{"regressor.use_tdm": false}', "UserInputError: x"])
+    page = parse(write_report(tmp_path))
+    assert page.ids == ["table", "chart"] and page.external == []
+    rows = {r[0]: r for r in page.tables[0][1:]}
+    assert rows["full"][1:6] == ["0.8500", "0.8700", "0.8000 - 0.9000", "0.0500", "0.800 0.900"]
+    assert rows["no_tdm"][6] == "1" and "use_tdm" in rows["no_tdm"][7]
+    assert len(page.images) == 1 and png_shape(page.images[0])
