@@ -255,3 +255,17 @@ def write_report(folder: Path | str, out: Path | str | None = None, worst: int =
     if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "results.csv").is_file():
         return write_sweep_report(folder, out)
     return write_run_report(folder, out, worst)
+
+
+def write_table_page(path: Path | str, title: str, note: str, header: list[str], body: list[list[str]],
+                     images: list[Path] = ()) -> Path:
+    """A self-contained HTML page of one table (cells are text, escaped here) and PNGs inline: the HTML
+    twin of a markdown table (reproduce's table.md -> table.html)."""
+    e = html.escape
+    page = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style>"
+            f"</head><body><h1>{e(title)}</h1>", f"<p class='note'>{e(note)}</p>",
+            _table(header, [[e(str(c)) for c in row] for row in body])]
+    page += [f"<img alt='{e(Path(p).stem)}' src='{_png(Path(p))}'>" for p in images]
+    page.append("</body></html>")
+    write_text_atomic(path, "\n".join(page))
+    return Path(path)

@@ -242,3 +242,22 @@ def test_sweep_report_lists_each_configuration_with_its_splits_and_the_chart(tmp
     assert rows["full"][1:6] == ["0.8500", "0.8700", "0.8000 - 0.9000", "0.0500", "0.800 0.900"]
     assert rows["no_tdm"][6] == "1" and "use_tdm" in rows["no_tdm"][7]
     assert len(page.images) == 1 and png_shape(page.images[0])
+
+
+def test_reproduce_table_has_a_self_contained_html_twin(tmp_path):
+    from pipelines.reproduce import write_table
+
+    rows = [{"trained_on": "lsvq", "tested_on": "kvd", "kind": "lsvq", "protocol": "cross-dataset from LSVQ-train",
+             "srcc": 0.81, "plcc": 0.82, "plcc_raw": 0.8, "n_splits": 1, "init": None, "paper_srcc": 0.905,
+             "paper_plcc": 0.906, "gap_srcc": 0.81 - 0.905, "gap_plcc": 0.82 - 0.906, "run": "runs/lsvq"},
+            {"trained_on": "lsvq", "tested_on": "ytugc", "kind": "lsvq", "protocol": "cross-dataset from LSVQ-train",
+             "srcc": 0.7, "plcc": 0.71, "plcc_raw": 0.69, "n_splits": 1, "init": None, "paper_srcc": None,
+             "paper_plcc": None, "gap_srcc": None, "gap_plcc": None, "run": "runs/lsvq"}]
+    write_table(tmp_path, rows)
+    page = parse(tmp_path / "table.html")
+    assert page.external == [] and len(page.images) == 1 and png_shape(page.images[0])
+    header, *body = page.tables[0]
+    assert header[:5] == ["trained on", "tested on", "protocol", "SRCC", "PLCC"]
+    assert body[0][:2] == ["LSVQ", "KoNViD-1k"] and body[0][3] == "0.810" and body[0][6] == "0.905"
+    assert body[0][8] == "-0.095" and body[1][6] == "n/a"
+    assert "| LSVQ | KoNViD-1k | cross-dataset from LSVQ-train | 0.810 |" in (tmp_path / "table.md").read_text()
