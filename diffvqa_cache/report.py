@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .branches import BRANCHES
 from .checkpoint import read_meta
 from .errors import UserInputError
 from .files import write_text_atomic
@@ -144,7 +145,7 @@ def _thumbnail(caches: list, key: str) -> str | None:
     """A data URI of the middle sampled frame's view (first crop) from the first cache that holds `key`."""
     for cache in caches:
         try:
-            feats = cache.read(key)
+            feats = cache.read(key, tuple(f"{b}/pixels" for b in BRANCHES))  # the pixel copy only
         except KeyError:
             continue
         pixels = next((b.pixels for b in feats.branches.values() if getattr(b, "pixels", None) is not None), None)
