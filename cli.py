@@ -441,6 +441,22 @@ def fit(
 
 @app.command()
 @known_errors
+def report(
+    run: Annotated[Path, typer.Argument(help="Run directory written by `fit`, or a sweep folder.")],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Where to write the page "
+                                                   "(default: RUN/report.html).")] = None,
+    worst: Annotated[int, typer.Option(help="How many of the worst-predicted test videos to show.")] = 8,
+) -> None:
+    """Write a run's report: one self-contained HTML page (no server, images inline) with the protocol and
+    settings, per-split metrics, the scatter, the learning curves and the worst-predicted test videos (a
+    sweep's: each configuration's medians, per-split values and spread, and the chart)."""
+    from diffvqa_cache.report import write_report
+
+    typer.echo(f"wrote {write_report(run, output, worst)}")
+
+
+@app.command()
+@known_errors
 def predict(
     videos: Annotated[list[Path], typer.Argument(help="Video files or folders of videos.")],
     run: Annotated[Path, typer.Option(help="Run directory written by `fit`.")],

@@ -436,8 +436,8 @@ class FeatureCache:
                 counts.setdefault(codec, Counter())[decoder] += 1
         return {codec: c.most_common(1)[0][0] for codec, c in sorted(counts.items())}
 
-    def read(self, key: str) -> VideoFeatures:
-        """All arrays of one video, by id."""
+    def read(self, key: str, names: tuple[str, ...] | None = None) -> VideoFeatures:
+        """All arrays of one video, by id (only the HDF5 datasets `names`, e.g. ("S/pixels",), when given)."""
         import h5py
 
         if key not in self._where:
@@ -445,7 +445,8 @@ class FeatureCache:
         file, i = self._where[key]
         with h5py.File(self.dir.shards / file, "r") as f:
             start, n = int(f["row_start"][i]), int(f["n_frames"][i])
-            return VideoFeatures.from_flat(key, {name: f[name][start:start + n] for name in _row_datasets(f)})
+            wanted = [d for d in _row_datasets(f) if names is None or d in names or d == "frame_index"]
+            return VideoFeatures.from_flat(key, {name: f[name][start:start + n] for name in wanted})
 
     def read_shard(self, file: Path, parts: BranchFeatures = ALL_PARTS, branches: str = "".join(BRANCHES)) -> ShardArrays:
         """One shard in big contiguous reads, the parts selected in `parts` (non-None) of `branches`."""

@@ -43,37 +43,95 @@ def scatter(path: Path, pred: np.ndarray, mos: np.ndarray, groups: list[str], ti
 
 
 def learning_curves(path: Path, histories: dict[str, list[dict]]) -> None:
+    """Per split (thin) and their median (thick): the training loss with the learning rate beside it, and
+    the validation SRCC per epoch with each split's kept (best) epoch marked, where a validation set was
+    carved (train.val_fraction > 0); else the panel says it was not recorded."""
     plt = _plt()
     has_val = any("val_srcc" in r for h in histories.values() for r in h)
-    fig, axes = plt.subplots(1, 2 if has_val else 1, figsize=(9 if has_val else 5, 3.5), dpi=110, squeeze=False)
+    fig, axes = plt.subplots(1, 2, figsize=(10 if has_val else 8.5, 3.8), dpi=110, squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 1 if has_val else 0.55]})
+    ax_loss, ax_val = axes[0]
+    few = len(histories) <= 12
     for name, h in histories.items():
-        axes[0, 0].plot([r["epoch"] for r in h], [r["loss"] for r in h], label=name, lw=1)
-        if has_val:
-            axes[0, 1].plot([r["epoch"] for r in h if "val_srcc" in r], [r["val_srcc"] for r in h if "val_srcc" in r],
-                            label=name, lw=1)
-    axes[0, 0].set(xlabel="epoch", ylabel="training loss", title="training loss")
+        ax_loss.plot([r["epoch"] for r in h], [r["loss"] for r in h], lw=0.8, alpha=0.45, label=name if few else None)
+    med = _median_by_epoch(histories, "loss")
+    if med:
+        ax_loss.plot(*zip(*med), color="k", lw=2, label="median over splits")
+    ax_loss.set(xlabel="epoch", ylabel="training loss", title="training loss (lines: splits)")
+    ax_loss.grid(alpha=0.3)
+    lr = next((h for h in histories.values() if h and "lr" in h[0]), None)
+    if lr:
+        ax_lr = ax_loss.twinx()
+        ax_lr.plot([r["epoch"] for r in lr], [r["lr"] for r in lr], ":", color="tab:gray", lw=1.2, label="learning rate")
+        ax_lr.set_ylabel("learning rate (dotted)", color="tab:gray", fontsize=8)
+        ax_lr.tick_params(axis="y", labelsize=7, colors="tab:gray")
+    ax_loss.legend(fontsize=6, loc="upper right")
     if has_val:
-        axes[0, 1].set(xlabel="epoch", ylabel="SRCC", title="validation SRCC")
-    if len(histories) <= 12:
-        axes[0, 0].legend(fontsize=6)
+        for name, h in histories.items():
+            rows = [r for r in h if "val_srcc" in r]
+            line, = ax_val.plot([r["epoch"] for r in rows], [r["val_srcc"] for r in rows], lw=0.8, alpha=0.6)
+            best = max(rows, key=lambda r: r["val_srcc"])
+            ax_val.plot(best["epoch"], best["val_srcc"], "o", ms=5, color=line.get_color())
+        med = _median_by_epoch(histories, "val_srcc")
+        ax_val.plot(*zip(*med), color="k", lw=2, label="median over splits")
+        ax_val.plot([], [], "o", color="tab:gray", label="kept epoch (best)")
+        ax_val.set(xlabel="epoch", ylabel="SRCC", title="validation SRCC (carved from the training videos)")
+        ax_val.legend(fontsize=6, loc="lower right")
+        ax_val.grid(alpha=0.3)
+    else:
+        ax_val.set_axis_off()
+        ax_val.text(0.5, 0.5, "no validation metric recorded\n(fit with --set train.val_fraction=0.1\n"
+                    "to carve a validation set and follow its SRCC)", ha="center", va="center", fontsize=9,
+                    transform=ax_val.transAxes, color="tab:gray")
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax_loss, ax_val):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     _save(fig, path)
 
 
-def sweep_summary(path: Path, summary: list[dict], title: str) -> None:
-    """Median SRCC and PLCC per configuration, best at the top."""
+def _median_by_epoch(histories: dict[str, list[dict]], key: str) -> list[tuple[int, float]]:
+    by: dict[int, list[float]] = {}
+    for h in histories.values():
+        for r in h:
+            if key in r:
+                by.setdefault(r["epoch"], []).append(r[key])
+    return [(e, float(np.median(v))) for e, v in sorted(by.items())]
+
+
+def sweep_summary(path: Path, summary: list[dict], title: str,
+                  per_split: dict[str, dict[str, list[float]]] | None = None) -> None:
+    """Median SRCC and PLCC per configuration, best at the top, each value printed; with `per_split`
+    ({config: {"srcc": [...], "plcc": [...]}}) whiskers span the splits' range and dots show each split."""
     plt = _plt()
+    per_split = per_split or {}
     names = [s["config"] for s in summary][::-1]
-    srcc = np.nan_to_num([s["srcc_median"] for s in summary][::-1])
-    plcc = np.nan_to_num([s["plcc_median"] for s in summary][::-1])
     y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(7, 1.5 + 0.35 * len(names)), dpi=110)
-    ax.barh(y + 0.2, srcc, height=0.4, label="median SRCC")
-    ax.barh(y - 0.2, plcc, height=0.4, label="median PLCC")
+    fig, ax = plt.subplots(figsize=(8, 1.8 + 0.45 * len(names)), dpi=110)
+    lows = [0.0]
+    for key, offset, colour in (("srcc", 0.2, "tab:blue"), ("plcc", -0.2, "tab:orange")):
+        med = np.array([s[f"{key}_median"] for s in summary][::-1], dtype=float)
+        ax.barh(y + offset, np.nan_to_num(med), height=0.4, color=colour, alpha=0.85,
+                label=f"median {key.upper()}")
+        for yi, name, m in zip(y, names, med):
+            vals = np.array([v for v in per_split.get(name, {}).get(key, []) if np.isfinite(v)], dtype=float)
+            right = m
+            if len(vals) > 1:
+                ax.plot([vals.min(), vals.max()], [yi + offset] * 2, color="k", lw=1)
+                ax.plot(vals, [yi + offset] * len(vals), "|", color="k", ms=6)
+                right, lows = max(m, vals.max()), lows + [float(vals.min())]
+            if np.isfinite(m):
+                ax.text(min(right, 1.0) + 0.01, yi + offset, f"{m:.3f}", va="center", fontsize=7)
+                lows.append(float(m))
     ax.set_yticks(y, names, fontsize=8)
-    ax.set_xlim(min(0.0, float(min(srcc.min(), plcc.min()))), 1.0)
-    ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlim(min(lows), 1.12)
+    ax.set_xlabel("correlation with MOS on the test split (bar: median over splits"
+                  + ("; whisker and ticks: each split)" if per_split else ")"), fontsize=8)
+    ax.axvline(1.0, color="k", lw=0.6, ls=":")
+    ax.grid(alpha=0.3, axis="x")
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.legend(fontsize=8, loc="lower right", bbox_to_anchor=(1.0, 1.0), ncol=2, frameon=False)
     fig.tight_layout()
     _save(fig, path)
 
@@ -114,9 +172,10 @@ def loss_curve(path: Path, rows: list[dict]) -> None:
 
 
 def timeline(path: Path, result, scale: str, best_view: np.ndarray, worst_view: np.ndarray, best: int, worst: int,
-             frame_hw: tuple[int, int] | None, percentile: float) -> None:
-    """One scored video (`scoring.VideoScore`): frame quality and softmax weight over time, and the best
-    and worst sampled frames (their resized views, shown at the video's aspect ratio)."""
+             frame_hw: tuple[int, int] | None, percentile: float, limits: tuple[float, float] | None = None) -> None:
+    """One scored video (`scoring.VideoScore`): frame quality and softmax weight over time, the split
+    models' range of the video score as a band, the scale's `limits` (low, high) marked, and the best and
+    worst sampled frames (their resized views, shown at the video's aspect ratio)."""
     plt = _plt()
     frames = result.frames
     use_time = all(np.isfinite(f.time) for f in frames)
@@ -132,6 +191,21 @@ def timeline(path: Path, result, scale: str, best_view: np.ndarray, worst_view: 
     # 1. frame quality, with the video score it sums to
     ax_q.plot(x, quality, "o-", color="tab:blue", lw=1.5, ms=4, label="frame quality")
     ax_q.axhline(result.score, color="k", ls="--", lw=1, label=f"video score {result.score:.2f}")
+    s = result.spread
+    if s and s.models > 1:
+        ax_q.axhspan(s.min, s.max, color="tab:gray", alpha=0.25, lw=0,
+                     label=f"{s.models} split models: {s.min:.2f}-{s.max:.2f}")
+    if limits and limits[1] > limits[0]:
+        low, high = limits
+        for v in limits:
+            ax_q.axhline(v, color="tab:red", lw=1, alpha=0.7)
+        shown = np.concatenate([quality, [result.score, low, high]])
+        pad = 0.06 * (high - low)
+        ax_q.set_ylim(min(low, float(shown.min())) - pad, max(high, float(shown.max())) + pad)
+        trans = ax_q.get_yaxis_transform()
+        for v, name in ((low, "scale low"), (high, "scale high")):
+            ax_q.text(0.005, v, f"{name} {v:g}", transform=trans, color="tab:red", fontsize=7,
+                      va="bottom" if v == low else "top", ha="left")
     for i, colour in ((best, "tab:green"), (worst, "tab:red")):
         ax_q.plot(x[i], quality[i], "o", ms=9, mfc="none", mec=colour, mew=2)
     ax_q.set_ylabel(f"quality ({scale.split(' of ')[0]})")
@@ -159,7 +233,6 @@ def timeline(path: Path, result, scale: str, best_view: np.ndarray, worst_view: 
             spine.set_linewidth(3)
         when = f"{frames[i].time:.2f} s" if use_time else f"frame {frames[i].index}"
         ax.set_title(f"{name}: {when}, quality {quality[i]:.2f}", fontsize=9)
-    s = result.spread
     details = [f"{s.models} split models: {s.min:.2f}-{s.max:.2f} (std {s.std:.2f})"] if s and s.models > 1 else []
     if result.unfamiliar is not None:
         details.append(f"novelty: {result.novelty:.0f}th percentile of the training videos"

@@ -375,7 +375,7 @@ class Scorer:
         best, worst = int(np.argmax(quality)), int(np.argmin(quality))
         path.parent.mkdir(parents=True, exist_ok=True)
         timeline(path, result, self.scale.describe(), decoded.views["S"][rows[best]], decoded.views["S"][rows[worst]],
-                 best, worst, decoded.frame_hw, self.unfamiliar_percentile)
+                 best, worst, decoded.frame_hw, self.unfamiliar_percentile, (self.scale.low, self.scale.high))
 
 
 def _unique_names(keys: list[str]) -> list[str]:

@@ -109,7 +109,7 @@ def format_demo(r: DemoResult) -> str:
     lines += [
         f"  controller {r.controller}",
         f"  cache      {r.cache_dir}",
-        f"  run        {r.run_dir}  (metrics.json, predictions.csv, scatter.png, learning_curve.png)",
+        f"  run        {r.run_dir}  (report.html, metrics.json, predictions.csv, scatter.png, learning_curve.png)",
     ]
     if r.sweep_dir:
         lines.append(f"  sweep      {r.sweep_dir}  (summary.md, summary.png)")

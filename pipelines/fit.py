@@ -165,6 +165,9 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
             [r[3] if len(test_names) == 1 else r[4] for r in rows],
             f"{cache.config.dataset} {protocol}: median SRCC {summary[test_names[0]]['srcc']['median']:.3f}")
     learning_curves(out / "learning_curve.png", histories)
+    from diffvqa_cache.report import write_run_report
+
+    write_run_report(out)  # a view of the files below, rewritten by `report`: not in the manifest
     written = ["config.json", "splits.json", "metrics.json", "predictions.csv", "scatter.png", "learning_curve.png"] \
         + [f"models/{s.name}.safetensors" for s in splits] + ([FAMILIARITY_FILE] if (out / FAMILIARITY_FILE).is_file() else [])
     write_run_manifest(out, written)
@@ -200,6 +203,6 @@ def format_summary(result: dict, out: Path) -> str:
         lines.append(f"  {test:10s} " + "  ".join(f"{SHORT_LABELS[k]} {s[k]['median']:.4f}" for k in METRIC_KEYS)
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
     lines.append("  PLCC(logistic): Pearson after the 4-parameter logistic fit (the paper's); PLCC(raw): plain Pearson")
-    lines.append("  files: config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
+    lines.append("  files: report.html config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
                  f"{FAMILIARITY_FILE} manifest.json")
     return "\n".join(lines)

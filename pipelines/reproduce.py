@@ -207,29 +207,33 @@ def _label(name: str) -> str:
 
 
 def write_table(out: Path, rows: list[dict]) -> None:
-    """table.md (ours, the paper's, the gap per cell), table.json and table.png."""
+    """table.md (ours, the paper's, the gap per cell), table.json, table.png and table.html (the table and
+    the chart on one self-contained page)."""
     def cell(x):
         return "n/a" if x is None else f"{x:.3f}"
 
     def gap(x):
         return "n/a" if x is None else f"{x:+.3f}"
 
-    lines = ["# DiffVQA reproduction", "",
-             "Median over splits. PLCC is Pearson after the 4-parameter logistic fit (as in the paper's tables); "
-             "PLCC raw is plain Pearson on the predictions (as DOVER, FAST-VQA and Q-Align report). The paper's "
-             "values (SRCC / PLCC) stand beside the rows that ran its protocol; n/a elsewhere.", "",
-             "| trained on | tested on | protocol | SRCC | PLCC | PLCC raw | paper SRCC | paper PLCC | gap SRCC | "
-             "gap PLCC | splits |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    lines += [f"| {_label(r['trained_on'])} | {_label(r['tested_on'])} | {r['protocol']} | {cell(r['srcc'])} | "
-              f"{cell(r['plcc'])} | {cell(r['plcc_raw'])} | {cell(r['paper_srcc'])} | {cell(r['paper_plcc'])} | "
-              f"{gap(r['gap_srcc'])} | {gap(r['gap_plcc'])} | {r['n_splits']} |" for r in rows]
+    note = ("Median over splits. PLCC is Pearson after the 4-parameter logistic fit (as in the paper's tables); "
+            "PLCC raw is plain Pearson on the predictions (as DOVER, FAST-VQA and Q-Align report). The paper's "
+            "values (SRCC / PLCC) stand beside the rows that ran its protocol; n/a elsewhere.")
+    header = ["trained on", "tested on", "protocol", "SRCC", "PLCC", "PLCC raw", "paper SRCC", "paper PLCC",
+              "gap SRCC", "gap PLCC", "splits"]
+    body = [[_label(r['trained_on']), _label(r['tested_on']), r['protocol'], cell(r['srcc']), cell(r['plcc']),
+             cell(r['plcc_raw']), cell(r['paper_srcc']), cell(r['paper_plcc']), gap(r['gap_srcc']),
+             gap(r['gap_plcc']), str(r['n_splits'])] for r in rows]
+    lines = ["# DiffVQA reproduction", "", note, "", "| " + " | ".join(header) + " |",
+             "| " + " | ".join(["---"] * len(header)) + " |"]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "table.json", rows)
     from diffvqa_cache.plots import paper_comparison
+    from diffvqa_cache.report import write_table_page
 
     paper_comparison(out / "table.png", [f"{_label(r['trained_on'])} -> {_label(r['tested_on'])}" for r in rows],
                      [r["srcc"] for r in rows], [r["paper_srcc"] for r in rows])
+    write_table_page(out / "table.html", "DiffVQA reproduction", note, header, body, [out / "table.png"])
 
 
 def format_table(result: ReproduceResult) -> str:

@@ -368,7 +368,13 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
     if failed:
         lines += ["", "Failures (first error per config):", ""] + [f"- {s['config']}: {s['error']}" for s in failed]
     write_text_atomic(out / "summary.md", "\n".join(lines) + "\n")
-    sweep_summary(out / "summary.png", summary, f"{cache.config.dataset} {protocol}")
+    per_split = {s["config"]: {m: [r["metrics"][primary][m] for r in results if r["config"] == s["config"]
+                                   and not r.get("error") and primary in r.get("metrics", {})] for m in ("srcc", "plcc")}
+                 for s in summary}
+    sweep_summary(out / "summary.png", summary, f"{cache.config.dataset} {protocol}, test set {primary}", per_split)
+    from diffvqa_cache.report import write_sweep_report
+
+    write_sweep_report(out)
     return summary
 
 

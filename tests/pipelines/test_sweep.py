@@ -85,6 +85,7 @@ def test_serial_sweep_writes_results_and_summaries(serial_run, cache16):
     assert [int(s["n_splits"]) for s in summary] == [2, 2]
     assert float(summary[0]["srcc_median"]) >= float(summary[1]["srcc_median"])
     assert "| full |" in (out / "summary.md").read_text() and (out / "summary.png").stat().st_size > 0
+    assert "<h2 id='chart'>" in (out / "report.html").read_text()  # the sweep report, beside the summaries
 
 
 def test_dask_sweep_equals_serial_and_rerun_skips(serial_run, cache16, grid_file, tmp_path, dask_client, monkeypatch):
