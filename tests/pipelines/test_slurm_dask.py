@@ -178,11 +178,12 @@ def test_ctrl_c_cancels_the_worker_jobs(slurm, sample_cache, tmp_path):
 def test_worker_jobs_that_cannot_start_are_one_line_errors(slurm, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     extract = ["extract", *TINY, "--limit", "2", "--out", "cache", *JOBS, "--gpus-per-job", "0"]
-    refused = one_line_error(extract + ["--queue", "nope"], progress_lines=1)  # after the dataset's summary
+    # after the dataset's summary and the labels line (file, columns, MOS range)
+    refused = one_line_error(extract + ["--queue", "nope"], progress_lines=2)
     assert "sbatch refused the worker job" in refused and "partition" in refused.lower()
     # this SLURM has no GPUs (no GresTypes): extract's default of one GPU per job is refused, with the fix
-    gpus = one_line_error(extract[:-2] + ["--gpus-per-job", "1"], progress_lines=1)
+    gpus = one_line_error(extract[:-2] + ["--gpus-per-job", "1"], progress_lines=2)
     assert "Invalid generic resource (gres) specification" in gpus and "pass --gpus-per-job 0" in gpus
-    ended = one_line_error(extract + ["--setup", "exit 3"], code=1, progress_lines=2)  # and the jobs submitted
+    ended = one_line_error(extract + ["--setup", "exit 3"], code=1, progress_lines=3)  # and the jobs submitted
     assert "no dask worker connected" in ended and "ended" in ended and str(tmp_path / "logs") in ended
     slurm.wait(timeout=30)
