@@ -21,13 +21,17 @@ from .errors import UserInputError
 
 # Bump when a change to the extraction code changes the numbers it writes.
 # 3: crop positions seeded like the start noise (by frame position, not by video id); F_Latent choice.
-EXTRACTOR_VERSION = "3"
+# 4: crop positions seeded by the decoded pixels too (different videos, different places); frames smaller
+#    than the view upscaled instead of zero-padded; crop placement a setting.
+EXTRACTOR_VERSION = "4"
 
 SAMPLERS = ("ddim", "dpm", "euler")
 DTYPES = ("fp32", "bf16", "fp16")
 TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 NOISE_MODES = ("shared", "per-video")
 LATENTS = ("chain", "pred_x0")
+CROP_PLACEMENTS = ("independent", "aligned")
+SMALL_FRAMES = ("upscale", "pad")
 ADAPT_SPLITS = ("auto", "train", "all")
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"  # the method's default backbone (512 px)
 # The one extraction preset of `reproduce`: SD 2.1-base, the paper's 50-step DDIM chain, several crops per
@@ -125,14 +129,20 @@ class ExtractConfig(Config):
     timestep_spacing: str = setting("trailing", "trailing (every chain starts at t=999), leading or linspace.")
     strength: float = setting(1.0, "1: the paper's chain from pure noise; <1: start from z0 noised to "
                                    "t=strength*T.")
-    noise: str = setting("shared", "Start noise and crop positions: shared (seeded by frame position, view and "
-                                   "crop, the same for every video, so features depend on the pixels alone) or "
+    noise: str = setting("shared", "Start noise and crop positions: shared (noise seeded by frame position, view "
+                                   "and crop, crops by the pixels too, so features depend on the pixels alone) or "
                                    "per-video (the video id too).")
     latent: str = setting("chain", "F_Latent: chain (the reverse chain's last output) or pred_x0 (the clean "
                                    "latent predicted at the last step; the same for dpm and euler).")
     frames: int | None = setting(8, "Frames sampled uniformly per video (or use --fps).")
     fps: float | None = setting(None, "Sample frames at a fixed rate instead of --frames.")
     crops: int = setting(1, "Cropped views per frame (the D branch).")
+    crop_placement: str = setting("independent", "independent: crop k at a new place in every frame (as the "
+                                                 "authors' frame-by-frame extraction); aligned: the same place in "
+                                                 "every frame of a video. Either is drawn from the decoded pixels, "
+                                                 "so a renamed copy gets the same crops and other videos other places.")
+    small_frames: str = setting("upscale", "A frame whose short side is below the view size: upscale (short side "
+                                           "to the view size, aspect kept) before cropping, or pad (zero bars).")
     view_size: int | None = setting(None, "View side in pixels (default: the model's native size, 512 for SD "
                                           "base, 128 for tiny).")
     grid: int = setting(8, "F_MS maps average-pooled to GRID x GRID (maps smaller than that are kept).")
@@ -158,6 +168,8 @@ class ExtractConfig(Config):
         one_of("timestep_spacing", self.timestep_spacing, TIMESTEP_SPACINGS)
         one_of("noise", self.noise, NOISE_MODES)
         one_of("latent", self.latent, LATENTS)
+        one_of("crop_placement", self.crop_placement, CROP_PLACEMENTS)
+        one_of("small_frames", self.small_frames, SMALL_FRAMES)
         one_of("dtype", self.dtype, DTYPES)
         one_of("backend", self.backend, BACKENDS)
         if not 0.0 < self.strength <= 1.0:

@@ -105,3 +105,13 @@ def test_tcab_sees_the_cached_views_at_their_size_by_default():
     assert FitConfig(pixel_size=64).load_spec(224).pixel_size == 64  # the small setting for CPU runs
     with pytest.raises(UserInputError, match="larger than the cache's 128 px"):
         FitConfig(pixel_size=224).load_spec(128)
+
+
+def test_crop_placement_and_small_frames_are_fingerprinted_choices():
+    base = fingerprint(ExtractConfig(), "m", "c", 512)
+    assert (ExtractConfig().crop_placement, ExtractConfig().small_frames) == ("independent", "upscale")
+    for change in ({"crop_placement": "aligned"}, {"small_frames": "pad"}):
+        assert fingerprint(ExtractConfig(**change), "m", "c", 512) != base
+    for bad in ({"crop_placement": "centre"}, {"small_frames": "crop"}):
+        with pytest.raises(UserInputError, match=next(iter(bad))):
+            ExtractConfig(**bad)
