@@ -14,6 +14,7 @@ Contents: `--source real` (default) cuts 16 frames of each real clip in /work/sh
 
     python benchmarks/content_disjoint.py                                   # today's tree, seeds 0 1 2
     python benchmarks/content_disjoint.py --tree today=. --tree c6a38e2=/work/wt/x-old-c6a38e2 --seeds 0 1 2
+    python benchmarks/content_disjoint.py --compare WORK/caches/A/seed0/group_a WORK/caches/B/seed0/group_a
 """
 
 from __future__ import annotations
@@ -112,6 +113,36 @@ def test_srcc(run: Path) -> float:
     return float(found[0])
 
 
+def cache_arrays(root: Path) -> dict:
+    """{video key: {dataset name: rows}} of every shard under `root` (h5py only, so caches written by older
+    versions read too)."""
+    import h5py
+
+    out = {}
+    for file in sorted(Path(root).rglob("shards/*.h5")):
+        with h5py.File(file) as h:
+            names = []
+            h.visititems(lambda n, d: names.append(n) if isinstance(d, h5py.Dataset) and d.shape
+                         and n not in ("keys", "row_start", "n_frames") else None)
+            for key, start, n in zip(h["keys"][:], h["row_start"][:], h["n_frames"][:]):
+                key = key.decode() if isinstance(key, bytes) else str(key)
+                out[key] = {name: h[name][start:start + n] for name in names}
+    return out
+
+
+def compare(a: Path, b: Path) -> str:
+    """'identical', or the datasets whose arrays differ between two caches of the same videos (a bisection
+    step: a commit whose caches equal an endpoint's bit for bit fits as that endpoint does)."""
+    import numpy as np
+
+    x, y = cache_arrays(a), cache_arrays(b)
+    if x.keys() != y.keys():
+        return f"different videos ({len(x)} and {len(y)})"
+    diff = {n for k in x for n in set(x[k]) | set(y[k])
+            if n not in x[k] or n not in y[k] or not np.array_equal(x[k][n], y[k][n])}
+    return "identical" if not diff else "differ: " + ", ".join(sorted(diff))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", action="append", default=None,
@@ -122,7 +153,12 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder, removed)")
     ap.add_argument("--fit-set", nargs="*", default=[], help="further fit --set overrides")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--compare", type=Path, nargs=2, metavar=("CACHE_A", "CACHE_B"),
+                    help="only compare two caches' arrays bit for bit (bisection steps) and exit")
     args = ap.parse_args()
+    if args.compare:
+        print(compare(*args.compare))
+        return
     trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in (args.tree or [f"today={ROOT}"])]
     info = machine_info()
     import tempfile
@@ -137,6 +173,7 @@ def main() -> None:
     else:
         groups = [data / "group_a", data / "group_b"]
     rows, results = [], {}
+    fit_tag = "".join(f"-{kv}" for kv in args.fit_set).replace("/", "_")
     for label, tree in trees:
         for seed in args.seeds:
             caches = []
@@ -147,7 +184,7 @@ def main() -> None:
                 caches.append(out)
             srcc = []
             for train, test in ((0, 1), (1, 0)):
-                run = work / "runs" / label / f"seed{seed}" / f"{groups[train].name}_to_{groups[test].name}"
+                run = work / f"runs{fit_tag}" / label / f"seed{seed}" / f"{groups[train].name}_to_{groups[test].name}"
                 if not (run / "metrics.json").is_file():
                     shutil.rmtree(run, ignore_errors=True)
                     sets = [s for kv in ["pixel_size=64", *args.fit_set] for s in ("--set", kv)]
