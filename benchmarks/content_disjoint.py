@@ -176,15 +176,15 @@ def main() -> None:
     fit_tag = "".join(f"-{kv}" for kv in args.fit_set).replace("/", "_")
     for label, tree in trees:
         for seed in args.seeds:
-            caches = []
-            for g in groups:  # a complete cache is found and kept by extract itself
-                out = work / "caches" / label / f"seed{seed}" / g.name
-                cli(tree, ["extract", "--dataset", "csv", "--root", str(g), "--out", str(out), *EXTRACT,
-                           "--seed", str(seed)], log)
-                caches.append(out)
+            runs = {(a, b): work / f"runs{fit_tag}" / label / f"seed{seed}" / f"{groups[a].name}_to_{groups[b].name}"
+                    for a, b in ((0, 1), (1, 0))}
+            caches = [work / "caches" / label / f"seed{seed}" / g.name for g in groups]
+            if not all((run / "metrics.json").is_file() for run in runs.values()):
+                for g, out in zip(groups, caches):  # a complete cache is found and kept by extract itself
+                    cli(tree, ["extract", "--dataset", "csv", "--root", str(g), "--out", str(out), *EXTRACT,
+                               "--seed", str(seed)], log)
             srcc = []
-            for train, test in ((0, 1), (1, 0)):
-                run = work / f"runs{fit_tag}" / label / f"seed{seed}" / f"{groups[train].name}_to_{groups[test].name}"
+            for (train, test), run in runs.items():
                 if not (run / "metrics.json").is_file():
                     shutil.rmtree(run, ignore_errors=True)
                     sets = [s for kv in ["pixel_size=64", *args.fit_set] for s in ("--set", kv)]
