@@ -7,8 +7,8 @@ features and score), keyed by the video id as well when it is "per-video".
 Crop positions are seeded by the same parts plus a digest of the decoded pixels (`pixel_digest`): the
 same pixels still give the same crops whatever the file is called, and different videos get different
 places. Seeded by position alone, every video showed the same region at each frame position, so a flat
-region (sky, a wall) hid blur and noise for a content in all of its versions at once (measured on a
-content-disjoint check: BENCHMARKS.md, "content-disjoint").
+region (sky, a wall) hid blur and noise for a content in all of its versions at once (an external
+real-content check measured cross-content SRCC 0.27 -> 0.07; issue 24).
 """
 
 from __future__ import annotations
