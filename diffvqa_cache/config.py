@@ -25,7 +25,9 @@ from .errors import UserInputError
 # 3: crop positions seeded like the start noise (by frame position, not by video id); F_Latent choice.
 # 4: rotated (portrait phone) videos decoded upright by decord too, and by their legacy Matroska ROTATE tag;
 #    the method's defaults as the authors state them (chain ending with its UNet call at t=0, F_Latent =
-#    z0_hat, 20 crops per frame, bf16 on CUDA); the F_MS mean+std option.
+#    z0_hat, 20 crops per frame, bf16 on CUDA); the F_MS mean+std option;
+#    crop positions seeded by the decoded pixels too (different videos, different places); frames smaller
+#    than the view upscaled instead of zero-padded; crop placement a setting.
 EXTRACTOR_VERSION = "4"
 
 SAMPLERS = ("ddim", "dpm", "euler")
@@ -35,6 +37,8 @@ TIMESTEP_SPACINGS = ("trailing", "leading", "linspace")
 NOISE_MODES = ("shared", "per-video")
 LATENTS = ("chain", "pred_x0")
 MS_POOLS = ("mean", "mean+std")
+CROP_PLACEMENTS = ("independent", "aligned")
+SMALL_FRAMES = ("upscale", "pad")
 ADAPT_SPLITS = ("auto", "train", "all")
 SD21_BASE = "stabilityai/stable-diffusion-2-1-base"  # the method's default backbone (512 px)
 # The method's extraction settings, as the authors state them (docs/architecture.md, "The method's
@@ -239,8 +243,8 @@ class ExtractConfig(Config):
                                     "at t=999 and ends at 1000/steps-1: the spacing for 1-4 steps) or leading.")
     strength: float = setting(1.0, "1: the paper's chain from pure noise; <1: start from z0 noised to "
                                    "t=strength*T.")
-    noise: str = setting("shared", "Start noise and crop positions: shared (seeded by frame position, view and "
-                                   "crop, the same for every video, so features depend on the pixels alone) or "
+    noise: str = setting("shared", "Start noise and crop positions: shared (noise seeded by frame position, view "
+                                   "and crop, crops by the pixels too, so features depend on the pixels alone) or "
                                    "per-video (the video id too).")
     latent: str = setting(METHOD["latent"], "F_Latent: pred_x0 (z0_hat, the clean latent predicted at the last "
                                             "UNet call) or chain (the reverse chain's last output; the same for "
@@ -250,6 +254,12 @@ class ExtractConfig(Config):
     frames: int | None = setting(METHOD["frames"], "Frames sampled uniformly per video (or use --fps).")
     fps: float | None = setting(None, "Sample frames at a fixed rate instead of --frames.")
     crops: int = setting(METHOD["crops"], "Cropped views per frame (the D branch; 20 as the authors' extraction).")
+    crop_placement: str = setting("independent", "independent: crop k at a new place in every frame (as the "
+                                                 "authors' frame-by-frame extraction); aligned: the same place in "
+                                                 "every frame of a video. Either is drawn from the decoded pixels, "
+                                                 "so a renamed copy gets the same crops and other videos other places.")
+    small_frames: str = setting("upscale", "A frame whose short side is below the view size: upscale (short side "
+                                           "to the view size, aspect kept) before cropping, or pad (zero bars).")
     view_size: int | None = setting(None, "View side in pixels (default: the model's native size, 512 for SD "
                                           "base, 128 for tiny).")
     grid: int = setting(METHOD["grid"], "F_MS maps average-pooled to GRID x GRID (maps smaller than that are kept).")
@@ -279,6 +289,8 @@ class ExtractConfig(Config):
         one_of("noise", self.noise, NOISE_MODES)
         one_of("latent", self.latent, LATENTS)
         one_of("ms_pool", self.ms_pool, MS_POOLS)
+        one_of("crop_placement", self.crop_placement, CROP_PLACEMENTS)
+        one_of("small_frames", self.small_frames, SMALL_FRAMES)
         one_of("dtype", self.dtype, EXTRACT_DTYPES)
         one_of("backend", self.backend, BACKENDS)
         if not 0.0 < self.strength <= 1.0:

@@ -39,13 +39,15 @@ class DecodedVideo:
 
 
 def decode_views(record, size: int, crops: int, seed: int, frames: int | None = 8, fps: float | None = None,
-                 backend: str = "auto", noise: str = "shared") -> DecodedVideo:
+                 backend: str = "auto", noise: str = "shared", crop_placement: str = "independent",
+                 small_frames: str = "upscale") -> DecodedVideo:
     """Decode one video's sampled frames and cut both views; a failure is returned, never raised.
 
-    `backend` is "auto", "decord", "pyav", or a {codec: decoder} map (the decoders a cache used)."""
+    `backend` is "auto", "decord", "pyav", or a {codec: decoder} map (the decoders a cache used). Crop
+    places are drawn from the decoded pixels (`views.crop_seeds`), so they follow the recorded decoder."""
     try:
         pixels, indices, info, used = load_video_frames(record.path, n_frames=frames, fps=fps, backend=backend)
-        views = make_views(pixels, size, crops, seed, noise, record.key)
+        views = make_views(pixels, size, crops, seed, noise, record.key, crop_placement, small_frames)
         return DecodedVideo(record.key, indices, views, decoder=used, codec=info.codec, fps=info.fps,
                             frame_hw=pixels.shape[1:3])
     except TooFewFrames as exc:
@@ -64,7 +66,8 @@ def decode_ahead(pool: ThreadPoolExecutor, records: list, config: CacheConfig,
     backend = backend or cfg.backend
 
     def decode(record):
-        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, backend, cfg.noise)
+        return decode_views(record, config.view_size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, backend, cfg.noise,
+                            cfg.crop_placement, cfg.small_frames)
 
     ahead = deque(pool.submit(decode, r) for r in records[:cfg.decode_workers + 2])
     nxt = len(ahead)

@@ -127,3 +127,13 @@ def test_caches_of_older_extractors_are_recognised():
     del old["extractor_version"]  # config.json of 0.2 and earlier
     loaded = CacheConfig.from_dict(old)
     assert not loaded.is_current and loaded.extractor == "3 or older" and loaded.extract == new.extract
+
+
+def test_crop_placement_and_small_frames_are_fingerprinted_choices():
+    base = fingerprint(ExtractConfig(), "m", "c", 512)
+    assert (ExtractConfig().crop_placement, ExtractConfig().small_frames) == ("independent", "upscale")
+    for change in ({"crop_placement": "aligned"}, {"small_frames": "pad"}):
+        assert fingerprint(ExtractConfig(**change), "m", "c", 512) != base
+    for bad in ({"crop_placement": "centre"}, {"small_frames": "crop"}):
+        with pytest.raises(UserInputError, match=next(iter(bad))):
+            ExtractConfig(**bad)

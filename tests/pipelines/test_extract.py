@@ -153,16 +153,21 @@ def test_config_saved_beside_the_cache(extracted, tiny_extract_config):
 
 def test_same_pixels_same_features_whatever_the_file_is_called(sample_root, tiny_extract_config, tmp_path):
     """One clip under two names in one extraction: identical arrays (crops and noise follow the pixels).
-    One video per batch, so both are computed in batches of the same shape."""
+    One video per batch, so both are computed in batches of the same shape. Another clip of the same size
+    gets its crops at other places (crop seeds include the decoded pixels, issue 24)."""
     root = tmp_path / "ds"
     (root / "a").mkdir(parents=True)
     for name in ("a/first.mp4", "747.mp4"):
         shutil.copy(sample_root / "videos" / "sample_003.mp4", root / name)
-    (root / "labels.csv").write_text("video,mos\na/first.mp4,3.0\n747.mp4,3.0\n")
+    shutil.copy(sample_root / "videos" / "sample_004.mp4", root / "other.mp4")
+    (root / "labels.csv").write_text("video,mos\na/first.mp4,3.0\n747.mp4,3.0\nother.mp4,3.0\n")
     cfg = dataclasses.replace(tiny_extract_config, batch_size=6, shard_size=2)  # 2 frames x (S + 2 crops)
     cache = FeatureCache(run_extract(load_dataset("csv", root), cfg, tmp_path / "out", progress=False).cache_dir)
     a, b = cache.read("a__first").flat(), cache.read("747").flat()
     assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+    other = cache.read("other").flat()
+    assert other["D/crop_origin"].shape == a["D/crop_origin"].shape
+    assert not np.array_equal(other["D/crop_origin"], a["D/crop_origin"])
 
 
 def test_predict_recomputes_a_cached_video_bit_for_bit(sample_cache, tiny_extract_config, tmp_path):
@@ -179,7 +184,7 @@ def test_predict_recomputes_a_cached_video_bit_for_bit(sample_cache, tiny_extrac
     shutil.copy(cache.labels[key]["path"], renamed)
     ex = cache.config.extract
     decoded = decode_views(VideoRecord("my_upload", renamed, float("nan")), cache.config.view_size, ex.crops, ex.seed,
-                           ex.frames, ex.fps, cache.decoders(), ex.noise)
+                           ex.frames, ex.fps, cache.decoders(), ex.noise, ex.crop_placement, ex.small_frames)
     again = ViewEncoder(cache.config, torch.device("cpu")).encode_stream([decoded])[0].flat()
     cached = cache.read(key).flat()
     assert again.keys() == cached.keys() and all(np.array_equal(again[n], cached[n]) for n in cached)
@@ -255,3 +260,23 @@ def test_records_the_decoder_and_the_chain(extracted):
     assert set(cache.decoders()) == {"h264"} and cache.decoders()["h264"] in ("decord", "pyav")
     # tiny settings: 1 step at strength 0.5 = the last of 2 linspace slots (999, 0)
     assert cache.config.timesteps == (0,)
+
+
+@pytest.mark.parametrize("w, h", [(96, 54), (54, 96)])  # 640x360 and portrait 404x720 at a 64 px view
+def test_small_frames_are_upscaled_and_aligned_crops_share_a_place(clip_factory, tiny_extract_config, tmp_path, w, h):
+    """A frame smaller than the view is upscaled (short side to the view, aspect kept) before cropping: no
+    black bars in the cached crops; with crop_placement=aligned every frame's crop k is at one place."""
+    root = tmp_path / "ds"
+    root.mkdir()
+    shutil.copy(clip_factory(f"small_{w}x{h}", w=w, h=h), root / "small.mp4")
+    (root / "labels.csv").write_text("video,mos\nsmall.mp4,3.0\n")
+    cfg = tiny_extract_config.replace(view_size=64, pixel_size=64, frames=3, crop_placement="aligned")
+    cache = FeatureCache(run_extract(load_dataset("csv", root), cfg, tmp_path / "out", progress=False).cache_dir)
+    assert cache.config.extract.small_frames == "upscale" and cache.config.extract.crop_placement == "aligned"
+    video = cache.read("small")
+    crops = video.branches["D"].pixels  # (T, K, 3, 64, 64) uint8: the D views as the model saw them
+    assert crops.shape[:2] == (3, 2) and (crops[:, :, 2] >= 8).all()  # blue: 128 or the marker (>= 20), never a bar
+    origins = video.crop_origin
+    assert (origins == origins[:1]).all() and not np.array_equal(origins[0, 0], origins[0, 1])
+    long_side = round(64 * max(w, h) / min(w, h))
+    assert origins[..., int(w > h)].max() <= long_side - 64 and (origins[..., int(w < h)] == 0).all()
