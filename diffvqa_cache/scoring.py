@@ -34,7 +34,7 @@ from .datasets.records import unique_key
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, RunReference, describe
-from .fitting import RunConfig, load_run_models, verify_run
+from .fitting import KNOWN_SCALES, RunConfig, load_run_models, verify_run
 from .progress import bar, err
 from .training import TrainConfig, model_outputs
 
@@ -165,7 +165,8 @@ class Reference:
         if not cfg.train_mos:
             raise UserInputError(f"{flag} {run}: the run records no training MOS (fitted by an earlier version); "
                                  "refit it, or pass a CSV of scores")
-        return cls(f"the {len(cfg.train_mos)} training videos of {Path(run).name} ({cfg.cache.dataset})",
+        dataset = KNOWN_SCALES[cfg.cache.dataset][0] if cfg.cache.dataset in KNOWN_SCALES else cfg.cache.dataset
+        return cls(f"the {len(cfg.train_mos)} training videos of run {Path(run).name} ({dataset.removeprefix('the ')})",
                    tuple(sorted(cfg.train_mos)))
 
     @classmethod
@@ -207,8 +208,8 @@ def describe_extraction(cfg, device) -> str:
     calls = max(1, round(cfg.steps * cfg.strength))
     frames = cfg.frames if cfg.frames is not None else None
     per_frame = 1 + cfg.crops
-    line = (f"features as the run's cache: {cfg.steps} {cfg.sampler} steps (strength {cfg.strength:g}: {calls} UNet "
-            f"calls a view), {f'{frames} frames' if frames else f'frames at {cfg.fps:g} fps'} x {per_frame} views "
+    line = (f"features as the run's cache: {cfg.steps} {cfg.sampler} step(s) (strength {cfg.strength:g}: {calls} UNet "
+            f"call(s) a view), {f'{frames} frames' if frames else f'frames at {cfg.fps:g} fps'} x {per_frame} views "
             f"(1 + {cfg.crops} crops), model {cfg.model}, on {device}")
     if cfg.model == "tiny" and getattr(device, "type", str(device)) == "cpu" and frames:
         rate = TINY_CPU_RATE * TINY_CPU_WORK / (frames * per_frame * calls)

@@ -114,7 +114,7 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
                    "mos_range": list(cache.config.mos_range)}
     trained = sorted({k for s in splits for k in s.train})  # every video some split model trained on
     row_of = {k: i for i, k in enumerate(table.keys)}
-    train_mos = sorted(float(table.mos[row_of[k]]) for k in trained if k in row_of)
+    train_mos = sorted(float(f"{table.mos[row_of[k]]:.6g}") for k in trained if k in row_of)  # as labelled, not float32
     (low, high), source = choose_scale(cache.config.dataset, np.array(train_mos), cache.config.mos_range, scale)
     run_cfg = RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path),
                         feature_spec=feature_spec, test_cache_paths=[str(c.path) for c in inputs.test_caches],
