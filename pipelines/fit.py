@@ -261,6 +261,7 @@ def check_resumable(out: Path, new: RunConfig) -> None:
         a["training"] = a["fit"]["train"]
     for d in (a, b):
         d.pop("data", None), d.pop("package_version", None), d.pop("scale", None), d.pop("scale_source", None)
+        d.pop("train_mos", None)  # derived from the cache and the splits (compared); absent in older runs
         for name in PLACEMENT:
             d["fit"].pop(name, None)
     changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \
