@@ -227,7 +227,8 @@ class EpochClock:
             return
         self.said = True
         seconds = time.perf_counter() - self.t0
-        left = (self.n_splits - self.split) * self.epochs - 1  # epochs still to train, this split's first done
+        done = int(row.get("epoch", 0)) + 1  # a resumed split continues after its saved epochs
+        left = (self.n_splits - self.split) * self.epochs - done  # epochs still to train
         total = left * seconds
         line = (f"first epoch: {_duration(seconds)}; the whole fit ({self.n_splits} split(s) x {self.epochs} epochs) "
                 f"needs about {_duration(total)} more")

@@ -323,3 +323,21 @@ def test_predict_says_which_extraction_settings_it_reuses(run_dir, sample_root):
            "(1 + 2 crops), model tiny, on cpu; expect about" in said
     rate = float(said.split("expect about ")[1].split(" videos/s")[0])
     assert rate == pytest.approx(0.204 * 80 / 6, rel=0.05)
+
+
+def test_a_results_file_written_before_the_percentile_is_read_and_extended(run_dir, scorer, sample_root, tmp_path):
+    import csv
+
+    out = tmp_path / "old.csv"
+    video = _videos(sample_root, 4)[0]
+    first = run_predict([video], run_dir, output=out, progress=False, scorer=scorer)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in rows[0] if c != "percentile"]
+    with open(out, "w", newline="") as fh:  # as the previous version wrote it
+        w = csv.DictWriter(fh, columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    again = run_predict([video], run_dir, output=out, progress=False)
+    assert len(again) == 0 and again.earlier[0].percentile == first[0].percentile
+    assert "percentile" in out.read_text().splitlines()[0]
