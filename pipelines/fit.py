@@ -234,7 +234,8 @@ class EpochClock:
                 f"needs about {_duration(total)} more")
         tcab_cpu = self.cfg.regressor.use_tcab and getattr(self.device, "type", str(self.device)) == "cpu"
         if tcab_cpu and self.pixel_size > 64:
-            line += f"\nTCAB on the CPU dominates this time ({TCAB_CPU_FIGURE}); cheaper: {CHEAPER}"
+            line += (f"\nTCAB on {self.pixel_size} px views on the CPU costs most of this time ({TCAB_CPU_FIGURE}); "
+                     f"cheaper: {CHEAPER}")
         if self.progress:
             err.print(line)
         self.line = line

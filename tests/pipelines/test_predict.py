@@ -303,6 +303,9 @@ def test_predict_reference_ranks_against_another_collection(run_dir, scorer, sam
     res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(run_dir),
                                        "--json", "--device", "cpu"])
     assert json.loads(res.stdout)["videos"][0]["percentile"] == scorer.score([video])[0].percentile
+    other = _run_with_config(run_dir, tmp_path / "other", lambda c: c.update(scale=[0.0, 100.0]))
+    res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(other)])
+    assert res.exit_code == 2 and "its MOS scale 0-100 is not this run's 1-5" in res.output
     bad = tmp_path / "bad.csv"
     bad.write_text("name,quality\na,1\n")
     res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(bad)])
