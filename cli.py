@@ -423,6 +423,9 @@ def fit(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in --out: finished splits are kept, the "
                                               "current one continues after its last completed epoch.")] = False,
+    scale: Annotated[Optional[tuple[float, float]], typer.Option(
+        help="LOW HIGH: your MOS scale's limits (e.g. 1 5), for predict's 0-1 score and plots (default: "
+             "KoNViD-1k, YouTube-UGC 1-5; LIVE-VQC, LSVQ 0-100; else the observed label range).")] = None,
 ) -> None:
     """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
     from diffvqa_cache.fitting import load_fit_config
@@ -435,7 +438,8 @@ def fit(
         if value is not None:
             overrides[name] = value
     cfg = load_fit_config(config, overrides)
-    result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume)
+    result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume,
+                     scale=scale if scale and None not in scale else None)
     typer.echo(format_summary(result, out))
 
 
@@ -478,9 +482,13 @@ def predict(
                                                         "extension and folders.")] = None,
     video_column: Annotated[Optional[str], typer.Option(help="--labels: its video column.")] = None,
     mos_column: Annotated[Optional[str], typer.Option(help="--labels: its MOS column.")] = None,
+    reference: Annotated[Optional[Path], typer.Option(help="Rank each score against this collection ('better than "
+                                                           "73 % of ...'): a run folder (its training videos' MOS) or "
+                                                           "a CSV of scores (e.g. an earlier predict output); default: "
+                                                           "the run's training videos.")] = None,
 ) -> None:
-    """Score videos with a fitted run: MOS-scale and 0-1 scores, the split models' range, an unfamiliar-content
-    flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
+    """Score videos with a fitted run: MOS-scale and 0-1 scores, where each falls among the training videos
+    (or --reference), the split models' range, an unfamiliar-content flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
     from pipelines.predict import check_against_labels, format_table, run_predict, shown, to_json
 
     table = None
@@ -490,7 +498,7 @@ def predict(
         table = read_labels(labels, video_column, mos_column)  # a wrong label file fails before the model loads
     results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
                           output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile,
-                          labels=table)
+                          labels=table, reference=reference)
     if as_json:
         data = to_json(shown(results), run.resolve(), per_frame)
         if table is not None:

@@ -197,7 +197,9 @@ def check_gpus(ctx: Context) -> Finding:
     if not torch.cuda.is_available():
         where = "CPU build of torch" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no usable GPU"
         return Finding("slow", f"none ({where}): extract and adapt would run on the CPU",
-                       "run extract on a GPU node (fit, sweep and cache commands are fine on CPU)")
+                       "run extract on a GPU node; cache commands and fits with TCAB off or on 64 px views are fine on "
+                       "the CPU, TCAB on 224 px views is slow there (62.6 s an epoch for 16 videos vs 23.5 s with TCAB "
+                       "off, BENCHMARKS.md): fit --set pixel_size=64 or --set regressor.use_tcab=false")
     gpus, no_bf16 = [], []
     for i in range(torch.cuda.device_count()):
         props = torch.cuda.get_device_properties(i)

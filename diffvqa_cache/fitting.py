@@ -25,6 +25,26 @@ from .regressor import DiffVQARegressor, RegressorConfig
 from .training import TrainConfig, check_finite, predict_raw, predict_raw_many, train
 
 SECTIONS = ("regressor", "train", "finetune")
+# The MOS scales of the datasets with an adapter (adapters.py uses the same); others: the observed range
+KNOWN_SCALES = {"kvd": ("KoNViD-1k", 1.0, 5.0), "lvqc": ("LIVE-VQC", 0.0, 100.0), "ytugc": ("YouTube-UGC", 1.0, 5.0),
+                "lsvq": ("LSVQ", 0.0, 100.0), "sample": ("the sample", 1.0, 5.0)}
+
+
+def choose_scale(dataset: str, mos: np.ndarray, cached_range, scale: tuple[float, float] | None = None
+                 ) -> tuple[tuple[float, float], str]:
+    """(low, high) of the MOS scale and where it comes from: `scale` (fit --scale), else the dataset's known
+    scale, else the observed range of the labels (`cached_range`, the cache's mos_range)."""
+    if scale is not None:
+        low, high = map(float, scale)
+        if not high > low:
+            raise UserInputError(f"--scale {low:g} {high:g}: LOW must be below HIGH (e.g. --scale 1 5)")
+        return (low, high), "--scale"
+    if dataset in KNOWN_SCALES:
+        name, low, high = KNOWN_SCALES[dataset]
+        return (low, high), f"{name}'s scale"
+    low, high = map(float, cached_range)
+    return (low, high), "the observed range of the training labels"
+
 BARE_SECTIONS = ("regressor", "train")  # where a bare --set name is looked up (finetune.* is always spelled out)
 
 
@@ -203,6 +223,14 @@ class RunConfig(Config):
     decoders: dict = field(default_factory=dict)  # {codec: decoder} of the training cache; predict decodes alike
     package_version: str = __version__
     fingerprint: str = ""  # = cache.fingerprint, kept at the top level for tools that grep runs
+    scale: tuple[float, float] | None = None  # the MOS scale's limits (fit --scale; None: the cache's mos_range)
+    scale_source: str = ""  # why these limits: "--scale", the dataset's known scale, or the observed range
+    train_mos: list[float] = field(default_factory=list)  # the training videos' MOS, sorted (predict's percentile)
+
+    @property
+    def score_scale(self) -> tuple[float, float]:
+        """The limits scores are read against: fit --scale, else the cache's MOS range (runs of earlier versions)."""
+        return tuple(map(float, self.scale or self.cache.mos_range))
 
     @classmethod
     def from_dict(cls, data: dict, what: str | None = None) -> "RunConfig":

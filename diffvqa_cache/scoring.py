@@ -34,7 +34,7 @@ from .datasets.records import unique_key
 from .devices import resolve_device
 from .errors import CacheError, UserInputError
 from .familiarity import DEFAULT_PERCENTILE, FILE_NAME as FAMILIARITY_FILE, RunReference, describe
-from .fitting import RunConfig, load_run_models, verify_run
+from .fitting import KNOWN_SCALES, RunConfig, load_run_models, verify_run
 from .progress import bar, err
 from .training import TrainConfig, model_outputs
 
@@ -70,6 +70,7 @@ class VideoScore:
     path: str  # the absolute path
     score: float | None = None  # MOS scale of the run's training data: sum(frame weight x frame quality)
     normalised: float | None = None  # 0-1: (score - MOS low) / (MOS high - MOS low), clipped
+    percentile: float | None = None  # 0-100: share of the reference (the run's training MOS) below the score
     spread: Spread | None = None
     novelty: float | None = None  # 0-100: percentile among the training videos' own distances
     unfamiliar: bool | None = None  # novelty above the threshold (None: the run has no reference)
@@ -81,7 +82,7 @@ class VideoScore:
         """Flat columns (CSV, pandas), frames left out."""
         s = self.spread
         return {"video": self.video, "path": self.path, "score": self.score, "normalised_score": self.normalised,
-                "spread_std": s and s.std, "spread_min": s and s.min, "spread_max": s and s.max,
+                "percentile": self.percentile, "spread_std": s and s.std, "spread_min": s and s.min, "spread_max": s and s.max,
                 "models": s and s.models, "novelty_percentile": self.novelty, "unfamiliar": self.unfamiliar,
                 "decoder": self.decoder, "error": self.error}
 
@@ -110,10 +111,11 @@ VIDEO_COLUMNS = list(VideoScore("", "").row())
 
 
 class Scores(list):
-    """A list of `VideoScore`s with `to_pandas`, and what their numbers mean (`scale`, the `unfamiliar`
-    threshold)."""
+    """A list of `VideoScore`s with `to_pandas`, and what their numbers mean (`scale`, the `reference` of
+    the percentile, the `unfamiliar` threshold)."""
 
     scale: "Scale | None" = None
+    reference: "Reference | None" = None
     unfamiliar_percentile: float | None = None
 
     def to_pandas(self, per_frame: bool = False):
@@ -139,6 +141,86 @@ class Scale:
         if not self.high > self.low:
             return None
         return float(min(1.0, max(0.0, (score - self.low) / (self.high - self.low))))
+
+
+@dataclass(frozen=True)
+class Reference:
+    """A scored collection to rank against: `percentile(score)` = the share (%) of its values below the
+    score (ties count half), i.e. "better than P % of `name`"."""
+
+    name: str  # e.g. "the 12 training videos of run runs/kvd (kvd)"
+    values: tuple[float, ...]  # sorted
+
+    def percentile(self, score: float | None) -> float | None:
+        if score is None or not self.values:
+            return None
+        v = np.asarray(self.values)
+        below, upto = np.searchsorted(v, score, "left"), np.searchsorted(v, score, "right")
+        return float(100.0 * (below + 0.5 * (upto - below)) / len(v))
+
+    @classmethod
+    def of_run(cls, run: Path | str, flag: str = "--reference") -> "Reference":
+        """A run's training videos' MOS (recorded by fit)."""
+        cfg = RunConfig.read(run, flag)
+        if not cfg.train_mos:
+            raise UserInputError(f"{flag} {run}: the run records no training MOS (fitted by an earlier version); "
+                                 "refit it, or pass a CSV of scores")
+        dataset = KNOWN_SCALES[cfg.cache.dataset][0] if cfg.cache.dataset in KNOWN_SCALES else cfg.cache.dataset
+        return cls(f"the {len(cfg.train_mos)} training videos of run {Path(run).name} ({dataset.removeprefix('the ')})",
+                   tuple(sorted(cfg.train_mos)))
+
+    @classmethod
+    def load(cls, source: Path | str, scale: "Scale | None" = None) -> "Reference":
+        """A run directory (its training MOS) or a CSV with a `score` (predict's files), `mos` or `pred`
+        column; `scale`: refuse a run whose MOS scale differs (percentiles compare numbers on one scale)."""
+        source = Path(source).expanduser()
+        if source.is_dir():
+            ref = cls.of_run(source)
+            other = RunConfig.read(source, "--reference").score_scale
+            if scale is not None and tuple(other) != (scale.low, scale.high):
+                raise UserInputError(f"--reference {source}: its MOS scale {other[0]:g}-{other[1]:g} is not this run's "
+                                     f"{scale.low:g}-{scale.high:g}; rank against scores on the same scale")
+            return ref
+        import pandas as pd
+
+        try:
+            table = pd.read_csv(source)
+        except (OSError, ValueError) as exc:
+            raise UserInputError(f"--reference {source}: not a run folder nor a readable CSV ({exc})") from None
+        column = next((c for c in ("score", "mos", "pred") if c in table.columns), None)
+        if column is None:
+            raise UserInputError(f"--reference {source}: no score, mos or pred column (columns: "
+                                 f"{', '.join(map(str, table.columns))}); pass a predict output or a run folder")
+        values = pd.to_numeric(table[column], errors="coerce").dropna()
+        if values.empty:
+            raise UserInputError(f"--reference {source}: its {column} column holds no numbers")
+        return cls(f"the {len(values)} videos of {source.name} ({column})", tuple(sorted(map(float, values))))
+
+
+# Measured (BENCHMARKS.md, "Scoring many videos", 2026-12-05): predict with the tiny model on 2 CPU cores scored
+# 0.204 videos/s at 8 frames x (1 + 1 crop) views x 10 steps at strength 0.5 (5 UNet calls a view)
+TINY_CPU_RATE, TINY_CPU_WORK = 0.204, 8 * 2 * 5
+
+
+def describe_extraction(cfg, device) -> str:
+    """What predict recomputes per video (the run's extraction settings, which it must reuse) and the rate
+    to expect where one was measured."""
+    calls = max(1, round(cfg.steps * cfg.strength))
+    frames = cfg.frames if cfg.frames is not None else None
+    per_frame = 1 + cfg.crops
+    line = (f"features as the run's cache: {cfg.steps} {cfg.sampler} step(s) (strength {cfg.strength:g}: {calls} UNet "
+            f"call(s) a view), {f'{frames} frames' if frames else f'frames at {cfg.fps:g} fps'} x {per_frame} views "
+            f"(1 + {cfg.crops} crops), model {cfg.model}, on {device}")
+    if cfg.model == "tiny" and getattr(device, "type", str(device)) == "cpu" and frames:
+        rate = TINY_CPU_RATE * TINY_CPU_WORK / (frames * per_frame * calls)
+        line += f"; expect about {rate:.2g} videos/s (measured {TINY_CPU_RATE} at 8 frames x 2 views x 5 calls, 2 cores)"
+    elif getattr(device, "type", str(device)) == "cpu":
+        line += "; a Stable Diffusion UNet on the CPU takes minutes a video: use a GPU (the bar shows the rate)"
+    else:
+        line += "; the bar shows the rate"
+    if cfg.steps >= 20:
+        line += f" ({cfg.steps} steps make each video slow; the run's models need features extracted so)"
+    return line
 
 
 def expand_inputs(paths: Iterable[Path | str]) -> list[Path]:
@@ -175,11 +257,14 @@ class Scorer:
     `model`/`controller`: where the run's weights are now, when they moved (their content must match).
     `unfamiliar_percentile`: flag videos whose novelty exceeds this percentile of the training videos'.
     `group_size`: videos whose views share batches (default: the run's shard size, as extraction).
+    `reference`: what each score's `percentile` ranks against: a run folder, a CSV of scores or a
+    `Reference` (default: this run's training videos' MOS).
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
                  controller: str | None = None, batch_size: int = 8, group_size: int | None = None,
-                 unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False):
+                 unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
+                 reference: "Path | str | Reference | None" = None):
         from .backbone import identify
         from .config import EXTRACTOR_VERSION, CacheConfig
         from .extraction import ViewEncoder
@@ -205,7 +290,11 @@ class Scorer:
             raise CacheError(f"--model {cfg.model} / --controller {cfg.controller} are not the weights run {run} was "
                              f"trained with ({recorded.model_id}, {recorded.controller_id}); pass those with "
                              "--model/--controller")
-        self.scale = Scale(recorded.dataset, *map(float, recorded.mos_range))
+        self.scale = Scale(recorded.dataset, *run_cfg.score_scale)
+        if isinstance(reference, Reference) or (reference is None and not run_cfg.train_mos):
+            self.ranking = reference  # None: a run of an earlier version, no percentile
+        else:
+            self.ranking = Reference.load(reference, self.scale) if reference is not None else Reference.of_run(self.run)
         self.decoders = run_cfg.decoders  # {codec: decoder} of the training cache: decode alike
         # 2. the split models, the unfamiliar-content reference, the stage-one model
         self.device = resolve_device(device)
@@ -218,6 +307,8 @@ class Scorer:
         self.group_size = group_size or cfg.shard_size
         self.progress = progress
         self.encoder = ViewEncoder(self.config, self.device)
+        if progress:
+            err.print(describe_extraction(cfg, self.device))
 
     def _reference(self, fingerprint: str) -> RunReference | None:
         path = self.run / FAMILIARITY_FILE
@@ -249,6 +340,7 @@ class Scorer:
         plot_names = _unique_names([r.key for r in records]) if plot_dir is not None else None
         results = Scores()
         results.scale, results.unfamiliar_percentile = self.scale, self.unfamiliar_percentile
+        results.reference = self.ranking
         t0 = time.perf_counter()
         with bar("score", len(records), self.progress) as pb, \
                 ThreadPoolExecutor(self.config.extract.decode_workers) as pool, ThreadPoolExecutor(1) as finisher:
@@ -360,6 +452,7 @@ class Scorer:
             fps = d.fps or float("nan")
             result.score = float(scores.mean())
             result.normalised = self.scale.normalise(result.score)
+            result.percentile = self.ranking.percentile(result.score) if self.ranking else None
             result.spread = Spread(float(scores.std(ddof=1)) if len(scores) > 1 else 0.0, float(scores.min()),
                                    float(scores.max()), len(scores))
             result.frames = [FrameScore(int(i), float(i / fps), float(q), float(w))

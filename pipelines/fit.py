@@ -23,7 +23,7 @@ from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.familiarity import FILE_NAME as FAMILIARITY_FILE, write_reference
 from diffvqa_cache.files import folder_lock, remove_leftovers, reporting_disk_full, write_csv_atomic, write_json_atomic
-from diffvqa_cache.fitting import FitConfig, RunConfig, fit_split, load_run_models, write_run_manifest
+from diffvqa_cache.fitting import FitConfig, RunConfig, choose_scale, fit_split, load_run_models, write_run_manifest
 from diffvqa_cache.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.protocols import Split, check_plan, plan_splits, test_set_names
@@ -76,8 +76,11 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
 
 
 def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
-            init: Path | None = None, progress: bool = True, resume: bool = False) -> dict:
+            init: Path | None = None, progress: bool = True, resume: bool = False,
+            scale: tuple[float, float] | None = None) -> dict:
     """Train and evaluate under the protocol; write the run directory; return metrics.json's content.
+    `scale`: the MOS scale's (low, high) that predict reads scores against (default: the dataset's known
+    scale, else the observed label range, said so).
 
     Each split's training state is saved in OUT/state/ after every epoch; with `resume`, finished splits
     are taken as they are and the current one continues after its last saved epoch. OUT is locked for the
@@ -86,13 +89,15 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
     with folder_lock(out, "fit"), reporting_disk_full(
             f"the run folder {out}", "free space and rerun the same command with --resume (finished splits and the "
             "last saved epoch are kept)"):
-        return _run_fit(cache_path, out, cfg, test_cache_paths, init, progress, resume)
+        return _run_fit(cache_path, out, cfg, test_cache_paths, init, progress, resume, scale)
 
 
 def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path], init: Path | None,
-             progress: bool, resume: bool) -> dict:
+             progress: bool, resume: bool, scale: tuple[float, float] | None = None) -> dict:
     t_start = time.perf_counter()
     device = resolve_device(cfg.train.device)
+    if scale is not None:
+        choose_scale("", np.zeros(0), (0, 1), scale)  # a bad --scale fails before the caches are read
     # 1. caches, protocol, features (in memory or streamed; pooling and selection at load time)
     inputs = load_fit_inputs(cache_path, cfg, test_cache_paths, progress, device)
     cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
@@ -107,10 +112,21 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     meta_common = {"regressor": cfg.regressor.to_dict(), "feature_spec": feature_spec, "load_spec": spec.to_dict(),
                    "fingerprint": cache.fingerprint, "cache": cache.config.to_dict(),
                    "mos_range": list(cache.config.mos_range)}
+    trained = sorted({k for s in splits for k in s.train})  # every video some split model trained on
+    row_of = {k: i for i, k in enumerate(table.keys)}
+    train_mos = sorted(float(f"{table.mos[row_of[k]]:.6g}") for k in trained if k in row_of)  # as labelled, not float32
+    (low, high), source = choose_scale(cache.config.dataset, np.array(train_mos), cache.config.mos_range, scale)
     run_cfg = RunConfig(fit=cfg, protocol=protocol, cache=cache.config, cache_path=str(cache.path),
                         feature_spec=feature_spec, test_cache_paths=[str(c.path) for c in inputs.test_caches],
                         init=str(init) if init else None, training=used.train, data=inputs.data,
-                        decoders=cache.decoders(), fingerprint=cache.fingerprint)
+                        decoders=cache.decoders(), fingerprint=cache.fingerprint, scale=(low, high),
+                        scale_source=source, train_mos=train_mos)
+    if progress:
+        err.print(format_plan(run_cfg, splits, len(trained), device))
+        outside = sum(not low <= m <= high for m in train_mos)
+        if outside:
+            err.print(f"[yellow]{outside} of {len(train_mos)} training MOS values lie outside the scale "
+                      f"{low:g}-{high:g}: pass the scale your labels use with --scale LOW HIGH[/]")
     states = out / "state"
     if resume:
         check_resumable(out, run_cfg)
@@ -125,6 +141,7 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     write_reference(out / FAMILIARITY_FILE, table, {s.name: s.train for s in splits},
                     {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()}, cfg.train.eval_batch_size)
     per_split, rows, histories = [], [], {}
+    clock = EpochClock(len(splits), used.train.epochs, cfg, device, progress, spec.pixel_size)
     # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
     for si, split in enumerate(splits):
         done, model_file = states / f"{split.name}.json", out / "models" / f"{split.name}.safetensors"
@@ -135,11 +152,15 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
             histories[split.name] = finished["history"]
             continue
         init_state = init_models[min(si, len(init_models) - 1)][0].state_dict() if init_models else None
+        clock.start(si)
         with bar(f"{split.name} ({si + 1}/{len(splits)})", used.train.epochs, progress) as pb:
+            def on_epoch(r, pb=pb):
+                pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
+                    f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else ""))
+                clock.epoch_done(r)
+
             fitted = fit_split(table, split, used, cfg.seed + si, test_tables, init_state, device,
-                               on_epoch=lambda r: pb.update(advance=1, info=f"loss {r['loss']:.4f}" + (
-                                   f" val SRCC {r['val_srcc']:.3f}" if "val_srcc" in r else "")),
-                               state_dir=states / split.name)
+                               on_epoch=on_epoch, state_dir=states / split.name)
         if fitted.result.resumed_after is not None and progress:
             err.print(f"{split.name}: continued after saved epoch {fitted.result.resumed_after}")
         histories[split.name] = fitted.result.history
@@ -174,6 +195,63 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     return result
 
 
+# TCAB on the CPU, measured (BENCHMARKS.md, "TCAB on the CPU", 2026-12-05, 2 shared cores): an epoch of 16
+# videos took 62.6 s with TCAB on 224 px views, 23.5 s with TCAB off (2.7x); doctor quotes the same figure
+TCAB_CPU_FIGURE = "TCAB on 224 px views on the CPU: 62.6 s an epoch for 16 videos vs 23.5 s with TCAB off (BENCHMARKS.md)"
+CHEAPER = "--set pixel_size=64 (TCAB on 64 px views) or --set regressor.use_tcab=false"
+
+
+def format_plan(run_cfg: RunConfig, splits: list[Split], n_videos: int, device) -> str:
+    """The line fit prints before training: splits x epochs, videos, TCAB, device, the scale."""
+    t, r = run_cfg.training or run_cfg.fit.train, run_cfg.fit.regressor
+    px = run_cfg.fit.pixel_size or run_cfg.cache.pixel_size
+    low, high = run_cfg.score_scale
+    fix = "" if run_cfg.scale_source != "the observed range of the training labels" else \
+        "; pass --scale LOW HIGH for your scale's limits"
+    return (f"plan: {len(splits)} split(s) x {t.epochs} epochs over {n_videos} training videos "
+            f"({len(splits[0].train)} per split), TCAB {f'on ({px} px views)' if r.use_tcab else 'off'}, device "
+            f"{device}\nscale: MOS {low:g}-{high:g} ({run_cfg.scale_source}{fix})")
+
+
+class EpochClock:
+    """After the first epoch trained in this process: the estimate for the whole run (all splits), and the
+    cheaper settings when TCAB on the CPU is what costs."""
+
+    def __init__(self, n_splits: int, epochs: int, cfg: FitConfig, device, progress: bool, pixel_size: int):
+        self.n_splits, self.epochs, self.cfg, self.device, self.progress = n_splits, epochs, cfg, device, progress
+        self.pixel_size, self.line = pixel_size, None
+        self.split, self.t0, self.said = 0, None, False
+
+    def start(self, split_index: int) -> None:
+        self.split, self.t0 = split_index, time.perf_counter()
+
+    def epoch_done(self, row: dict) -> None:
+        if self.said or self.t0 is None:
+            return
+        self.said = True
+        seconds = time.perf_counter() - self.t0
+        done = int(row.get("epoch", 0)) + 1  # a resumed split continues after its saved epochs
+        left = (self.n_splits - self.split) * self.epochs - done  # epochs still to train
+        total = left * seconds
+        line = (f"first epoch: {_duration(seconds)}; the whole fit ({self.n_splits} split(s) x {self.epochs} epochs) "
+                f"needs about {_duration(total)} more")
+        tcab_cpu = self.cfg.regressor.use_tcab and getattr(self.device, "type", str(self.device)) == "cpu"
+        if tcab_cpu and self.pixel_size > 64:
+            line += (f"\nTCAB on {self.pixel_size} px views on the CPU costs most of this time ({TCAB_CPU_FIGURE}); "
+                     f"cheaper: {CHEAPER}")
+        if self.progress:
+            err.print(line)
+        self.line = line
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 # Settings that change how the features are held, never the numbers: a resumed run may change them.
 PLACEMENT = ("data", "memory_gb", "verify")
 
@@ -187,7 +265,8 @@ def check_resumable(out: Path, new: RunConfig) -> None:
     if a.get("training") is None:  # written before fine-tuning had settings of its own: it trained with fit.train
         a["training"] = a["fit"]["train"]
     for d in (a, b):
-        d.pop("data", None), d.pop("package_version", None)
+        d.pop("data", None), d.pop("package_version", None), d.pop("scale", None), d.pop("scale_source", None)
+        d.pop("train_mos", None)  # derived from the cache and the splits (compared); absent in older runs
         for name in PLACEMENT:
             d["fit"].pop(name, None)
     changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \

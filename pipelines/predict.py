@@ -19,37 +19,42 @@ from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import write_csv_atomic, write_json_atomic
 from diffvqa_cache.fitting import RunConfig
 from diffvqa_cache.progress import err
-from diffvqa_cache.scoring import (FRAME_COLUMNS, VIDEO_COLUMNS, Scale, Scorer, Scores, Spread, VideoScore,
-                                   expand_inputs)
+from diffvqa_cache.scoring import (FRAME_COLUMNS, VIDEO_COLUMNS, Reference, Scale, Scorer, Scores, Spread,
+                                   VideoScore, expand_inputs)
 
 FLUSH_SECONDS = 10.0
 SPREAD_NOTE = "range = min-max of the split models' scores (model disagreement, not a MOS confidence interval)"
 
 
-def describe_output(run: Path | str, scale: Scale, per_frame: bool, percentile: float) -> dict:
+def describe_output(run: Path | str, scale: Scale, per_frame: bool, percentile: float,
+                    reference: Reference | None = None) -> dict:
     """What the numbers of a results file mean (the top of its JSON form)."""
     return {"run": str(run), "scale": scale.describe(), "mos_low": scale.low, "mos_high": scale.high,
             "normalised_score": f"(score - {scale.low:g}) / ({scale.high:g} - {scale.low:g}), clipped to 0-1",
+            "percentile": reference and f"better than this share (%) of {reference.name}",
             "spread": SPREAD_NOTE, "per_frame": per_frame,
             "unfamiliar": f"novelty above the {percentile:g}th percentile of the training videos' own distances"}
 
 
 def to_json(results: Scores, run: Path | str, per_frame: bool) -> dict:
-    return {**describe_output(run, results.scale, per_frame, results.unfamiliar_percentile),
+    return {**describe_output(run, results.scale, per_frame, results.unfamiliar_percentile, results.reference),
             "videos": [r.to_dict(frames=per_frame) for r in results]}
 
 
 class ResultsFile:
     """A predict results file: CSV (one row per video, or per frame with `per_frame`) or JSON (nested)."""
 
-    def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float, labels=None):
+    def __init__(self, path: Path, run: Path, scale: Scale, per_frame: bool, percentile: float, labels=None,
+                 reference: Reference | None = None):
         self.path, self.run, self.per_frame, self.labels = Path(path), str(run), per_frame, labels
         self.scale, self.percentile = scale, percentile
         self.is_json = self.path.suffix.lower() == ".json"
-        self.header = describe_output(run, scale, per_frame, percentile)
+        self.header = describe_output(run, scale, per_frame, percentile, reference)
         plain = VIDEO_COLUMNS + ["scale", "run"] + (FRAME_COLUMNS if per_frame else [])
         self.columns = plain[:3] + ["mos"] + plain[3:]  # the labels' MOS (--labels) beside the score
-        self._accepted = (plain, self.columns)  # a file written without --labels is read and extended
+        older = [c for c in plain if c != "percentile"]  # written before the percentile column
+        # a file written without --labels (or before the percentile) is read and extended
+        self._accepted = (plain, self.columns, older, older[:3] + ["mos"] + older[3:])
         self.entries: dict[str, list] = {}  # path -> its rows (CSV dicts) or its JSON object, in file order
         self.scored: set[str] = set()  # paths with a score (not an error) in the file
         self.last_write = time.monotonic()
@@ -118,8 +123,9 @@ class ResultsFile:
             spread = Spread(num("spread_std"), num("spread_min"), num("spread_max"), int(num("models"))) \
                 if e.get("models") else None
             unfamiliar = {"True": True, "False": False}.get(e.get("unfamiliar"))
-        return VideoScore(e["video"], path, num("score"), num("normalised_score"), spread, num("novelty_percentile"),
-                          unfamiliar, error=e.get("error") or None, decoder=e.get("decoder") or None)
+        return VideoScore(e["video"], path, num("score"), num("normalised_score"), num("percentile"), spread,
+                          num("novelty_percentile"), unfamiliar, error=e.get("error") or None,
+                          decoder=e.get("decoder") or None)
 
     def write(self) -> None:
         entries = [e for group in self.entries.values() for e in group]
@@ -137,26 +143,33 @@ class ResultsFile:
 def run_predict(paths: list[Path], run: Path, model: str | None = None, controller: str | None = None,
                 device: str = "auto", batch_size: int = 8, output: Path | None = None, per_frame: bool = False,
                 plot_dir: Path | None = None, unfamiliar_percentile: float = 99.0, progress: bool = True,
-                scorer: Scorer | None = None, labels=None) -> Scores:
+                scorer: Scorer | None = None, labels=None, reference: Path | None = None) -> Scores:
     """Score every input video (files, folders) with the run; write `output` as it goes (with a `mos`
     column from `labels`, a datasets.LabelTable). Returns this invocation's results in input order (videos
-    already scored in `output` are skipped, not returned); its `earlier` holds those, as read from the file."""
+    already scored in `output` are skipped, not returned); its `earlier` holds those, as read from the file.
+    `reference`: rank the scores against this run or CSV of scores (default: the run's training MOS)."""
     run_cfg = RunConfig.read(run) if scorer is None else None  # a wrong --run or video path fails before the model loads
     files = expand_inputs(paths)
-    sink = None
+    sink, ranking = None, None
+    if run_cfg is not None:  # the percentile's reference, checked before the model loads
+        scale = Scale(run_cfg.cache.dataset, *run_cfg.score_scale)
+        ranking = Reference.load(reference, scale) if reference is not None else \
+            Reference.of_run(run) if run_cfg.train_mos else None
     if run_cfg is not None and output is not None and Path(output).is_file():  # a rerun: maybe nothing to do
-        scale = Scale(run_cfg.cache.dataset, *map(float, run_cfg.cache.mos_range))
         sink = ResultsFile(output, Path(run).expanduser().resolve(), scale, per_frame, float(unfamiliar_percentile),
-                           labels)
+                           labels, ranking)
     if sink is None or not all(str(p) in sink.scored for p in files):  # the model is needed
         scorer = scorer or Scorer(run, device, model=model, controller=controller, batch_size=batch_size,
-                                  unfamiliar_percentile=unfamiliar_percentile, progress=progress)
-        sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile, labels) \
+                                  unfamiliar_percentile=unfamiliar_percentile, progress=progress, reference=ranking)
+        ranking = scorer.ranking
+        sink = ResultsFile(output, scorer.run, scorer.scale, per_frame, scorer.unfamiliar_percentile, labels, ranking) \
             if output else None
     earlier = []
     if sink is not None and sink.scored:
         todo = [p for p in files if str(p) not in sink.scored]
         earlier = [sink.video_score(str(p)) for p in files if str(p) in sink.scored]
+        for e in earlier:  # ranked against this command's reference, whatever the file's run used
+            e.percentile = ranking.percentile(e.score) if ranking else None
         err.print(f"{len(files) - len(todo)} of {len(files)} videos already scored in {output}; "
                   + (f"scoring the other {len(todo)}" if todo else "nothing left to score (the table is read from it)"))
         files = todo
@@ -167,6 +180,7 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
             results = Scores()
             results.scale = sink.scale if sink else scorer.scale
             results.unfamiliar_percentile = sink.percentile if sink else scorer.unfamiliar_percentile
+        results.reference = ranking
     finally:
         if sink is not None:
             sink.write()
@@ -188,6 +202,7 @@ def shown(results: Scores) -> Scores:
     """What the table shows: the videos read from the results file first, then this run's."""
     out = Scores(list(getattr(results, "earlier", [])) + list(results))
     out.scale, out.unfamiliar_percentile = results.scale, results.unfamiliar_percentile
+    out.reference = results.reference
     return out
 
 
@@ -198,15 +213,16 @@ def format_table(results: Scores, labels=None) -> str:
     scale, percentile = results.scale, results.unfamiliar_percentile
     if not results:
         return "no videos scored in this run"
-    rows = [("video", "score", "range", "0-1", "novelty") + (("MOS",) if labels else ()) + ("",)]
+    rows = [("video", "score", "range", "0-1", "better than", "novelty") + (("MOS",) if labels else ()) + ("",)]
     for r in results:
         mos = () if labels is None else ("-" if (m := labels.match(r.path)) is None else f"{m:g}",)
         if r.error is not None:
-            rows.append((r.video, "failed", "", "", "") + mos + (r.error,))
+            rows.append((r.video, "failed", "", "", "", "") + mos + (r.error,))
             continue
         s = r.spread
         rows.append((r.video, f"{r.score:.3f}", f"{s.min:.2f}-{s.max:.2f}" if s.models > 1 else "-",
                      "-" if r.normalised is None else f"{r.normalised:.3f}",
+                     "-" if r.percentile is None else f"{r.percentile:.0f}%",
                      "-" if r.novelty is None else f"{r.novelty:.0f}%") + mos +
                     ("UNFAMILIAR" if r.unfamiliar else "",))
     n = len(rows[0]) - 1
@@ -214,6 +230,10 @@ def format_table(results: Scores, labels=None) -> str:
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))) + "  " + row[n]
              for row in rows]
     models = next((r.spread.models for r in results if r.spread), 0)
-    lines.append(f"score: {scale.describe()}; 0-1: normalised on that range; {SPREAD_NOTE.replace('split models', f'{models} split models')};"
+    ref = results.reference
+    lines.append(f"score: {scale.describe()}; 0-1: normalised on that range; better than: "
+                 + (f"the share of {ref.name} scored lower" if ref else "- (the run records no training MOS: refit it, "
+                    "or pass --reference RUN_OR_CSV)"))
+    lines.append(f"{SPREAD_NOTE.replace('split models', f'{models} split models')};"
                  f" novelty: percentile among the training videos' own distances, UNFAMILIAR above {percentile:g}")
     return "\n".join(line.rstrip() for line in lines)

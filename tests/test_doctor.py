@@ -227,3 +227,15 @@ def test_gpu_extra_is_installed_without_build_isolation(env, pyproject):
             assert any(dist_name(spec) in line for line in commands), f"{spec}: no --no-build-isolation install"
     pip = next(d["pip"] for d in env[0]["dependencies"] if isinstance(d, dict))
     assert not any("mamba" in p or "causal" in p for p in pip)  # conda's pip step cannot skip build isolation
+
+
+def test_doctor_says_what_stage_two_costs_on_the_cpu_with_the_measured_figure(no_gpu):
+    fix = by_name(run_json()[1])["gpu"]["fix"]
+    assert "fine on CPU" not in fix
+    assert "--set pixel_size=64" in fix and "--set regressor.use_tcab=false" in fix
+    on, off = re.search(r"([\d.]+) s an epoch for 16 videos vs ([\d.]+) s with TCAB off", fix).groups()
+    bench = (ROOT / "BENCHMARKS.md").read_text()
+    section = bench[bench.index("## TCAB on the CPU: compiled Mamba scan"):]
+    section = section[:section.index("\n## ")]
+    assert re.search(rf"\| TCAB on, after \(compiled scan\)\s*\|\s*{re.escape(on)}\s*\|", section)
+    assert re.search(rf"\| TCAB off\s*\|\s*{re.escape(off)}\s*\|", section)

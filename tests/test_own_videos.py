@@ -206,3 +206,42 @@ def test_a_label_file_without_recognisable_columns_says_which_to_name(tmp_path):
     text = str(exc.value)
     assert "has no video and MOS columns" in text and "found flickr_id, rating" in text and "--video-column" in text
     assert read_labels(tmp_path / "l.csv", "flickr_id", "rating").match("videos/1.mp4") == 3
+
+
+# ---------------------------------------------------------------- issue 23: scale, percentile, time you can plan
+
+def test_readme_walk_fit_prints_its_plan_scale_and_estimate(walk):
+    import re
+
+    home, results = walk
+    said = results["fit"][0].stderr
+    assert re.search(r"plan: 2 split\(s\) x 1 epochs over 1[45] training videos \(12 per split\), TCAB off, device cpu",
+                     said), said
+    assert "scale: MOS 1-5 (--scale)" in said
+    assert re.search(r"first epoch: \d+ s; the whole fit \(2 split\(s\) x 1 epochs\) needs about \d+ s more", said)
+    from diffvqa_cache.fitting import RunConfig
+
+    run = RunConfig.read(home / "runs" / "mine")
+    assert run.scale == (1.0, 5.0) and len(run.train_mos) in (14, 15)
+    out = results["predict"][0]
+    assert "score: MOS 1-5 of csv; 0-1: normalised on that range; better than: the share of the" in out.stdout
+    assert "training videos of run mine (csv) scored lower" in out.stdout
+    header = out.stdout.splitlines()[0]
+    assert "better than" in header and "0-1" in header
+    assert "features as the run's cache: 1 ddim step(s)" in out.stderr and "expect about" in out.stderr
+
+
+def test_fit_without_scale_says_it_uses_the_observed_range(walk, tmp_path, capsys):
+    from diffvqa_cache.fitting import FitConfig, RunConfig
+    from pipelines.fit import run_fit
+
+    home, _ = walk
+    cfg = FitConfig().with_overrides({"regressor.use_tcab": False, "train.epochs": 1, "splits": 1,
+                                      "train.batch_size": 4})
+    run_fit(home / "cache" / "csv", tmp_path / "run", cfg, progress=True)
+    run = RunConfig.read(tmp_path / "run")
+    low, high = min(run.train_mos), max(run.train_mos)
+    said = capsys.readouterr().err
+    assert run.scale == (run.cache.mos_range[0], run.cache.mos_range[1]) and run.scale[0] <= low <= high <= run.scale[1]
+    assert (f"scale: MOS {run.scale[0]:g}-{run.scale[1]:g} (the observed range of the training labels; pass --scale "
+            "LOW HIGH for your scale's limits)") in said

@@ -284,3 +284,52 @@ def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache,
     # the std arm needs a cache that has them; plain caches say how to get one
     with pytest.raises(UserInputError, match=r"--ms-pool mean\+std"):
         run_fit(plain.path, tmp_path / "nope", cfg, progress=False)
+
+
+# ---------------------------------------------------------------- issue 23: scale, time you can plan
+
+def test_known_datasets_have_their_scale_and_a_bad_scale_is_refused():
+    from diffvqa_cache.fitting import choose_scale
+
+    observed = (1.37, 4.64)
+    assert choose_scale("kvd", np.zeros(0), observed) == ((1.0, 5.0), "KoNViD-1k's scale")
+    assert choose_scale("lsvq", np.zeros(0), observed) == ((0.0, 100.0), "LSVQ's scale")
+    assert choose_scale("csv", np.zeros(0), observed) == (observed, "the observed range of the training labels")
+    assert choose_scale("csv", np.zeros(0), observed, (1, 5)) == ((1.0, 5.0), "--scale")
+    with pytest.raises(UserInputError, match="--scale 5 1: LOW must be below HIGH"):
+        choose_scale("csv", np.zeros(0), observed, (5, 1))
+
+
+@pytest.mark.parametrize("changes, hint", [({}, True), ({"pixel_size": 64}, False),
+                                           ({"regressor.use_tcab": False}, False)])
+def test_the_first_epoch_gives_an_estimate_for_the_whole_run(monkeypatch, changes, hint):
+    import torch
+
+    import pipelines.fit as fit
+
+    clock_times = iter([100.0, 160.0])  # the first epoch of split 1 of 10 takes 60 s
+    monkeypatch.setattr(fit.time, "perf_counter", lambda: next(clock_times))
+    cfg = FitConfig().with_overrides(changes)
+    clock = fit.EpochClock(10, 30, cfg, torch.device("cpu"), False, cfg.pixel_size or 224)
+    clock.start(0)
+    clock.epoch_done({"loss": 1.0})
+    clock.epoch_done({"loss": 1.0})  # said once
+    assert clock.line.startswith("first epoch: 60 s; the whole fit (10 split(s) x 30 epochs) needs about 5.0 h more")
+    assert ("cheaper: --set pixel_size=64 (TCAB on 64 px views) or --set regressor.use_tcab=false" in clock.line) == hint
+
+
+def test_cli_fit_scale_is_recorded(sample_cache, fast_fit, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    res = CliRunner().invoke(cli.app, ["fit", "--cache", str(sample_cache(limit=16).cache_dir), "--out",
+                                       str(tmp_path / "run"), "--scale", "0", "10", "--splits", "1", "--epochs", "1",
+                                       "--set", "regressor.use_tcab=false", "--set", "train.batch_size=8"])
+    assert res.exit_code == 0, res.output
+    assert "scale: MOS 0-10 (--scale)" in res.stderr
+    assert RunConfig.read(tmp_path / "run").scale == (0.0, 10.0)
+    res = CliRunner().invoke(cli.app, ["fit", "--cache", str(sample_cache(limit=16).cache_dir), "--out",
+                                       str(tmp_path / "run2"), "--scale", "5", "1"])
+    assert res.exit_code == 2 and "--scale 5 1: LOW must be below HIGH (e.g. --scale 1 5)" in res.output
+    assert not (tmp_path / "run2").exists()

@@ -232,3 +232,115 @@ def test_a_finished_rerun_shows_the_table_from_the_results_file(run_dir, scorer,
         assert list(again) == []  # nothing scored twice
         table = format_table(again)
         assert "no videos scored" not in table and table == format_table(first)
+
+
+# ---------------------------------------------------------------- issue 23: the scale and what a score means
+
+def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+    from diffvqa_cache import Scorer
+    from diffvqa_cache.fitting import RunConfig
+
+    assert RunConfig.read(run_dir).scale == (1.0, 5.0)  # the sample's known scale, recorded
+    assert RunConfig.read(run_dir).scale_source == "the sample's scale"
+
+    def on_0_to_10(config):
+        config["scale"], config["scale_source"] = [0.0, 10.0], "--scale"
+
+    run = _run_with_config(run_dir, tmp_path / "run10", on_0_to_10)
+    result = Scorer(run, device="cpu").score(_videos(sample_root, 3))[0]
+    assert result.normalised == pytest.approx(result.score / 10)  # not (score - 1) / 4: the cache's range
+    out = tmp_path / "s.csv"
+    res = CliRunner().invoke(cli.app, ["predict", str(_videos(sample_root, 3)[0]), "--run", str(run), "-o", str(out),
+                                       "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "score: MOS 0-10 of sample; 0-1: normalised on that range" in res.stdout
+    assert f"{result.score / 10:.3f}" in res.stdout
+    row = out.read_text().splitlines()[1]
+    assert "MOS 0-10 of sample" in row
+
+
+def test_each_score_is_ranked_among_the_training_videos(run_dir, scorer, sample_root):
+    from diffvqa_cache.fitting import RunConfig
+    from pipelines.predict import format_table
+
+    train_mos = RunConfig.read(run_dir).train_mos
+    trained = {k for s in json.loads((run_dir / "splits.json").read_text()) for k in s["train"]}
+    n = len(trained)  # the videos some split model trained on
+    assert n >= 13 and len(train_mos) == n and train_mos == sorted(train_mos)
+    results = scorer.score(_videos(sample_root, 2, 9))
+    for r in results:
+        below = sum(m < r.score for m in train_mos) + 0.5 * sum(m == r.score for m in train_mos)
+        assert r.percentile == pytest.approx(100 * below / n)
+        assert r.row()["percentile"] == r.percentile and r.to_dict()["percentile"] == r.percentile
+    assert "percentile" in results.to_pandas().columns
+    table = format_table(results)
+    assert "better than" in table.splitlines()[0] and f"{results[0].percentile:.0f}%" in table.splitlines()[1]
+    assert f"better than: the share of the {n} training videos of run {run_dir.name} (sample) scored lower" in table
+
+
+def test_predict_reference_ranks_against_another_collection(run_dir, scorer, sample_root, tmp_path):
+    from typer.testing import CliRunner
+
+    import cli
+
+    video = _videos(sample_root, 2)[0]
+    score = scorer.score([video])[0].score
+    ref = tmp_path / "earlier.csv"  # an earlier predict output: its `score` column; 3 of 4 below this score
+    ref.write_text("video,score,error\na,%f,\nb,%f,\nc,%f,\nd,%f,\ne,,broken\n" % (score - 1, score - 2, score - 0.5,
+                                                                                     score + 1))
+    out = tmp_path / "ranked.json"
+    res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(ref),
+                                       "-o", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "75%" in res.stdout.splitlines()[1]
+    assert "better than: the share of the 4 videos of earlier.csv (score) scored lower" in res.stdout
+    written = json.loads(out.read_text())
+    assert written["videos"][0]["percentile"] == 75.0 and "earlier.csv" in written["percentile"]
+    # the run itself as the reference: the same numbers as the default
+    res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(run_dir),
+                                       "--json", "--device", "cpu"])
+    assert json.loads(res.stdout)["videos"][0]["percentile"] == scorer.score([video])[0].percentile
+    other = _run_with_config(run_dir, tmp_path / "other", lambda c: c.update(scale=[0.0, 100.0]))
+    res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(other)])
+    assert res.exit_code == 2 and "its MOS scale 0-100 is not this run's 1-5" in res.output
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,quality\na,1\n")
+    res = CliRunner().invoke(cli.app, ["predict", str(video), "--run", str(run_dir), "--reference", str(bad)])
+    assert res.exit_code == 2 and "no score, mos or pred column (columns: name, quality)" in res.output
+    assert len(res.output.strip().splitlines()) == 1
+
+
+def test_predict_says_which_extraction_settings_it_reuses(run_dir, sample_root):
+    from typer.testing import CliRunner
+
+    import cli
+
+    res = CliRunner().invoke(cli.app, ["predict", str(_videos(sample_root, 2)[0]), "--run", str(run_dir),
+                                       "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    said = res.stderr
+    assert "features as the run's cache: 1 ddim step(s) (strength 0.5: 1 UNet call(s) a view), 2 frames x 3 views " \
+           "(1 + 2 crops), model tiny, on cpu; expect about" in said
+    rate = float(said.split("expect about ")[1].split(" videos/s")[0])
+    assert rate == pytest.approx(0.204 * 80 / 6, rel=0.05)
+
+
+def test_a_results_file_written_before_the_percentile_is_read_and_extended(run_dir, scorer, sample_root, tmp_path):
+    import csv
+
+    out = tmp_path / "old.csv"
+    video = _videos(sample_root, 4)[0]
+    first = run_predict([video], run_dir, output=out, progress=False, scorer=scorer)
+    with open(out, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = [c for c in rows[0] if c != "percentile"]
+    with open(out, "w", newline="") as fh:  # as the previous version wrote it
+        w = csv.DictWriter(fh, columns, extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    again = run_predict([video], run_dir, output=out, progress=False)
+    assert len(again) == 0 and again.earlier[0].percentile == first[0].percentile
+    assert "percentile" in out.read_text().splitlines()[0]
