@@ -68,7 +68,8 @@ def test_label_names_match_with_or_without_extension_and_folders(tmp_path):
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY = {"SD": "--model tiny --strength 0.5 --steps 1 --timestep-spacing trailing --frames 2 --crops 1 --grid 4 "
               "--pixel-size 32 --shard-size 4 --decode-workers 1 --device cpu",
-        "FIT": "--splits 2 --epochs 1 --device cpu --set regressor.use_tcab=false --set train.batch_size=4"}
+        "FIT": "--splits 2 --epochs 1 --device cpu --set regressor.use_tcab=false --set train.batch_size=4 "
+               "--set test_fraction=0.25"}  # 12 clips: 3 test videos per split, as the README says
 
 
 def readme_commands(**values) -> list[list[str]]:
@@ -95,7 +96,7 @@ def readme_commands(**values) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def walk(tmp_path_factory, sample_root):
-    """A user's folder of 15 clips (from the sample) with `filename,score` in scores.csv, and the README's
+    """A user's folder of 12 clips (from the sample) with `filename,score` in scores.csv, and the README's
     commands run in its parent folder: {command name: CliRunner result}, plus the folder."""
     import csv
     import os
@@ -108,7 +109,7 @@ def walk(tmp_path_factory, sample_root):
     clips = home / "my_clips"
     clips.mkdir()
     with open(sample_root / "labels.csv", newline="") as fh:
-        sample = list(csv.DictReader(fh))[:15]
+        sample = list(csv.DictReader(fh))[:12]
     lines = ["filename,score"]
     for i, row in enumerate(sample, start=1):
         shutil.copy(sample_root / row["video"], clips / f"clip{i:02d}.mp4")
@@ -134,7 +135,7 @@ def test_readme_walk_extract_says_which_labels_it_read(walk):
     home, results = walk
     said = results["extract"][0].stderr
     assert f"labels: {home / 'my_clips' / 'scores.csv'} (video column 'filename', MOS column 'score')" in said
-    assert "over 15 videos" in said
+    assert "over 12 videos" in said
 
 
 def test_predict_checks_scores_against_the_labels(walk):
@@ -143,7 +144,7 @@ def test_predict_checks_scores_against_the_labels(walk):
     home, results = walk
     out = results["predict"][0].stdout
     assert "MOS" in out.splitlines()[0] and "clip01" in out
-    assert "checked against" in out and "15 videos matched" in out
+    assert "checked against" in out and "12 videos matched" in out
     for key in ("SRCC=", "PLCC=", "KRCC=", "RMSE="):
         assert key in out
     table = pd.read_csv(home / "my_scores.csv")
@@ -172,7 +173,7 @@ def test_a_finished_predict_rerun_prints_the_table_from_the_file(walk):
     rerun, first = results["rerun"], results["predict"][0]
     assert rerun.exit_code == 0, rerun.output
     assert "no videos scored" not in rerun.stdout and "0/0" not in rerun.output
-    assert "15 of 15 videos already scored" in rerun.stderr and "15 read from my_scores.csv" in rerun.stderr
+    assert "12 of 12 videos already scored" in rerun.stderr and "12 read from my_scores.csv" in rerun.stderr
     assert rerun.stdout == first.stdout  # the same table and check, read back from my_scores.csv
     assert "--model tiny" in first.stderr and "--model tiny" not in rerun.stderr  # no model loaded for it
 
@@ -215,14 +216,15 @@ def test_readme_walk_fit_prints_its_plan_scale_and_estimate(walk):
 
     home, results = walk
     said = results["fit"][0].stderr
-    assert re.search(r"plan: 2 split\(s\) x 1 epochs over 1[45] training videos \(12 per split\), TCAB off, device cpu",
-                     said), said
+    plan = re.search(r"plan: 2 split\(s\) x 1 epochs over (\d+) training videos \(9 per split\), TCAB off, device cpu",
+                     said)
+    assert plan, said
     assert "scale: MOS 1-5 (--scale)" in said
     assert re.search(r"first epoch: \d+ s; the whole fit \(2 split\(s\) x 1 epochs\) needs about \d+ s more", said)
     from diffvqa_cache.fitting import RunConfig
 
     run = RunConfig.read(home / "runs" / "mine")
-    assert run.scale == (1.0, 5.0) and len(run.train_mos) in (14, 15)
+    assert run.scale == (1.0, 5.0) and len(run.train_mos) == int(plan.group(1))  # every video some model trained on
     out = results["predict"][0]
     assert "score: MOS 1-5 of csv; 0-1: normalised on that range; better than: the share of the" in out.stdout
     assert "training videos of run mine (csv) scored lower" in out.stdout
@@ -237,7 +239,7 @@ def test_fit_without_scale_says_it_uses_the_observed_range(walk, tmp_path, capsy
 
     home, _ = walk
     cfg = FitConfig().with_overrides({"regressor.use_tcab": False, "train.epochs": 1, "splits": 1,
-                                      "train.batch_size": 4})
+                                      "train.batch_size": 4, "test_fraction": 0.25})
     run_fit(home / "cache" / "csv", tmp_path / "run", cfg, progress=True)
     run = RunConfig.read(tmp_path / "run")
     low, high = min(run.train_mos), max(run.train_mos)
