@@ -4,7 +4,7 @@
 on first use, so `import diffvqa_cache` stays cheap (no torch).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 _LAZY = {"Scorer": "scoring", "VideoScore": "scoring", "FrameScore": "scoring", "Spread": "scoring",
          "Scores": "scoring"}
