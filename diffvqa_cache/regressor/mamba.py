@@ -118,6 +118,38 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return out if bias is None else out + bias[:, None]
 
 
+class _CausalConvSilu(torch.autograd.Function):
+    """silu(causal_depthwise_conv1d(x, weight, bias)) keeping only x for backward (the conv is recomputed
+    there): two fewer (B, d_inner, L) tensors saved per layer than the plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return F.silu(causal_depthwise_conv1d(x, weight, bias))
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        k, length = weight.shape[-1], x.shape[-1]
+        pre = causal_depthwise_conv1d(x, weight, bias)
+        sig = torch.sigmoid(pre)
+        dpre = pre.mul_(1 - sig).add_(1).mul_(sig).mul_(dout)  # silu'(pre) * dout, in pre's memory
+        del sig
+        padded = F.pad(x, (k - 1, 0))
+        dweight = torch.stack([(dpre * padded[..., j:j + length]).sum((0, 2)) for j in range(k)], dim=1)
+        dpre_padded = F.pad(dpre, (0, k - 1))
+        dx = weight[:, 0, k - 1, None] * dpre
+        for j in range(k - 1):
+            dx += weight[:, 0, j, None] * dpre_padded[..., k - 1 - j:k - 1 - j + length]
+        dbias = dpre.sum((0, 2)) if bias is not None else None
+        return dx, dweight.unsqueeze(1), dbias
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.silu(causal_depthwise_conv1d(x, weight, bias))`, saving only x for backward."""
+    return _CausalConvSilu.apply(x, weight, bias)
+
+
 SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
 SCAN_CHOICES = ("auto", "compiled", "torch")
 
@@ -188,7 +220,7 @@ class Mamba(nn.Module):
         if x.is_cuda:
             x = F.silu(self.conv1d(x)[..., :length])
         else:
-            x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
+            x = causal_conv_silu(x, self.conv1d.weight, self.conv1d.bias)
         # 3. input-dependent dt (without bias: the scan adds it), B, C
         dt, B, C = torch.split(torch.matmul(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state], dim=1)
         dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L)

@@ -236,6 +236,27 @@ def test_cpu_causal_conv_equals_the_conv1d_layer(k):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fused_causal_conv_silu_equals_the_conv1d_layer_and_keeps_only_its_input(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=k, groups=6, padding=k - 1, bias=True).double()
+    x = torch.randn(2, 6, 17, dtype=torch.float64, requires_grad=True)
+    y_ref = torch.nn.functional.silu(conv(x)[..., :17])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = mamba_mod.causal_conv_silu(x, conv.weight, conv.bias)
+    assert [t.data_ptr() for t in saved if t.dim() == 3 and t.shape[0] == 2] == [x.data_ptr()]
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), [x, conv.weight, conv.bias])
+    g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
+    for name, a, b in zip(["x", "weight", "bias"], g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=f"gradient wrt {name}")
+    assert torch.autograd.gradcheck(mamba_mod.causal_conv_silu, (x[:1, :2, :7].detach().requires_grad_(True),
+                                                                 conv.weight[:2].detach().requires_grad_(True),
+                                                                 conv.bias[:2].detach().requires_grad_(True)))
+
+
 def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
     # Mamba.forward on the CPU with gradients = a checkpoint of _forward: same output and gradients
     torch.manual_seed(0)
