@@ -171,15 +171,19 @@ def main() -> None:
     t_fit = table(["fit", "epoch s (median)", "epoch / TCAB-off epoch", "run_fit s", "peak RSS GB",
                    "peak RSS / TCAB-off", "load average after"], fit_rows)
     print(t_scan, "", t_fit, sep="\n")
-    body = (f"Scan: one selective scan at TCAB's 224 px shapes (batch {args.scan_batch}, d_inner 192, d_state 16, "
-            f"L = 1568), float32, torch threads {args.threads}.\n\n{t_scan}\n\n"
-            f"Fits: synthetic SD-size cache of {args.videos} videos x {args.frames} frames (S + D, grid 8, SD "
+    scan_text = (f"Scan: one selective scan at TCAB's 224 px shapes (batch {args.scan_batch}, d_inner 192, d_state "
+                 f"16, L = 1568), float32, torch threads {args.threads}.\n\n{t_scan}\n\n" if scan_rows else "")
+    baseline = (f" Baseline tree: {args.baseline_tree} (its rows' ratios are against its own TCAB-off fit)."
+                if args.baseline_tree else "")
+    body = (scan_text + f"Fits: synthetic SD-size cache of {args.videos} videos x {args.frames} frames (S + D, grid 8, SD "
             f"channels, latent 4x64x64, pixels 224), `run_fit` with the fit defaults (TCAB at the cache's 224 px: "
             f"196 tokens a frame) except {args.splits} split(s) x {args.epochs} epochs, each fit in its own "
             f"process, torch threads {args.threads}, {args.repeats} alternating round(s). Goals: epoch ratio "
-            f"<= 3, peak RSS ratio <= 2. Load average at the start: {load_start}.\n\n{t_fit}")
+            f"<= 3, peak RSS ratio <= 2.{baseline} Load average at the start: {load_start}.\n\n{t_fit}")
     if not args.no_append:
-        append_section("TCAB on the CPU: compiled Mamba scan vs the pure-PyTorch scan", body, info)
+        title = ("TCAB on the CPU: this checkout vs a baseline checkout" if args.baseline_tree
+                 else "TCAB on the CPU: compiled Mamba scan vs the pure-PyTorch scan")
+        append_section(title, body, info)
 
 
 if __name__ == "__main__":
