@@ -52,6 +52,7 @@ _SOURCE = r"""
    dD, dbias: (batch * d_inner) per work item. Work items i in [start, end) are (b, d) = (i / d_inner, i % d_inner).
    delta = softplus(dtr + bias) (torch's threshold 20) when sp, else dtr + bias;
    y = (C . h + Dv u) * silu(z). */
+#define W 16
 #define DEFINE(T, SUF, EXP, LOG1P)                                                                       \
 static inline T delta_of_##SUF(T raw, int sp, T* slope) {                                               \
   if (!sp) { *slope = 1; return raw; }                                                                   \
@@ -61,30 +62,52 @@ static inline T delta_of_##SUF(T raw, int sp, T* slope) {                       
   return LOG1P(e);                                                                                       \
 }                                                                                                        \
                                                                                                          \
+/* forward: work items are (b, block of W channels), the W channels in SIMD lanes (no horizontal sums) */ \
 void scan_fwd_##SUF(const T* restrict u, const T* restrict dtr, const T* restrict A,                     \
                     const T* restrict Bt, const T* restrict Ct, const T* restrict bias,                  \
                     const T* restrict Dv, const T* restrict z, T* restrict y, int64_t sp,                \
                     int64_t D, int64_t L, int64_t N, int64_t start, int64_t end) {                       \
-  T* h = (T*)malloc(sizeof(T) * 2 * N);                                                                  \
-  T* a = h + N;                                                                                          \
+  const int64_t blocks = (D + W - 1) / W;                                                                \
+  T* buf = (T*)malloc(sizeof(T) * (3 * L * W + 2 * N * W));                                              \
+  T* us = buf; T* ds = us + L * W; T* zs = ds + L * W; T* h = zs + L * W; T* Ab = h + N * W;             \
   for (int64_t i = start; i < end; ++i) {                                                                \
-    const int64_t b = i / D, d = i % D;                                                                  \
-    const T* up = u + i * L; const T* dp = dtr + i * L; const T* Ap = A + d * N;                         \
-    const T* Bp = Bt + b * L * N; const T* Cp = Ct + b * L * N; T* yp = y + i * L;                       \
-    const T bd = bias ? bias[d] : (T)0, Dd = Dv ? Dv[d] : (T)0;                                          \
-    memset(h, 0, sizeof(T) * N);                                                                         \
+    const int64_t b = i / blocks, d0 = (i % blocks) * W, cw = D - d0 < W ? D - d0 : W;                   \
+    T bd[W], Dd[W];                                                                                      \
+    for (int64_t c = 0; c < W; ++c) {                                                                    \
+      bd[c] = c < cw && bias ? bias[d0 + c] : (T)0; Dd[c] = c < cw && Dv ? Dv[d0 + c] : (T)0;            \
+      for (int64_t n = 0; n < N; ++n) Ab[n * W + c] = c < cw ? A[(d0 + c) * N + n] : (T)0;              \
+    }                                                                                                    \
+    /* this block's channels, time-major (L x W), the lanes past the last channel zero */               \
+    memset(buf, 0, sizeof(T) * 3 * L * W);                                                               \
+    for (int64_t c = 0; c < cw; ++c) {                                                                   \
+      const int64_t row = (b * D + d0 + c) * L;                                                          \
+      for (int64_t t = 0; t < L; ++t) {                                                                  \
+        us[t * W + c] = u[row + t]; ds[t * W + c] = dtr[row + t]; if (z) zs[t * W + c] = z[row + t];     \
+      }                                                                                                  \
+    }                                                                                                    \
+    memset(h, 0, sizeof(T) * N * W);                                                                     \
+    const T* Bp = Bt + b * L * N; const T* Cp = Ct + b * L * N;                                          \
     for (int64_t t = 0; t < L; ++t) {                                                                    \
-      T slope; const T dl = delta_of_##SUF(dp[t] + bd, (int)sp, &slope), du = dl * up[t];                \
-      const T* Bq = Bp + t * N; const T* Cq = Cp + t * N;                                                \
-      for (int64_t n = 0; n < N; ++n) a[n] = EXP(dl * Ap[n]);                                            \
-      T acc = 0;                                                                                         \
-      for (int64_t n = 0; n < N; ++n) { h[n] = a[n] * h[n] + du * Bq[n]; acc += Cq[n] * h[n]; }          \
-      acc += Dd * up[t];                                                                                 \
-      if (z) { const T zt = z[i * L + t]; acc *= zt / ((T)1 + EXP(-zt)); }                               \
-      yp[t] = acc;                                                                                       \
+      T dl[W], du[W], acc[W];                                                                            \
+      for (int64_t c = 0; c < W; ++c) {                                                                  \
+        const T raw = ds[t * W + c] + bd[c];                                                             \
+        dl[c] = !sp || raw > (T)20 ? raw : LOG1P(EXP(raw));                                              \
+        du[c] = dl[c] * us[t * W + c]; acc[c] = Dd[c] * us[t * W + c];                                   \
+      }                                                                                                  \
+      for (int64_t n = 0; n < N; ++n) {                                                                  \
+        const T Bn = Bp[t * N + n], Cn = Cp[t * N + n];                                                  \
+        T* hn = h + n * W; const T* An = Ab + n * W;                                                     \
+        for (int64_t c = 0; c < W; ++c) { hn[c] = EXP(dl[c] * An[c]) * hn[c] + du[c] * Bn; acc[c] += Cn * hn[c]; } \
+      }                                                                                                  \
+      if (z) for (int64_t c = 0; c < W; ++c) { const T zt = zs[t * W + c]; acc[c] *= zt / ((T)1 + EXP(-zt)); } \
+      for (int64_t c = 0; c < W; ++c) us[t * W + c] = acc[c];  /* y, time-major, in u's scratch */      \
+    }                                                                                                    \
+    for (int64_t c = 0; c < cw; ++c) {                                                                   \
+      T* yp = y + (b * D + d0 + c) * L;                                                                  \
+      for (int64_t t = 0; t < L; ++t) yp[t] = us[t * W + c];                                             \
     }                                                                                                    \
   }                                                                                                      \
-  free(h);                                                                                               \
+  free(buf);                                                                                             \
 }                                                                                                        \
                                                                                                          \
 void scan_bwd_##SUF(const T* restrict u, const T* restrict dtr, const T* restrict A,                     \
@@ -160,6 +183,7 @@ DEFINE(double, f64, exp, log1p)
 # crtfastmath.o (which would flush denormals to zero for the whole process) out of the library.
 _COMPILE_FLAGS = ["-O3", "-ffast-math", "-march=native", "-fPIC", "-std=c99"]
 _ENV = "DIFFVQA_KERNEL_CACHE"
+_LANES = 16  # W in the source: channels per forward work item
 
 
 def _cpu_tag() -> str:
@@ -280,7 +304,7 @@ class _CompiledScan(torch.autograd.Function):
         n = A.shape[1]
         y = torch.empty_like(u)
         fn = lib.scan_fwd_f32 if u.dtype == torch.float32 else lib.scan_fwd_f64
-        _run_split(fn, batch * d_inner,
+        _run_split(fn, batch * -(-d_inner // _LANES),
                    lambda p: (_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(delta_bias), _ptr(D), _ptr(z),
                               _ptr(y), int(softplus), d_inner, length, n))
         ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
