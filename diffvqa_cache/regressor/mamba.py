@@ -9,7 +9,8 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
   10-20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
   Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
   recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
-  scan without them. The projections and the causal depthwise conv are plain torch ops.
+  scan without them. The projections are plain torch ops; on the CPU the causal depthwise conv + SiLU is one
+  autograd function that keeps only its input (torch's depthwise conv1d backward is slow there).
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
