@@ -9,6 +9,7 @@ per video. Runs alternate extract / predict so that load changes hit both; media
 
     python benchmarks/predict_speed.py                   # 24 sample clips, 10 steps, 3 repeats
     python benchmarks/predict_speed.py --videos 48 --steps 20 --repeats 5
+    python benchmarks/predict_speed.py --videos 16 --run RUN      # reuse a run fitted on those clips
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ def main() -> None:
     ap.add_argument("--shard-size", type=int, default=8)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--run", help="score with this existing run (fitted on these clips' cache with the fit "
+                                   "defaults) instead of fitting one first")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
 
@@ -57,8 +60,9 @@ def main() -> None:
     try:
         # untimed: imports, the run (fit defaults, 2 epochs), one predict to warm the scoring path
         cache = run_extract(data, cfg, work / "cache", progress=False).cache_dir
-        run = work / "run"
-        run_fit(cache, run, FitConfig().with_overrides({"train.epochs": 2}), progress=False)
+        run = Path(args.run) if args.run else work / "run"
+        if not args.run:
+            run_fit(cache, run, FitConfig().with_overrides({"train.epochs": 2}), progress=False)
         n_models = len(list((run / "models").glob("*.safetensors")))
         run_predict(paths[:2], run, device="cpu", batch_size=args.batch_size, progress=False)
         ext, pred, regress = [], [], []
@@ -110,7 +114,8 @@ def main() -> None:
     body = (f"Tiny model, the first {n} sample clips (160x120), {args.frames} frames, {args.crops} crop(s), "
             f"{args.steps} DDIM steps, strength 0.5, batch {args.batch_size} views, groups (shards) of "
             f"{args.shard_size} videos, 2 decode threads, torch threads {threads}, {args.repeats} alternating "
-            f"runs; the run has {n_models} split models (fit defaults, TCAB on, 2 epochs). Each timed call includes "
+            f"runs; the run has {n_models} split models (fit defaults, TCAB on, 2 epochs"
+            f"{'; an existing run, ' + args.run if args.run else ''}). Each timed call includes "
             f"building its model.\n\n" + text + "\n\n" + summary)
     if not args.no_append:
         append_section("Scoring many videos: predict vs extract (tiny model, CPU)", body, info)

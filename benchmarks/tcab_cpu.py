@@ -11,6 +11,7 @@
 
     python benchmarks/tcab_cpu.py                                   # 32 videos, 1 split, 2 epochs
     python benchmarks/tcab_cpu.py --videos 96 --repeats 2 --threads 1
+    python benchmarks/tcab_cpu.py --baseline-tree /tmp/old --no-torch-scan   # vs an older checkout, same run
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def child(args) -> None:
     from diffvqa_cache.fitting import FitConfig
     from pipelines.fit import run_fit
 
-    use_tcab, _ = CONFIGS[args.child]
+    use_tcab = not args.child.startswith("TCAB off")
     cfg = FitConfig().with_overrides({"splits": args.splits, "train.epochs": args.epochs, "train.device": "cpu",
                                       "regressor.use_tcab": use_tcab})
     out = Path(args.run_dir)
@@ -108,8 +109,11 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=1, help="rounds of the three fits (alternating)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--scan-batch", type=int, default=4, help="batch of the scan timing (0: skip it)")
+    ap.add_argument("--baseline-tree", help="also fit TCAB off / on (compiled) with the code of this checkout "
+                                            "(e.g. `git archive REV | tar -x -C DIR`): before/after in one run")
+    ap.add_argument("--no-torch-scan", action="store_true", help="skip the (slow) pure-PyTorch scan fit")
     ap.add_argument("--no-append", action="store_true")
-    ap.add_argument("--child", choices=list(CONFIGS), help=argparse.SUPPRESS)
+    ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--cache-dir", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -123,18 +127,24 @@ def main() -> None:
     from diffvqa_cache.synthetic import write_synthetic_cache
 
     work = Path(tempfile.mkdtemp(prefix="tcab-cpu-"))
-    results = {name: [] for name in CONFIGS}
+    here = str(Path(__file__).resolve().parent.parent)
+    configs = {name: (scan, here, name) for name, (_, scan) in CONFIGS.items()
+               if not (args.no_torch_scan and scan == "torch")}
+    if args.baseline_tree:
+        base = str(Path(args.baseline_tree).resolve())
+        configs = {"TCAB off (baseline tree)": ("auto", base, "TCAB off"),
+                   "TCAB on, compiled (baseline tree)": ("compiled", base, "TCAB on, after (compiled scan)"), **configs}
+    results = {name: [] for name in configs}
     try:
         made = write_synthetic_cache(work / "cache", args.videos, frames=args.frames, pixel_size=224)
         for r in range(args.repeats):
-            for name, (_, scan) in CONFIGS.items():
+            for name, (scan, tree, child_name) in configs.items():
                 run_dir = work / f"run-{r}-{len(results[name])}-{scan}"
-                cmd = [sys.executable, __file__, "--child", name, "--cache-dir", str(made.cache_dir), "--run-dir",
-                       str(run_dir), "--splits", str(args.splits), "--epochs", str(args.epochs), "--threads",
+                cmd = [sys.executable, str(Path(tree) / "benchmarks" / "tcab_cpu.py"), "--child", child_name,
+                       "--cache-dir", str(made.cache_dir), "--run-dir", str(run_dir), "--splits", str(args.splits), "--epochs", str(args.epochs), "--threads",
                        str(args.threads)]
                 env = {**os.environ, "DIFFVQA_MAMBA_SCAN": scan,
-                       "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parent.parent),
-                                                      os.environ.get("PYTHONPATH", "")])}
+                       "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode or not line:
@@ -151,23 +161,29 @@ def main() -> None:
         vals = [statistics.median(r["epochs"]) if key == "epoch" else r[key] for r in results[name]]
         return statistics.median(vals)
 
-    off = "TCAB off"
-    fit_rows = [[name, med(name, "epoch"), med(name, "epoch") / med(off, "epoch"), med(name, "fit"),
-                 med(name, "rss_mb") / 1e3, med(name, "rss_mb") / med(off, "rss_mb"),
-                 " / ".join(r["load"] for r in results[name])] for name in CONFIGS]
+    def off(name):  # ratios against this tree's TCAB-off fit; the baseline tree's rows against its own
+        return "TCAB off (baseline tree)" if "baseline" in name else "TCAB off"
+
+    fit_rows = [[name, med(name, "epoch"), med(name, "epoch") / med(off(name), "epoch"), med(name, "fit"),
+                 med(name, "rss_mb") / 1e3, med(name, "rss_mb") / med(off(name), "rss_mb"),
+                 " / ".join(r["load"] for r in results[name])] for name in configs]
     t_scan = table(["work", "scan", "seconds (median of 3)", "speed-up"], scan_rows) if scan_rows else ""
     t_fit = table(["fit", "epoch s (median)", "epoch / TCAB-off epoch", "run_fit s", "peak RSS GB",
                    "peak RSS / TCAB-off", "load average after"], fit_rows)
     print(t_scan, "", t_fit, sep="\n")
-    body = (f"Scan: one selective scan at TCAB's 224 px shapes (batch {args.scan_batch}, d_inner 192, d_state 16, "
-            f"L = 1568), float32, torch threads {args.threads}.\n\n{t_scan}\n\n"
-            f"Fits: synthetic SD-size cache of {args.videos} videos x {args.frames} frames (S + D, grid 8, SD "
+    scan_text = (f"Scan: one selective scan at TCAB's 224 px shapes (batch {args.scan_batch}, d_inner 192, d_state "
+                 f"16, L = 1568), float32, torch threads {args.threads}.\n\n{t_scan}\n\n" if scan_rows else "")
+    baseline = (f" Baseline tree: {args.baseline_tree} (its rows' ratios are against its own TCAB-off fit)."
+                if args.baseline_tree else "")
+    body = (scan_text + f"Fits: synthetic SD-size cache of {args.videos} videos x {args.frames} frames (S + D, grid 8, SD "
             f"channels, latent 4x64x64, pixels 224), `run_fit` with the fit defaults (TCAB at the cache's 224 px: "
             f"196 tokens a frame) except {args.splits} split(s) x {args.epochs} epochs, each fit in its own "
             f"process, torch threads {args.threads}, {args.repeats} alternating round(s). Goals: epoch ratio "
-            f"<= 3, peak RSS ratio <= 2. Load average at the start: {load_start}.\n\n{t_fit}")
+            f"<= 3, peak RSS ratio <= 2.{baseline} Load average at the start: {load_start}.\n\n{t_fit}")
     if not args.no_append:
-        append_section("TCAB on the CPU: compiled Mamba scan vs the pure-PyTorch scan", body, info)
+        title = ("TCAB on the CPU: this checkout vs a baseline checkout" if args.baseline_tree
+                 else "TCAB on the CPU: compiled Mamba scan vs the pure-PyTorch scan")
+        append_section(title, body, info)
 
 
 if __name__ == "__main__":

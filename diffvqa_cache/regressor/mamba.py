@@ -9,7 +9,8 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
   10-20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
   Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
   recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
-  scan without them. The projections and the causal depthwise conv are plain torch ops.
+  scan without them. The projections are plain torch ops; on the CPU the causal depthwise conv + SiLU is one
+  autograd function that keeps only its input (torch's depthwise conv1d backward is slow there).
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
@@ -118,6 +119,41 @@ def causal_depthwise_conv1d(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return out if bias is None else out + bias[:, None]
 
 
+def _conv_no_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`causal_depthwise_conv1d` by torch's conv1d: its forward is faster than the shifted products (only its
+    backward is slow on the CPU, and `_CausalConvSilu` does not use it)."""
+    return F.conv1d(F.pad(x, (weight.shape[-1] - 1, 0)), weight, bias, groups=weight.shape[0])
+
+
+class _CausalConvSilu(torch.autograd.Function):
+    """silu(causal_depthwise_conv1d(x, weight, bias)) keeping only x for backward (the conv is recomputed
+    there): two fewer (B, d_inner, L) tensors saved per layer than the plain ops."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return F.silu(_conv_no_grad(x, weight, bias))
+
+    @staticmethod
+    def backward(ctx, dout):
+        x, weight, bias = ctx.saved_tensors
+        k, length = weight.shape[-1], x.shape[-1]
+        pre = _conv_no_grad(x, weight, bias)
+        sig = torch.sigmoid(pre)
+        dpre = pre.mul_(1 - sig).add_(1).mul_(sig).mul_(dout)  # silu'(pre) * dout, in pre's memory
+        del sig
+        padded = F.pad(x, (k - 1, 0))
+        dweight = torch.stack([(dpre * padded[..., j:j + length]).sum((0, 2)) for j in range(k)], dim=1)
+        dx = F.conv1d(F.pad(dpre, (0, k - 1)), weight.flip(-1), groups=weight.shape[0])  # the transposed conv
+        dbias = dpre.sum((0, 2)) if bias is not None else None
+        return dx, dweight.unsqueeze(1), dbias
+
+
+def causal_conv_silu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`F.silu(causal_depthwise_conv1d(x, weight, bias))`, saving only x for backward."""
+    return _CausalConvSilu.apply(x, weight, bias)
+
+
 SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
 SCAN_CHOICES = ("auto", "compiled", "torch")
 
@@ -188,7 +224,7 @@ class Mamba(nn.Module):
         if x.is_cuda:
             x = F.silu(self.conv1d(x)[..., :length])
         else:
-            x = F.silu(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
+            x = causal_conv_silu(x, self.conv1d.weight, self.conv1d.bias)
         # 3. input-dependent dt (without bias: the scan adds it), B, C
         dt, B, C = torch.split(torch.matmul(self.x_proj.weight, x), [self.dt_rank, self.d_state, self.d_state], dim=1)
         dt = torch.matmul(self.dt_proj.weight, dt)  # (B, d_inner, L)

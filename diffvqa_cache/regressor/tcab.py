@@ -13,8 +13,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
 
 from .mamba import BiMamba
+
+EMBED_CHUNK = 32  # frames normalised and patch-embedded at a time on the CPU
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -53,13 +56,24 @@ class TCAB(nn.Module):
             temporal = line.transpose(1, 2).unsqueeze(2)
         return spatial + temporal
 
+    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (n, 3, P, P) -> float in [0, 1] -> ImageNet normalisation -> patch embedding."""
+        return self.patch_embed((pixels.float() / 255.0 - self.mean) / self.std)
+
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         batch, frames = pixels.shape[:2]
-        # 1. uint8 -> float in [0, 1] -> ImageNet normalisation (frames as one B*T batch)
-        x = pixels.flatten(0, 1).float() / 255.0
-        x = (x - self.mean) / self.std
-        # 2. patch embedding -> tokens (B, T, N, d) + spatial and temporal positions
-        x = self.patch_embed(x)
+        # 1.-2. normalised frames (one B*T batch) -> patch embedding -> tokens (B, T, N, d) + spatial and
+        # temporal positions. On the CPU the float frames (4x the uint8 pixels) exist EMBED_CHUNK frames at a
+        # time, and in training each chunk is recomputed in backward from its uint8 pixels (the conv's
+        # weight gradient needs its input)
+        flat = pixels.flatten(0, 1)
+        if flat.is_cuda:
+            x = self._embed(flat)
+        else:
+            grad = torch.is_grad_enabled()
+            parts = [checkpoint(self._embed, part, use_reentrant=False) if grad else self._embed(part)
+                     for part in flat.split(EMBED_CHUNK)]
+            x = parts[0] if len(parts) == 1 else torch.cat(parts)
         grid = x.shape[-1]
         x = x.flatten(2).transpose(1, 2).unflatten(0, (batch, frames))
         x = x + self._position(frames, grid)

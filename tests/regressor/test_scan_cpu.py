@@ -64,6 +64,43 @@ def test_compiled_scan_values_and_gradients_equal_the_reference(dtype, tol, shap
         torch.testing.assert_close(g_fast, g_ref, atol=tol * 10, rtol=tol * 10, msg=f"gradient wrt {name}")
 
 
+@pytest.mark.parametrize("case", ["no softplus", "no delta_bias", "softplus past its threshold"])
+def test_fused_delta_and_gate_equal_the_reference(case, threads):
+    # softplus(delta + bias), the D skip and the silu(z) gate run inside the kernel: every option and torch's
+    # softplus threshold (identity above 20) give the reference's values and gradients
+    inputs = _scan_inputs(2, 5, 4, 33, torch.float64)
+    softplus = case != "no softplus"
+    if case == "no delta_bias":
+        inputs["delta_bias"] = None
+    if case == "softplus past its threshold":
+        inputs["delta"] = inputs["delta"] * 0.02 + torch.where(torch.rand_like(inputs["delta"]) > 0.5, 19.995, -5.0)
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    wrt = [k for k in ALL_INPUTS if inputs[k] is not None]
+    for name in wrt:
+        inputs[name].requires_grad_(True)
+    y_ref = selective_scan_reference(**inputs, delta_softplus=softplus)
+    y_fast = scan_cpu.selective_scan_compiled(**inputs, delta_softplus=softplus)
+    torch.testing.assert_close(y_fast, y_ref, atol=1e-11, rtol=1e-11)
+    weight = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * weight).sum(), [inputs[n] for n in wrt])
+    grads_fast = torch.autograd.grad((y_fast * weight).sum(), [inputs[n] for n in wrt])
+    for name, g_ref, g_fast in zip(wrt, grads_ref, grads_fast):
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-10, rtol=1e-10, msg=f"gradient wrt {name}")
+
+
+def test_compiled_scan_keeps_only_its_inputs_for_backward():
+    # the fused kernel saves u, delta, z (and the small A, B, C, D, bias): no softplus, skip or gate tensors
+    inputs = _scan_inputs(2, 6, 4, 50, torch.float32)
+    for name in ALL_INPUTS:
+        inputs[name].requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        scan_cpu.selective_scan_compiled(**inputs)
+    big = [t for t in saved if t.dim() == 3 and t.shape[1] == 6]
+    assert len(big) == 3 and {t.data_ptr() for t in big} == {inputs[k].data_ptr() for k in ("u", "delta", "z")}
+
+
 def test_compiled_scan_passes_gradcheck():
     inputs = _scan_inputs(2, 3, 4, 6, torch.float64)
     for name in ALL_INPUTS:
@@ -197,6 +234,27 @@ def test_cpu_causal_conv_equals_the_conv1d_layer(k):
     g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
     for a, b in zip(g, g_ref):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fused_causal_conv_silu_equals_the_conv1d_layer_and_keeps_only_its_input(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=k, groups=6, padding=k - 1, bias=True).double()
+    x = torch.randn(2, 6, 17, dtype=torch.float64, requires_grad=True)
+    y_ref = torch.nn.functional.silu(conv(x)[..., :17])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = mamba_mod.causal_conv_silu(x, conv.weight, conv.bias)
+    assert [t.data_ptr() for t in saved if t.dim() == 3 and t.shape[0] == 2] == [x.data_ptr()]
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), [x, conv.weight, conv.bias])
+    g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
+    for name, a, b in zip(["x", "weight", "bias"], g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=f"gradient wrt {name}")
+    assert torch.autograd.gradcheck(mamba_mod.causal_conv_silu, (x[:1, :2, :7].detach().requires_grad_(True),
+                                                                 conv.weight[:2].detach().requires_grad_(True),
+                                                                 conv.bias[:2].detach().requires_grad_(True)))
 
 
 def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
