@@ -148,14 +148,7 @@ class FamiliarityReference:
 
     @classmethod
     def load(cls, path: Path) -> "FamiliarityReference":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {}).get("diffvqa", "{}"))
-                arrays = {name: f.get_tensor(name).astype(np.float64) for name in f.keys()}
-        except Exception as exc:
-            raise CacheError(f"{path}: not a readable familiarity reference ({exc}); refit the run") from None
+        meta, arrays = _read(path)
         if meta.pop("format", None) != FORMAT:
             raise CacheError(f"{path}: not a {FORMAT} file; refit the run with this version")
         return cls(k=int(meta.pop("k")), meta=meta, **arrays)
@@ -204,14 +197,7 @@ class RunReference:
 
     @classmethod
     def load(cls, path: Path) -> "RunReference":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="numpy") as f:
-                meta = json.loads((f.metadata() or {}).get("diffvqa", "{}"))
-                arrays = {name: f.get_tensor(name).astype(np.float64) for name in f.keys()}
-        except Exception as exc:
-            raise CacheError(f"{path}: not a readable familiarity reference ({exc}); refit the run") from None
+        meta, arrays = _read(path)
         if meta.get("format") == FORMAT:  # earlier versions: one reference pooling every split's training videos
             ref = FamiliarityReference.load(path)
             return cls({"all": ref}, {**ref.meta, "pooled": True})
@@ -240,3 +226,16 @@ def write_reference(path: Path, table, keys_by_model: dict[str, list[str]], meta
     RunReference({name: FamiliarityReference.fit(stats[[at[k] for k in keys]], blocks, {"n_videos": len(keys)})
                   for name, keys in keys_by_model.items()}, meta).save(path)
     return True
+
+
+def _read(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A familiarity file's metadata and arrays (float64); one-line `CacheError` when it cannot be read."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = json.loads((f.metadata() or {}).get("diffvqa", "{}"))
+            arrays = {name: f.get_tensor(name).astype(np.float64) for name in f.keys()}
+    except Exception as exc:
+        raise CacheError(f"{path}: not a readable familiarity reference ({exc}); refit the run") from None
+    return meta, arrays

@@ -12,8 +12,6 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from diffvqa_cache.fitting import FitConfig
-from pipelines.fit import run_fit
 
 runner = CliRunner()
 
@@ -24,19 +22,6 @@ def one_line_error(args: list[str], code: int = 2) -> str:
     errors = [ln for ln in result.stderr.splitlines() if ln.startswith("error: ")]
     assert result.exit_code == code and len(errors) == 1, result.output
     return errors[0]
-
-
-@pytest.fixture(scope="module")
-def cache16(sample_cache):
-    return sample_cache(limit=16).cache_dir
-
-
-@pytest.fixture(scope="module")
-def run16(tmp_path_factory, cache16, fast_fit):
-    out = tmp_path_factory.mktemp("run16")
-    run_fit(cache16, out, FitConfig().with_overrides({**fast_fit, "train.epochs": 1, "train.batch_size": 4}),
-            progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from diffvqa_cache.config import CacheConfig, ExtractConfig
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.fitting import FitConfig, load_fit_config
 from diffvqa_cache.protocols import plan_splits
-from pipelines.fit import run_fit
 
 runner = CliRunner()
 
@@ -27,19 +26,6 @@ def one_line_error(args: list[str], code: int = 2) -> str:
     assert result.exit_code == code and len(errors) == 1, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
     return errors[0]
-
-
-@pytest.fixture(scope="module")
-def cache16(sample_cache):
-    return sample_cache(limit=16).cache_dir
-
-
-@pytest.fixture(scope="module")
-def run16(tmp_path_factory, cache16, fast_fit):
-    out = tmp_path_factory.mktemp("run16")
-    run_fit(cache16, out, FitConfig().with_overrides({**fast_fit, "train.epochs": 1, "train.batch_size": 4}),
-            progress=False)
-    return out
 
 
 # ---------------------------------------------------------------- 6. --set values against their types
