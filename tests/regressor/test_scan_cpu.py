@@ -170,7 +170,7 @@ def test_state_dict_round_trip_between_the_scan_paths(monkeypatch, tmp_path):
     torch.save(source.state_dict(), tmp_path / "block.pt")
     torch.manual_seed(1)
     target = BiMamba(16, d_state=4)
-    target.load_state_dict(torch.load(tmp_path / "block.pt"), strict=True)
+    target.load_state_dict(torch.load(tmp_path / "block.pt", weights_only=True), strict=True)
     assert target.state_dict().keys() == source.state_dict().keys()
     monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
     with torch.no_grad():
