@@ -62,6 +62,8 @@ def fit_logistic(pred, mos) -> np.ndarray:
         fitted = logistic_4(pred, *params)
         if not np.all(np.isfinite(fitted)):
             raise RuntimeError("the logistic fit gave non-finite values")
+        if np.ptp(fitted) <= 1e-9 * max(1.0, float(np.abs(fitted).max())):  # flat at the mean: PLCC undefined
+            raise RuntimeError("the logistic fit is flat (predictions and MOS barely correlate)")
         return fitted
     except (RuntimeError, ValueError, FloatingPointError) as exc:
         warnings.warn(

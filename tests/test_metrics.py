@@ -227,3 +227,14 @@ def test_format_metrics():
     table = format_metrics(summarize([{k: 0.5 for k in METRIC_KEYS}] * 2))
     assert "2 splits" in table and "SRCC" in table and "0.5000" in table
     assert len(table.splitlines()) == 1 + len(METRIC_KEYS)
+
+
+def test_a_flat_logistic_fit_falls_back_to_the_linear_one_instead_of_a_nan_plcc():
+    """Predictions that barely follow the MOS (a toy model's LSVQ -> LIVE-VQC cell) made the 4-parameter fit
+    flat at the mean: PLCC was NaN. The linear fit's PLCC is |raw Pearson|."""
+    pred = [83.2213, 72.7884, 81.6219, 82.1496, 75.5536, 72.2259, 84.8528, 73.8834, 82.558, 81.2339, 76.913,
+            69.504, 84.1376, 68.0728, 84.7399, 82.9662]
+    mos = [26.625, 26.8, 26.3, 28.0, 5.5, 5.15, 6.025, 6.475, 6.6, 5.275, 54.9, 55.475, 55.3, 55.1, 56.175, 54.575]
+    with pytest.warns(RuntimeWarning, match="flat"):
+        m = compute_metrics(pred, mos)
+    assert m["plcc"] == pytest.approx(abs(m["plcc_raw"])) and np.isfinite(m["rmse"])
