@@ -15,8 +15,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffvqa_cache.config import PAPER_PRESET, AdaptConfig, ExtractConfig
-from diffvqa_cache.dask_cluster import ClusterJobs
+from diffvqa_cache.cache.settings import PAPER_PRESET, ExtractConfig
+from diffvqa_cache.cluster.dask_client import ClusterJobs
+from diffvqa_cache.extraction.settings import AdaptConfig
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
                   no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
@@ -162,7 +163,7 @@ def extract(
     dask_scheduler: DaskSchedulerOpt = None,
 ) -> None:
     """Run the adapted SD once per video and write features into a sharded HDF5 cache."""
-    from diffvqa_cache.dask_cluster import check_dask_args, dask_client
+    from diffvqa_cache.cluster.dask_client import check_dask_args, dask_client
     from diffvqa_cache.devices import resolve_device
     from diffvqa_cache.errors import UserInputError
     from pipelines.extract import resolve_part, run_extract
@@ -186,7 +187,7 @@ def extract(
 def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")],
                as_json: JsonOpt = False) -> None:
     """What a cache holds: fingerprint, settings, videos done, failed and missing, feature shapes."""
-    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache
 
     cache = FeatureCache(path)
     info = cache.info()
@@ -200,7 +201,7 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
              + ("" if ts[-1] == 0 else " (the authors' features are at t=0)") if ts else
              "timesteps not recorded (cache of 0.1)")
     decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
-    from diffvqa_cache.config import EXTRACTOR_VERSION
+    from diffvqa_cache.cache.settings import EXTRACTOR_VERSION
 
     version = config.extractor + ("" if config.is_current else f" (this version extracts {EXTRACTOR_VERSION}: its "
                                   "features differ; re-extract before combining with new caches or predicting)")
@@ -226,7 +227,7 @@ def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or 
 @known_errors
 def cache_verify(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")]) -> None:
     """Re-hash every shard against the manifest; exit 1 naming the damaged shards."""
-    from diffvqa_cache.cache import VERIFY_HINT, verify_cache
+    from diffvqa_cache.cache.folder import VERIFY_HINT, verify_cache
 
     problems, n = verify_cache(path)
     for p in problems:
@@ -257,7 +258,7 @@ def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or
     import sys
 
     from diffvqa_cache.files import write_csv_atomic
-    from diffvqa_cache.fitting import score_cached_per_model
+    from diffvqa_cache.training.fitting import score_cached_per_model
 
     keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb, verify)
     header = ["video", "score", "score_min", "score_max"]
@@ -277,7 +278,7 @@ def cache_merge(parts: Annotated[list[Path], typer.Argument(help="Cache director
                 out: Annotated[Path, typer.Option(help="Cache root; the merged cache goes to OUT/<dataset>/<fingerprint>.")],
                 move: Annotated[bool, typer.Option(help="Move the shard files instead of copying them.")] = False) -> None:
     """Join job-array parts written to different folders into one cache and write its manifest."""
-    from diffvqa_cache.cache import merge_caches
+    from diffvqa_cache.cache.folder import merge_caches
 
     target, manifest = merge_caches(parts, out, move=move)
     typer.echo(str(target))
@@ -303,8 +304,15 @@ def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and
     predictions.csv per split and their median, as fit reports them."""
     import pandas as pd
 
-    from diffvqa_cache.metrics import (format_label_check, format_metrics, format_per_split, metrics_against_labels,
-                                       metrics_from_csv, metrics_per_split, read_predictions)
+    from diffvqa_cache.training.metrics import (
+        format_label_check,
+        format_metrics,
+        format_per_split,
+        metrics_against_labels,
+        metrics_from_csv,
+        metrics_per_split,
+        read_predictions,
+    )
 
     if pred is None:
         try:
@@ -428,7 +436,7 @@ def fit(
              "KoNViD-1k, YouTube-UGC 1-5; LIVE-VQC, LSVQ 0-100; else the observed label range).")] = None,
 ) -> None:
     """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
-    from diffvqa_cache.fitting import load_fit_config
+    from diffvqa_cache.training.fitting import load_fit_config
     from pipelines.fit import format_summary, run_fit
 
     overrides = _parse_sets(set_)
@@ -454,7 +462,7 @@ def report(
     """Write a run's report: one self-contained HTML page (no server, images inline) with the protocol and
     settings, per-split metrics, the scatter, the learning curves and the worst-predicted test videos (a
     sweep's: each configuration's medians, per-split values and spread, and the chart)."""
-    from diffvqa_cache.report import write_report
+    from diffvqa_cache.scoring.report import write_report
 
     typer.echo(f"wrote {write_report(run, output, worst)}")
 
@@ -644,9 +652,9 @@ def reproduce(
     dask_scheduler: DaskSchedulerOpt = None,
 ) -> None:
     """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
-    from diffvqa_cache.dask_cluster import dask_client
+    from diffvqa_cache.cluster.dask_client import dask_client
     from diffvqa_cache.devices import resolve_device
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}

@@ -48,8 +48,8 @@ def main() -> None:
 
     import h5py
 
-    from diffvqa_cache.cache import FeatureCache, file_sha256
-    from diffvqa_cache.data import LoadSpec, load_table
+    from diffvqa_cache.cache.folder import FeatureCache, file_sha256
+    from diffvqa_cache.training.data import LoadSpec, load_table
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="cacheio-"))
     rows = []

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import append_section, loadavg, machine_info, table  # noqa: E402
 
-from diffvqa_cache import video  # noqa: E402
+from diffvqa_cache.extraction import video  # noqa: E402
 
 SIZES = {540: (960, 540), 1080: (1920, 1080), 2160: (3840, 2160)}
 CODECS = {"h264": ("libx264", {"preset": "ultrafast"}), "vp9": ("libvpx-vp9", {"deadline": "realtime", "cpu-used": "8"})}

@@ -40,7 +40,7 @@ def mem_available_gb() -> float:
 
 def bare_epoch_seconds(model, table, tcfg, n_steps: int, n_distinct: int = 4) -> float:
     """`n_steps` optimiser steps on `n_distinct` batches prebuilt in memory (same shapes as train's)."""
-    from diffvqa_cache.losses import quality_loss
+    from diffvqa_cache.training.losses import quality_loss
 
     device = torch.device("cpu")
     rng = np.random.default_rng(0)
@@ -63,8 +63,8 @@ def bare_epoch_seconds(model, table, tcfg, n_steps: int, n_distinct: int = 4) ->
 
 
 def epoch_vs_bare(table, split, tcab: bool, epochs: int, tcfg_kw: dict) -> dict:
-    from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
-    from diffvqa_cache.training import TrainConfig, train
+    from diffvqa_cache.training.loop import TrainConfig, train
+    from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
 
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_t = table.subset(np.array([row_of[k] for k in split.train]))
@@ -105,13 +105,13 @@ def main() -> None:
     args = ap.parse_args()
     info = machine_info()
 
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.data import LoadSpec, estimate_bytes
-    from diffvqa_cache.fitting import FitConfig
-    from diffvqa_cache.protocols import random_splits
+    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.training.data import LoadSpec, estimate_bytes
+    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.loop import TrainConfig
+    from diffvqa_cache.training.protocols import random_splits
+    from diffvqa_cache.training.regressor import RegressorConfig
     from pipelines.fit import load_fit_inputs, run_fit
-    from diffvqa_cache.regressor import RegressorConfig
-    from diffvqa_cache.training import TrainConfig
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="fitspeed-"))
     rows = []

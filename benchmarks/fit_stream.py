@@ -76,7 +76,7 @@ def report(title: str, body: str, args) -> None:
 
 # ---------------------------------------------------------------- big: lsvq fit at a budget, peak RSS
 CHILD = """import atexit, json, sys
-from diffvqa_cache.memory import peak_rss_bytes
+from diffvqa_cache.training.memory import peak_rss_bytes
 report = sys.argv[1]
 atexit.register(lambda: open(report, "w").write(json.dumps({"peak": peak_rss_bytes()})))
 sys.argv = ["diffvqa-cache"] + sys.argv[2:]
@@ -93,7 +93,7 @@ def fit_child(cache_dir: Path, out: Path, sets: dict, protocol: str) -> dict:
                            "--protocol", protocol, *args], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(f"fit failed:\n{proc.stderr[-3000:]}")
-    from diffvqa_cache.checkpoint import read_meta
+    from diffvqa_cache.training.checkpoint import read_meta
 
     metas = [read_meta(p) for p in sorted((out / "models").glob("*.safetensors"))]
     return {"seconds": time.perf_counter() - t0, "peak": json.loads(report.read_text())["peak"],
@@ -103,10 +103,10 @@ def fit_child(cache_dir: Path, out: Path, sets: dict, protocol: str) -> dict:
 
 
 def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> None:
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.data import estimate_bytes, shard_read_bytes
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.cache.folder import FeatureCache
     from diffvqa_cache.synthetic import LSVQ_SPLITS
+    from diffvqa_cache.training.data import estimate_bytes, shard_read_bytes
+    from diffvqa_cache.training.fitting import FitConfig
 
     sets = {**TCAB_OFF, "train.epochs": args.epochs, "memory_gb": args.memory_gb}
     cache = FeatureCache(cache_dir)
@@ -148,12 +148,12 @@ def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> No
 def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
     import torch
 
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.data import load_table
-    from diffvqa_cache.fitting import FitConfig
-    from diffvqa_cache.regressor import DiffVQARegressor
-    from diffvqa_cache.stream import StreamedTable
-    from diffvqa_cache.training import train
+    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.training.data import load_table
+    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.loop import train
+    from diffvqa_cache.training.regressor import DiffVQARegressor
+    from diffvqa_cache.training.stream import StreamedTable
 
     threads = set_threads(args.threads)
     cfg = FitConfig().with_overrides({**TCAB_OFF, "train.epochs": args.ratio_epochs, "train.device": "cpu"})
@@ -192,9 +192,9 @@ def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
 
 # ---------------------------------------------------------------- cold: streamed read rate vs dd
 def part_cold(cache_dir: Path, args) -> None:
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.fitting import FitConfig
-    from diffvqa_cache.stream import StreamedTable
+    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.stream import StreamedTable
 
     cache, files = FeatureCache(cache_dir), shard_files(cache_dir)
     file_bytes = sum(f.stat().st_size for f in files)

@@ -170,10 +170,10 @@ def sd_folder_path(args) -> Path:
 
 def step_sd_folder(args) -> dict:
     import torch
+    from _common import sd21_base_configs
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from _common import sd21_base_configs
-    from diffvqa_cache.backbone import build_tiny
+    from diffvqa_cache.extraction.backbone import build_tiny
     from diffvqa_cache.synthetic import save_sd_folder
 
     folder = sd_folder_path(args)
@@ -198,9 +198,9 @@ def step_pipeline(args) -> dict:
     """extract (sample clips, the SD folder, the GPU), fit (TCAB on) and predict: videos/s."""
     import torch
 
-    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit
     from pipelines.predict import run_predict
@@ -248,12 +248,11 @@ def step_fit_epoch(args) -> dict:
     import numpy as np
     import torch
 
-    from diffvqa_cache.fitting import FitConfig
-    from diffvqa_cache.protocols import random_splits
-    from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
-    from diffvqa_cache.regressor import mamba
     from diffvqa_cache.synthetic import write_synthetic_cache
-    from diffvqa_cache.training import TrainConfig, train
+    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.loop import TrainConfig, train
+    from diffvqa_cache.training.protocols import random_splits
+    from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig, mamba
     from pipelines.fit import load_fit_inputs
 
     device = "cpu" if args.dry_run else "cuda"

@@ -25,7 +25,7 @@ from _common import ROOT, append_section, loadavg, machine_info, table  # noqa: 
 CHILD = """
 import json, resource, sys, time, warnings
 sys.path.insert(0, {root!r})
-import diffvqa_cache.backbone as b
+import diffvqa_cache.extraction.backbone as b
 b.LOW_CPU_MEM_USAGE = {low}
 t0 = time.perf_counter()
 with warnings.catch_warnings(record=True) as caught:
@@ -49,9 +49,9 @@ def build_folder(folder: Path) -> None:
     """SD 2.1-base's VAE and UNet, SD 2's text encoder size (OpenCLIP ViT-H text tower: 23 of 24 layers,
     1024 wide), a toy tokenizer; random weights, saved as StableDiffusionPipeline.save_pretrained lays them out."""
     import torch
+    from _common import sd21_base_configs
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
-    from _common import sd21_base_configs
     from diffvqa_cache.synthetic import save_sd_folder
 
     tmp = folder.with_name(folder.name + ".building")

@@ -41,10 +41,10 @@ def main() -> None:
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
 
-    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.fitting import FitConfig
-    from diffvqa_cache.scoring import Scorer
+    from diffvqa_cache.scoring.scorer import Scorer
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit
     from pipelines.predict import run_predict

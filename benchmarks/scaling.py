@@ -91,7 +91,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.datasets.sample import ensure_sample
     from pipelines.extract import run_extract

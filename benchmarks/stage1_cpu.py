@@ -30,12 +30,12 @@ REAL_540P = Path("/work/shared/realdata/videos/KoNViD-1k_3339962845__VSFA_test.m
 
 
 def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, threads: int, workdir: Path) -> dict:
-    from diffvqa_cache.backbone import load_backbone
-    from diffvqa_cache.cache import write_shard
-    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.cache.folder import write_shard
+    from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.features import FeatureExtractor
-    from diffvqa_cache.extraction import decode_views
+    from diffvqa_cache.extraction.backbone import load_backbone
+    from diffvqa_cache.extraction.features import FeatureExtractor
+    from diffvqa_cache.extraction.per_video import decode_views
     from pipelines.extract import run_extract
 
     set_threads(threads)
@@ -93,7 +93,7 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
         [decode_views(rec, size, cfg.crops, cfg.seed, cfg.frames, cfg.fps, cfg.backend) for rec in index.records]
         dec.append(time.perf_counter() - t0)
         # one shard write (features from the run above are re-read and written again)
-        from diffvqa_cache.cache import FeatureCache
+        from diffvqa_cache.cache.folder import FeatureCache
         fc = FeatureCache(res.cache_dir)
         vids = list(fc.iter_videos())
         t0 = time.perf_counter()
@@ -111,7 +111,7 @@ def extract_overhead(n_videos: int, steps: int, batch: int, repeats: int, thread
 
 
 def decode_bench(path: Path, repeats: int) -> list[list]:
-    from diffvqa_cache.video import probe, read_frames, sample_indices
+    from diffvqa_cache.extraction.video import probe, read_frames, sample_indices
 
     info = probe(path)
     patterns = {"8 sampled (extract)": sample_indices(info.n_frames, 8),
@@ -147,7 +147,7 @@ def main() -> None:
         res = [extract_overhead(args.videos, args.steps, args.batch_size, args.repeats, th, work) for th in args.threads]
         clip = REAL_540P
         if not clip.exists():
-            from diffvqa_cache.video import write_clip
+            from diffvqa_cache.extraction.video import write_clip
             rng = np.random.default_rng(0)
             clip = write_clip(work / "clip540.mp4", rng.integers(0, 256, (240, 540, 960, 3), dtype=np.uint8), fps=30)
         set_threads(max(args.threads))

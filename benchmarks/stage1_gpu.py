@@ -42,8 +42,8 @@ def log(*parts) -> None:
 
 def build(dry: bool, device: str):
     """(Backbone, view size): SD 2.1-base with random weights, or the repo's tiny model in --dry-run."""
-    from diffvqa_cache.backbone import Backbone, build_tiny, sd_noise_schedule
-    from diffvqa_cache.config import ModelIdentity
+    from diffvqa_cache.cache.settings import ModelIdentity
+    from diffvqa_cache.extraction.backbone import Backbone, build_tiny, sd_noise_schedule
 
     if dry:
         from diffusers import ControlNetModel
@@ -129,7 +129,7 @@ def main() -> None:
     info = machine_info()
     log("machine:", json.dumps(info), "device:", device, "dry-run:" if dry else "", dry)
 
-    from diffvqa_cache.features import FeatureExtractor
+    from diffvqa_cache.extraction.features import FeatureExtractor
 
     results = {"info": info, "dry_run": dry, "correctness": {}, "grid": [], "levers": [], "skipped": []}
     fl = flops_per_view(dry)

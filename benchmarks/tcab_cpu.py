@@ -41,7 +41,7 @@ CONFIGS = {  # name: (use_tcab, DIFFVQA_MAMBA_SCAN)
 def child(args) -> None:
     """One fit in this process; prints a JSON line with epoch seconds, fit seconds and peak RSS."""
     set_threads(args.threads)
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.fit import run_fit
 
     use_tcab = not args.child.startswith("TCAB off")
@@ -62,8 +62,8 @@ def child(args) -> None:
 def scan_table(threads: int, batch: int, repeats: int) -> list[list]:
     import torch
 
-    from diffvqa_cache.regressor import scan_cpu
-    from diffvqa_cache.regressor.mamba import selective_scan_inference, selective_scan_parallel
+    from diffvqa_cache.training.regressor import scan_cpu
+    from diffvqa_cache.training.regressor.mamba import selective_scan_inference, selective_scan_parallel
 
     set_threads(threads)
     d, n, length = 192, 16, 1568

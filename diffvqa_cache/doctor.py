@@ -82,7 +82,7 @@ class Context:
     @functools.cached_property
     def clips(self) -> dict[str, Path | str]:
         """A tiny test clip per codec, or why none could be written (no encoder in this PyAV)."""
-        from .codecs import write_test_clips
+        from diffvqa_cache.extraction.codecs import write_test_clips
 
         return write_test_clips(self.scratch)
 
@@ -227,8 +227,8 @@ def check_mamba(ctx: Context) -> Finding:
     _, why = _import("mambapy.pscan")
     if why:
         return Finding("missing", f"mambapy not importable ({why}): no Mamba path at all", "pip install mambapy")
-    from .devices import resolve_device
-    from .regressor import mamba
+    from diffvqa_cache.devices import resolve_device
+    from diffvqa_cache.training.regressor import mamba
 
     device = resolve_device("auto")
     gen = torch.Generator().manual_seed(0)
@@ -290,7 +290,7 @@ def _kernel_fix(device) -> str:
 
 def _codec_table(ctx: Context, backend: str) -> tuple[list[str], dict[str, str], dict[str, str]]:
     """(codecs that decode, {codec: why not}, {codec: why it could not be tested})."""
-    from .codecs import decode_problem
+    from diffvqa_cache.extraction.codecs import decode_problem
 
     good, bad, untested = [], {}, {}
     for label, clip in ctx.clips.items():
@@ -308,7 +308,7 @@ def check_pyav(ctx: Context) -> Finding:
     av, why = _import("av")
     if av is None:
         return Finding("missing", f"not importable ({why})", "pip install av (PyAV probes every video)")
-    from .codecs import CODEC_DECODERS, has_codec
+    from diffvqa_cache.extraction.codecs import CODEC_DECODERS, has_codec
 
     good, bad, untested = _codec_table(ctx, "pyav")
     detail = f"{av.__version__}: decodes {' '.join(good) or 'nothing'}"
@@ -365,7 +365,7 @@ def check_model(ctx: Context) -> Finding | None:
         return None
     if ctx.model == "tiny":
         return Finding("ok", "tiny: the seeded test model (proves the plumbing, not quality)")
-    from .backbone import SD_LAYOUT, looks_like_hub_id, model_layout_problems
+    from diffvqa_cache.extraction.backbone import SD_LAYOUT, looks_like_hub_id, model_layout_problems
 
     folder = Path(ctx.model).expanduser()
     if not folder.is_dir():

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import DiffVQAError, UserInputError
+from diffvqa_cache.errors import DiffVQAError, UserInputError
 
 INCOMPLETE = ".incomplete"
 _HOST = socket.gethostname().replace(".", "_").replace("-", "_")

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .branches import BranchFeatures
-from .cache import CacheDir, VideoFeatures, plan_shards, write_labels, write_shard
-from .config import CacheConfig, ExtractConfig, ModelIdentity
+from diffvqa_cache.cache.branches import BranchFeatures
+from diffvqa_cache.cache.folder import CacheDir, VideoFeatures, plan_shards, write_labels, write_shard
+from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig, ModelIdentity
 
 SD_MS_CHANNELS = (1280, 1280, 640, 320)  # UNet up blocks 0-3 of SD 2.x/1.x (16, 32, 64, 64 px at 512, pooled)
 LSVQ_SPLITS = (("train", 0.72), ("test", 0.19), ("test1080p", 0.09))  # LSVQ's 28056 / 7182 / 3573 videos
@@ -122,7 +122,7 @@ def save_sd_folder(root: Path, vae, unet, text_config: dict, max_length: int) ->
     import torch
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    from .backbone import sd_noise_schedule
+    from diffvqa_cache.extraction.backbone import sd_noise_schedule
 
     root = Path(root)
     vae.save_pretrained(root / "vae")

@@ -1,4 +1,4 @@
-"""Stage zero: train the Controller on a dataset's frames so SD reconstructs them (see diffvqa_cache.adaptation).
+"""Stage zero: train the Controller on a dataset's frames so SD reconstructs them (see diffvqa_cache.extraction.adaptation).
 
 The dataset is decoded and VAE-encoded once up front (both views, as stage one cuts them); training then
 reads latents from memory. OUT ends up a Controller folder that `extract --controller OUT` loads.
@@ -15,15 +15,15 @@ import numpy as np
 import torch
 
 from diffvqa_cache import __version__
-from diffvqa_cache.adaptation import Adapter, list_checkpoints
-from diffvqa_cache.config import AdaptConfig
 from diffvqa_cache.datasets import Dataset
 from diffvqa_cache.devices import resolve_device, training_dtype
 from diffvqa_cache.errors import DiffVQAError, UserInputError
-from diffvqa_cache.extraction import decode_views
+from diffvqa_cache.extraction.adaptation import Adapter, list_checkpoints
+from diffvqa_cache.extraction.per_video import decode_views
+from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.files import folder_lock, remove_leftovers, write_json_atomic, write_text_atomic
-from diffvqa_cache.plots import loss_curve
 from diffvqa_cache.progress import bar, err
+from diffvqa_cache.scoring.plots import loss_curve
 from diffvqa_cache.seeds import stable_seed
 
 
@@ -98,8 +98,8 @@ def run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool = Fals
 
 
 def _run_adapt(dataset: Dataset, cfg: AdaptConfig, out: Path, resume: bool, progress: bool) -> AdaptResult:
-    from diffvqa_cache.backbone import load_backbone
-    from diffvqa_cache.features import FeatureExtractor
+    from diffvqa_cache.extraction.backbone import load_backbone
+    from diffvqa_cache.extraction.features import FeatureExtractor
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -20,8 +20,15 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffvqa_cache.dask_cluster import (KINDS, SUBMIT, ClusterJobs, activation_lines, job_kwargs,
-                                        jobqueue_cluster_class, pbs_select)
+from diffvqa_cache.cluster.dask_client import (
+    KINDS,
+    SUBMIT,
+    ClusterJobs,
+    activation_lines,
+    job_kwargs,
+    jobqueue_cluster_class,
+    pbs_select,
+)
 from diffvqa_cache.errors import UserInputError
 
 MODES = ("array", "dask")

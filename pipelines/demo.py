@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffvqa_cache.config import ExtractConfig
+from diffvqa_cache.cache.settings import ExtractConfig
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.files import write_text_atomic
 from diffvqa_cache.progress import err
@@ -45,8 +45,8 @@ class DemoResult:
 
 def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 40, sweep: bool = True,
              workers: int | None = None, progress: bool = True) -> DemoResult:
-    from diffvqa_cache.config import AdaptConfig
-    from diffvqa_cache.fitting import FitConfig
+    from diffvqa_cache.extraction.settings import AdaptConfig
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.adapt import run_adapt
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 
-from diffvqa_cache.cache import CacheDir, labels_conflict, plan_shards, write_labels, write_shard
-from diffvqa_cache.config import CacheConfig, ExtractConfig
+from diffvqa_cache.cache.folder import CacheDir, labels_conflict, plan_shards, write_labels, write_shard
+from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig
 from diffvqa_cache.datasets import Dataset
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import DiffVQAError, UserInputError
-from diffvqa_cache.extraction import ViewEncoder, decode_ahead
+from diffvqa_cache.extraction.per_video import ViewEncoder, decode_ahead
 from diffvqa_cache.progress import bar, err
 
 ARRAY_ID_VARS = ("SLURM_ARRAY_TASK_ID", "PBS_ARRAY_INDEX")
@@ -70,8 +70,8 @@ def runs_on_gpu(cfg: ExtractConfig, client=None) -> bool:
 def prepare_cache(dataset: Dataset, cfg: ExtractConfig, out: Path, gpu: bool | None = None) -> tuple[Path, CacheConfig]:
     """Identify the weights, create the cache directory, write config.json (once) and labels.csv. `gpu`:
     whether the views run on a CUDA GPU (resolves --dtype auto; None: `runs_on_gpu` here)."""
-    from diffvqa_cache.backbone import identify, read_noise_schedule
-    from diffvqa_cache.features import chain_timesteps
+    from diffvqa_cache.extraction.backbone import identify, read_noise_schedule
+    from diffvqa_cache.extraction.features import chain_timesteps
 
     timesteps = chain_timesteps(cfg.sampler, read_noise_schedule(cfg.model, cfg.revision), cfg.steps,
                                 cfg.timestep_spacing, cfg.strength)

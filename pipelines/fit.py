@@ -1,6 +1,6 @@
 """Stage two: train the regressor over a cache under a protocol and write a self-describing run directory.
 
-Protocols (`diffvqa_cache.protocols`): `random` (repeated 80/20 splits by video, median over splits),
+Protocols (`diffvqa_cache.training.protocols`): `random` (repeated 80/20 splits by video, median over splits),
 `lsvq` (the official split: train -> test and test1080p, and every --test-cache), `cross` (the cache, or
 its official train part -> each --test-cache); `--init` fine-tunes from an earlier run. Test sets are
 only ever used for reporting.
@@ -16,18 +16,26 @@ from pathlib import Path
 
 import numpy as np
 
-from diffvqa_cache.cache import FeatureCache
-from diffvqa_cache.checkpoint import save_checkpoint
-from diffvqa_cache.data import VideoTable, choose_data_path, open_table
+from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.familiarity import FILE_NAME as FAMILIARITY_FILE, write_reference
 from diffvqa_cache.files import folder_lock, remove_leftovers, reporting_disk_full, write_csv_atomic, write_json_atomic
-from diffvqa_cache.fitting import FitConfig, RunConfig, choose_scale, fit_split, load_run_models, write_run_manifest
-from diffvqa_cache.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.protocols import Split, check_plan, plan_splits, test_set_names
-from diffvqa_cache.stream import StreamedTable
+from diffvqa_cache.scoring.familiarity import FILE_NAME as FAMILIARITY_FILE
+from diffvqa_cache.scoring.familiarity import write_reference
+from diffvqa_cache.training.checkpoint import save_checkpoint
+from diffvqa_cache.training.data import VideoTable, choose_data_path, open_table
+from diffvqa_cache.training.fitting import (
+    FitConfig,
+    RunConfig,
+    choose_scale,
+    fit_split,
+    load_run_models,
+    write_run_manifest,
+)
+from diffvqa_cache.training.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
+from diffvqa_cache.training.protocols import Split, check_plan, plan_splits, test_set_names
+from diffvqa_cache.training.stream import StreamedTable
 
 
 @dataclass
@@ -180,13 +188,13 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
               "summary": summary, "seconds": time.perf_counter() - t_start}
     write_json_atomic(out / "metrics.json", result)
     write_csv_atomic(out / "predictions.csv", ["video", "mos", "pred", "split", "test_set"], rows)
-    from diffvqa_cache.plots import learning_curves, scatter
+    from diffvqa_cache.scoring.plots import learning_curves, scatter
 
     scatter(out / "scatter.png", np.array([r[2] for r in rows]), np.array([r[1] for r in rows]),
             [r[3] if len(test_names) == 1 else r[4] for r in rows],
             f"{cache.config.dataset} {protocol}: median SRCC {summary[test_names[0]]['srcc']['median']:.3f}")
     learning_curves(out / "learning_curve.png", histories)
-    from diffvqa_cache.report import write_run_report
+    from diffvqa_cache.scoring.report import write_run_report
 
     write_run_report(out)  # a view of the files below, rewritten by `report`: not in the manifest
     written = ["config.json", "splits.json", "metrics.json", "predictions.csv", "scatter.png", "learning_curve.png"] \

@@ -1,4 +1,4 @@
-"""Score new videos end to end with a fitted run (no cache needed): `diffvqa_cache.scoring.Scorer` does the
+"""Score new videos end to end with a fitted run (no cache needed): `diffvqa_cache.scoring.scorer.Scorer` does the
 work; this module writes the results file as it goes, skips what an earlier run of the same command
 already scored into it, and formats the table `predict` prints.
 
@@ -17,10 +17,19 @@ from pathlib import Path
 
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import write_csv_atomic, write_json_atomic
-from diffvqa_cache.fitting import RunConfig
 from diffvqa_cache.progress import err
-from diffvqa_cache.scoring import (FRAME_COLUMNS, VIDEO_COLUMNS, Reference, Scale, Scorer, Scores, Spread,
-                                   VideoScore, expand_inputs)
+from diffvqa_cache.scoring.scorer import (
+    FRAME_COLUMNS,
+    VIDEO_COLUMNS,
+    Reference,
+    Scale,
+    Scorer,
+    Scores,
+    Spread,
+    VideoScore,
+    expand_inputs,
+)
+from diffvqa_cache.training.fitting import RunConfig
 
 FLUSH_SECONDS = 10.0
 SPREAD_NOTE = "range = min-max of the split models' scores (model disagreement, not a MOS confidence interval)"
@@ -191,7 +200,7 @@ def run_predict(paths: list[Path], run: Path, model: str | None = None, controll
 def check_against_labels(results: Scores, labels) -> str:
     """predict --labels: SRCC/PLCC/KRCC/RMSE of the scores (this run's and those read from the results
     file) against the label file's MOS."""
-    from diffvqa_cache.metrics import format_label_check, metrics_against_labels
+    from diffvqa_cache.training.metrics import format_label_check, metrics_against_labels
 
     scored = [r for r in shown(results) if r.error is None]
     m, unmatched = metrics_against_labels([r.path for r in scored], [r.score for r in scored], labels)

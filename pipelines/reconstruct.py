@@ -15,17 +15,25 @@ import numpy as np
 import torch
 
 from diffvqa_cache import __version__
-from diffvqa_cache.adaptation import psnr, ssim
-from diffvqa_cache.config import (DTYPES, LATENTS, METHOD, NOISE_MODES, SAMPLERS, TIMESTEP_SPACINGS, one_of,
-                                  require_input_dependence)
+from diffvqa_cache.cache.settings import (
+    DTYPES,
+    LATENTS,
+    METHOD,
+    NOISE_MODES,
+    SAMPLERS,
+    TIMESTEP_SPACINGS,
+    require_input_dependence,
+)
+from diffvqa_cache.config import one_of
 from diffvqa_cache.datasets import safe_key
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.extraction.adaptation import psnr, ssim
+from diffvqa_cache.extraction.video import load_video_frames
+from diffvqa_cache.extraction.views import make_views
 from diffvqa_cache.files import atomic_path, write_json_atomic
 from diffvqa_cache.progress import err
 from diffvqa_cache.seeds import noise_seed
-from diffvqa_cache.video import load_video_frames
-from diffvqa_cache.views import make_views
 
 ERROR_GAIN = 4.0  # the error map shows min(255, 4 * |view - reconstruction|), channel mean, as a heat map
 
@@ -68,8 +76,8 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json."""
     from PIL import Image
 
-    from diffvqa_cache.backbone import load_backbone
-    from diffvqa_cache.features import FeatureExtractor
+    from diffvqa_cache.extraction.backbone import load_backbone
+    from diffvqa_cache.extraction.features import FeatureExtractor
 
     require_input_dependence(controller, strength)
     one_of("--sampler", sampler, SAMPLERS)

@@ -18,9 +18,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffvqa_cache.config import AdaptConfig, Config, ExtractConfig
+from diffvqa_cache.cache.settings import ExtractConfig
+from diffvqa_cache.config import Config
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.files import write_json_atomic, write_text_atomic
 from diffvqa_cache.progress import err
 
@@ -127,7 +129,7 @@ def _dataset(name: str, root: str, limit: int | None):
 
 
 def _adapt(cfg: ReproduceConfig, datasets: dict, folder: Path, progress: bool) -> Path:
-    from diffvqa_cache.adaptation import list_checkpoints
+    from diffvqa_cache.extraction.adaptation import list_checkpoints
     from pipelines.adapt import run_adapt
 
     if (folder / "adapt_config.json").is_file():
@@ -154,7 +156,7 @@ def _extract(dataset, cfg: ExtractConfig, out: Path, client, progress: bool) -> 
 
 
 def _fit(cache: Path, run: Path, overrides: dict, test_caches: list[Path], init: Path | None, progress: bool) -> Path:
-    from diffvqa_cache.fitting import FitConfig, run_finished, verify_run
+    from diffvqa_cache.training.fitting import FitConfig, run_finished, verify_run
     from pipelines.fit import run_fit
 
     if run_finished(run):
@@ -228,8 +230,8 @@ def write_table(out: Path, rows: list[dict]) -> None:
     lines += ["| " + " | ".join(row) + " |" for row in body]
     write_text_atomic(out / "table.md", "\n".join(lines) + "\n")
     write_json_atomic(out / "table.json", rows)
-    from diffvqa_cache.plots import paper_comparison
-    from diffvqa_cache.report import write_table_page
+    from diffvqa_cache.scoring.plots import paper_comparison
+    from diffvqa_cache.scoring.report import write_table_page
 
     paper_comparison(out / "table.png", [f"{_label(r['trained_on'])} -> {_label(r['tested_on'])}" for r in rows],
                      [r["srcc"] for r in rows], [r["paper_srcc"] for r in rows])

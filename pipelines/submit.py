@@ -13,8 +13,8 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from diffvqa_cache.cache import CacheDir, plan_shards
-from diffvqa_cache.config import ExtractConfig
+from diffvqa_cache.cache.folder import CacheDir, plan_shards
+from diffvqa_cache.cache.settings import ExtractConfig
 from diffvqa_cache.datasets import Dataset
 from diffvqa_cache.errors import DiffVQAError, UserInputError
 

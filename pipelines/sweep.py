@@ -21,16 +21,16 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffvqa_cache.cache import FeatureCache
-from diffvqa_cache.dask_cluster import ClusterJobs, check_dask_args, dask_client, default_workers
+from diffvqa_cache.cache.folder import FeatureCache
+from diffvqa_cache.cluster.dask_client import ClusterJobs, check_dask_args, dask_client, default_workers
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import folder_lock, remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
-from diffvqa_cache.fitting import FitConfig, fit_split
-from diffvqa_cache.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_bytes
-from diffvqa_cache.metrics import METRIC_KEYS
-from diffvqa_cache.plots import sweep_summary
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.protocols import Split, check_plan, plan_splits
+from diffvqa_cache.scoring.plots import sweep_summary
+from diffvqa_cache.training.fitting import FitConfig, fit_split
+from diffvqa_cache.training.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_bytes
+from diffvqa_cache.training.metrics import METRIC_KEYS
+from diffvqa_cache.training.protocols import Split, check_plan, plan_splits
 
 # Settings that define the splits: the same for every configuration (set them in `base:` or on the CLI).
 SPLIT_SETTINGS = ("protocol", "splits", "test_fraction", "seed")
@@ -132,7 +132,7 @@ def cached_source(cache_path: str, cfg: FitConfig, budget_gb: float):
     they fit `budget_gb`, else streamed; tables kept for earlier tasks are dropped (oldest first) until
     they and this task's data (its table, or a streamed source's read-ahead, up to the whole budget) fit
     it together. Returns (source, the data path's record)."""
-    from diffvqa_cache.data import choose_data_path, open_table
+    from diffvqa_cache.training.data import choose_data_path, open_table
 
     cache = FeatureCache(cache_path)
     spec, budget = cfg.load_spec(cache.config.pixel_size), int(budget_gb * 1e9)
@@ -372,7 +372,7 @@ def write_results(out: Path, results: list[dict], order: list[str], protocol: st
                                    and not r.get("error") and primary in r.get("metrics", {})] for m in ("srcc", "plcc")}
                  for s in summary}
     sweep_summary(out / "summary.png", summary, f"{cache.config.dataset} {protocol}, test set {primary}", per_split)
-    from diffvqa_cache.report import write_sweep_report
+    from diffvqa_cache.scoring.report import write_sweep_report
 
     write_sweep_report(out)
     return summary

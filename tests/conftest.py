@@ -7,10 +7,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-
 from clip_helpers import clip_frames, clip_markers
 
-from diffvqa_cache.video import write_clip
+from diffvqa_cache.extraction.video import write_clip
+
 
 @pytest.fixture(scope="session")
 def clip_tools():
@@ -75,7 +75,7 @@ def sample_root(cache_home):
 @pytest.fixture(scope="session")
 def tiny_extract_config():
     """The fastest stage-one settings that still exercise every part: 2 frames, 1 step, 2 crops."""
-    from diffvqa_cache.config import ExtractConfig
+    from diffvqa_cache.cache.settings import ExtractConfig
 
     return ExtractConfig(model="tiny", steps=1, strength=0.5, frames=2, crops=2, grid=4, pixel_size=32, shard_size=2,
                          batch_size=6, decode_workers=1)

@@ -6,13 +6,14 @@ import json
 
 import pytest
 
-from diffvqa_cache.config import AdaptConfig, CacheConfig, ExtractConfig, ModelIdentity, fingerprint
-from diffvqa_cache.data import LoadSpec
+from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig, ModelIdentity, fingerprint
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.fitting import FitConfig, RunConfig
-from diffvqa_cache.protocols import Split
-from diffvqa_cache.regressor import RegressorConfig
-from diffvqa_cache.training import TrainConfig
+from diffvqa_cache.extraction.settings import AdaptConfig
+from diffvqa_cache.training.data import LoadSpec
+from diffvqa_cache.training.fitting import FitConfig, RunConfig
+from diffvqa_cache.training.loop import TrainConfig
+from diffvqa_cache.training.protocols import Split
+from diffvqa_cache.training.regressor import RegressorConfig
 
 ALL = [ExtractConfig(), AdaptConfig(), FitConfig(), TrainConfig(), RegressorConfig(ms_levels=(1, 3)),
        LoadSpec(branches="D", ms_levels=(0, 2)), Split("s", ["a", "b"], {"test": ["c"]})]
@@ -119,7 +120,7 @@ def test_dtype_auto_is_resolved_where_the_views_run_and_recorded():
 
 
 def test_caches_of_older_extractors_are_recognised():
-    from diffvqa_cache.config import EXTRACTOR_VERSION
+    from diffvqa_cache.cache.settings import EXTRACTOR_VERSION
 
     new = CacheConfig.create(ExtractConfig(), ModelIdentity("m", "c", 128), "kvd", (1, 5))
     assert new.extractor_version == EXTRACTOR_VERSION == "4" and new.is_current

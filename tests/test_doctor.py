@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from cli import app
 from diffvqa_cache import doctor
-from diffvqa_cache.backbone import SD_LAYOUT, model_layout_problems
+from diffvqa_cache.extraction.backbone import SD_LAYOUT, model_layout_problems
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
-from ..errors import DatasetError
-from .records import VIDEO_EXT, Dataset, VideoRecord, safe_key, unique_key
+from diffvqa_cache.datasets.records import VIDEO_EXT, Dataset, VideoRecord, safe_key, unique_key
+from diffvqa_cache.errors import DatasetError
 
 DATASETS: tuple[str, ...] = ("kvd", "lvqc", "ytugc", "lsvq", "csv", "labels_txt", "sample")
 
@@ -140,7 +140,7 @@ def load_dataset(name: str, root: Path | str | None, labels: Path | str | None =
         if labels is not None:
             raise DatasetError(f"--dataset sample uses its own labels, not {labels}; for your own videos pass "
                                f"--dataset csv --labels {labels}")
-        from .sample import ensure_sample  # lazy: only the sample command needs it
+        from diffvqa_cache.datasets.sample import ensure_sample  # lazy: only the sample command needs it
 
         folder = ensure_sample(Path(root) if root is not None else None)
         dataset = load_dataset("csv", folder, folder / "labels.csv", limit, video_column, mos_column, split_column)

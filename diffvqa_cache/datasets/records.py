@@ -108,7 +108,7 @@ class Dataset:
     def check(self, allow_problems: bool = False) -> None:
         """Refuse a label file with bad rows (duplicates, unreadable MOS) unless told to skip them."""
         if self.problems and not allow_problems:
-            from ..errors import DatasetError
+            from diffvqa_cache.errors import DatasetError
 
             more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
             raise DatasetError(f"{self.labels_file}: {self.problems[0]}{more}; fix the label file, or pass "

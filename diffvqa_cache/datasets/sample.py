@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..errors import DatasetError
-from ..files import atomic_path, remove_leftovers
-from ..video import write_clip
+from diffvqa_cache.errors import DatasetError
+from diffvqa_cache.extraction.video import write_clip
+from diffvqa_cache.files import atomic_path, remove_leftovers
 
 VERSION = "sample-v3"
 SEED = 20240601

@@ -127,6 +127,6 @@ def test_odd_names_and_suspect_rows_extract_with_readable_ids_and_warnings(tmp_p
     assert "row 4: ../outside.mp4 is outside --root" in result.stderr and "2 warnings" in result.stderr
     info = json.loads(runner.invoke(app, ["cache", "info", str(tmp_path / "out"), "--json"]).stdout)
     assert info["videos"] == 3
-    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache
 
     assert sorted(FeatureCache(tmp_path / "out").keys) == sorted(["ü", "é", "_.__outside"])

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from clip_helpers import clip_frames, write_audio_only
 
-from diffvqa_cache.cache import FeatureCache
+from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.datasets import load_dataset
-from diffvqa_cache.video import write_clip
+from diffvqa_cache.extraction.video import write_clip
 from pipelines.extract import run_extract
 
 
@@ -95,7 +95,7 @@ def test_rotated_phone_video_decodes_upright(tmp_path, store, rotation, decoder)
     """Both decoders give the picture as it was filmed, whatever the installed decord does itself."""
     from clip_helpers import clip_markers
 
-    from diffvqa_cache.video import probe, read_frames
+    from diffvqa_cache.extraction.video import probe, read_frames
 
     container, tag, w, h = store
     upright = clip_frames(16, w, h)

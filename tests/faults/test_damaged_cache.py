@@ -9,11 +9,11 @@ import h5py
 import numpy as np
 import pytest
 
-from diffvqa_cache.cache import verify_cache
+from diffvqa_cache.cache.folder import verify_cache
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
 from diffvqa_cache.files import file_sha256, write_json_atomic
-from diffvqa_cache.fitting import FitConfig
+from diffvqa_cache.training.fitting import FitConfig
 from pipelines.extract import run_extract
 from pipelines.fit import run_fit
 
@@ -120,7 +120,7 @@ def test_cache_of_an_older_extractor_version_is_stale_not_reused(pristine, tiny_
 
     import diffvqa_cache.config as config_module
     from cli import app
-    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache
 
     index = load_dataset("sample", None, limit=4)
     monkeypatch.setattr(config_module, "EXTRACTOR_VERSION", "3")

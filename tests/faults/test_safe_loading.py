@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from diffvqa_cache.cache import FeatureCache
-from diffvqa_cache.checkpoint import load_checkpoint, save_checkpoint
+from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.errors import CacheError
 from diffvqa_cache.files import write_json_atomic
-from diffvqa_cache.regressor import DiffVQARegressor, RegressorConfig
+from diffvqa_cache.training.checkpoint import load_checkpoint, save_checkpoint
+from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 

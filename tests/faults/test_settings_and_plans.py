@@ -11,10 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from diffvqa_cache.config import CacheConfig, ExtractConfig
+from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.fitting import FitConfig, load_fit_config
-from diffvqa_cache.protocols import plan_splits
+from diffvqa_cache.training.fitting import FitConfig, load_fit_config
+from diffvqa_cache.training.protocols import plan_splits
 
 runner = CliRunner()
 
@@ -112,7 +112,7 @@ class _Cache:
 
 
 def test_every_test_set_and_training_part_of_the_plan_is_checked():
-    from diffvqa_cache.protocols import check_plan
+    from diffvqa_cache.training.protocols import check_plan
 
     lsvq = _Cache("lsvq", ["train"] * 8 + ["test"] * 3 + ["test1080p"] * 2)
     protocol, splits = plan_splits("lsvq", lsvq)
@@ -174,7 +174,7 @@ def test_a_damaged_cache_config_is_one_line_naming_the_file(cache16, tmp_path, c
 
 
 def test_a_controller_with_only_pickled_weights_is_refused_and_nothing_is_written(tmp_path, sample_root):
-    from diffvqa_cache.backbone import build_tiny, load_controller
+    from diffvqa_cache.extraction.backbone import build_tiny, load_controller
 
     _, unet, _ = build_tiny()
     load_controller(unet, None).save_pretrained(tmp_path / "ctrl", safe_serialization=False)

@@ -10,11 +10,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from diffvqa_cache.adaptation import Adapter, list_checkpoints
-from diffvqa_cache.backbone import load_backbone
-from diffvqa_cache.config import AdaptConfig
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.extraction.adaptation import Adapter, list_checkpoints
+from diffvqa_cache.extraction.backbone import load_backbone
+from diffvqa_cache.extraction.settings import AdaptConfig
 from pipelines.adapt import run_adapt
 
 # one clip, 2 frames: 4 views (S + one crop each); a high lr so the tiny model's loss falls within 30 steps

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffvqa_cache.cache import FeatureCache, merge_caches, verify_cache
+from diffvqa_cache.cache.folder import FeatureCache, merge_caches, verify_cache
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
 from pipelines.extract import run_extract

@@ -10,8 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from diffvqa_cache.cache import FeatureCache, verify_cache
-from diffvqa_cache.config import fingerprint
+from diffvqa_cache.cache.folder import FeatureCache, verify_cache
+from diffvqa_cache.cache.settings import fingerprint
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.files import file_sha256
 from pipelines.extract import run_extract
@@ -175,7 +175,7 @@ def test_predict_recomputes_a_cached_video_bit_for_bit(sample_cache, tiny_extrac
     import torch
 
     from diffvqa_cache.datasets import VideoRecord
-    from diffvqa_cache.extraction import ViewEncoder, decode_views
+    from diffvqa_cache.extraction.per_video import ViewEncoder, decode_views
 
     result = sample_cache(limit=2, batch_size=6)
     cache = FeatureCache(result.cache_dir)
@@ -195,8 +195,8 @@ def test_a_controller_that_ignores_the_input_stops_the_run(sample_root, tiny_ext
     same features: the first videos show it and the run stops, naming the views."""
     from diffusers import ControlNetModel
 
-    from diffvqa_cache.backbone import load_backbone
     from diffvqa_cache.errors import DiffVQAError
+    from diffvqa_cache.extraction.backbone import load_backbone
 
     zero = tmp_path / "zero"
     ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
@@ -214,8 +214,8 @@ def test_the_guard_holds_when_no_two_views_share_a_seed(sample_root, tiny_extrac
     before a shard is written."""
     from diffusers import ControlNetModel
 
-    from diffvqa_cache.backbone import load_backbone
     from diffvqa_cache.errors import DiffVQAError
+    from diffvqa_cache.extraction.backbone import load_backbone
 
     zero = tmp_path / "zero"
     ControlNetModel.from_unet(load_backbone("tiny").unet, conditioning_channels=4,
@@ -238,7 +238,7 @@ def test_a_plain_extract_computes_the_papers_features(sample_root, tmp_path):
     import typer
 
     from cli import app
-    from diffvqa_cache.config import EXTRACTOR_VERSION, PAPER_PRESET, ExtractConfig, SD21_BASE
+    from diffvqa_cache.cache.settings import EXTRACTOR_VERSION, PAPER_PRESET, SD21_BASE, ExtractConfig
     from pipelines.extract import prepare_cache
 
     options = {p.name: p.default for p in typer.main.get_command(app).commands["extract"].params}

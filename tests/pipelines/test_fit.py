@@ -9,11 +9,11 @@ import shutil
 import numpy as np
 import pytest
 
-from diffvqa_cache.checkpoint import load_checkpoint, read_meta
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.fitting import FitConfig, RunConfig, load_fit_config
-from diffvqa_cache.protocols import random_splits
+from diffvqa_cache.training.checkpoint import load_checkpoint, read_meta
+from diffvqa_cache.training.fitting import FitConfig, RunConfig, load_fit_config
+from diffvqa_cache.training.protocols import random_splits
 from pipelines.fit import run_fit
 
 
@@ -186,7 +186,7 @@ def test_both_plccs_are_reported_and_labelled(fast_run):
 def test_familiarity_reference_holds_each_split_models_training_videos(fast_run):
     """The unfamiliar-content reference of a split model is that model's training videos, not every split's
     (which is every video of the cache, test videos included)."""
-    from diffvqa_cache.familiarity import FILE_NAME, RunReference
+    from diffvqa_cache.scoring.familiarity import FILE_NAME, RunReference
 
     _, out = fast_run
     splits = json.loads((out / "splits.json").read_text())
@@ -243,10 +243,10 @@ def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache,
     import torch
 
     from diffvqa_cache import Scorer
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.data import estimate_bytes, load_table
-    from diffvqa_cache.fitting import score_cached
-    from diffvqa_cache.stream import StreamedTable
+    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.training.data import estimate_bytes, load_table
+    from diffvqa_cache.training.fitting import score_cached
+    from diffvqa_cache.training.stream import StreamedTable
 
     plain = FeatureCache(sample_cache(limit=16).cache_dir)
     both = FeatureCache(sample_cache(limit=16, ms_pool="mean+std").cache_dir)
@@ -289,7 +289,7 @@ def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache,
 # ---------------------------------------------------------------- issue 23: scale, time you can plan
 
 def test_known_datasets_have_their_scale_and_a_bad_scale_is_refused():
-    from diffvqa_cache.fitting import choose_scale
+    from diffvqa_cache.training.fitting import choose_scale
 
     observed = (1.37, 4.64)
     assert choose_scale("kvd", np.zeros(0), observed) == ((1.0, 5.0), "KoNViD-1k's scale")

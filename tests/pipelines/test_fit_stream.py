@@ -17,8 +17,8 @@ import pytest
 
 import pipelines.sweep as sweep
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.fitting import FitConfig, score_cached
 from diffvqa_cache.synthetic import LSVQ_SPLITS, write_synthetic_cache
+from diffvqa_cache.training.fitting import FitConfig, score_cached
 from pipelines.fit import run_fit
 from pipelines.sweep import run_sweep
 
@@ -102,7 +102,7 @@ def test_cached_videos_score_as_in_the_run(cache_dir, memory_run):
 def test_streamed_fit_writes_the_same_familiarity_reference(cache_dir, memory_run, tmp_path):
     """predict's unfamiliar flag compares with the training videos' statistics: the streamed fit must store
     the same ones as the in-memory fit (they are read in chunks through the streamed reader)."""
-    from diffvqa_cache.familiarity import FILE_NAME, RunReference
+    from diffvqa_cache.scoring.familiarity import FILE_NAME, RunReference
 
     run_fit(cache_dir, tmp_path / "s", FitConfig().with_overrides({**FIT, **TINY_BUDGET, "train.epochs": 1}),
             progress=False)
@@ -175,8 +175,8 @@ def test_sigkill_during_an_epoch_then_resume_equals_an_uninterrupted_fit(cache_d
 PEAK = """
 import json, sys
 import cli, pipelines.sweep
-from diffvqa_cache.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from diffvqa_cache.fitting import FitConfig
+from diffvqa_cache.training.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
+from diffvqa_cache.training.fitting import FitConfig
 from pipelines.fit import run_fit
 import torch
 torch.set_num_threads(1)
@@ -195,8 +195,8 @@ def test_streamed_fit_peak_memory_stays_far_below_the_table_and_imports_no_diffu
     """280 videos of 0.5 MB: the in-memory table would take 150 MB; after a warm-up fit (the same model on
     16 videos, so torch's first-use memory is paid), the streamed fit's peak grows by about one batch.
     The fit side (CLI, fit, sweep) never imports diffusers."""
-    from diffvqa_cache.cache import FeatureCache
-    from diffvqa_cache.data import estimate_bytes
+    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.training.data import estimate_bytes
 
     shapes = dict(frames=4, crops=1, grid=8, latent_hw=16, pixel_size=16, ms_channels=(256, 256, 128, 64), shard_size=40)
     small = write_synthetic_cache(tmp_path / "small", 16, **shapes)

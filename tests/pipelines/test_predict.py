@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.fitting import FitConfig
+from diffvqa_cache.training.fitting import FitConfig
 from pipelines.fit import run_fit
 from pipelines.predict import run_predict
 
@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory, sample_cache, fast_fit):
 def _run_with_config(run_dir: Path, dst: Path, edit) -> Path:
     """A copy of `run_dir` whose config.json `edit(config)` changed, as if the fit had written it (manifest
     re-recorded, so only the edit differs)."""
-    from diffvqa_cache.fitting import write_run_manifest
+    from diffvqa_cache.training.fitting import write_run_manifest
 
     shutil.copytree(run_dir, dst)
     config = json.loads((dst / "config.json").read_text())
@@ -52,7 +52,7 @@ def scorer(run_dir):
 @pytest.fixture(scope="module")
 def odd_clips(tmp_path_factory):
     """A solid black clip (nothing like the sample's textured scenes) and a file that is not a video."""
-    from diffvqa_cache.video import write_clip
+    from diffvqa_cache.extraction.video import write_clip
 
     folder = tmp_path_factory.mktemp("odd")
     write_clip(folder / "black.mp4", np.zeros((16, 120, 160, 3), np.uint8), fps=24)
@@ -143,7 +143,7 @@ def test_rerun_scores_only_what_the_results_file_lacks(run_dir, scorer, sample_r
 
 def test_import_is_cheap_and_the_api_is_exported():
     import diffvqa_cache
-    from diffvqa_cache.scoring import Scorer
+    from diffvqa_cache.scoring.scorer import Scorer
 
     assert diffvqa_cache.Scorer is Scorer and "Scorer" in diffvqa_cache.__all__
     code = "import sys, diffvqa_cache; print(sorted(m for m in ('torch', 'numpy', 'diffusers') if m in sys.modules))"
@@ -176,7 +176,7 @@ def test_predict_refuses_a_run_fitted_on_older_features(run_dir, sample_root, tm
     """A run of 0.2 (extractor version 3, which turned rotated videos wrongly: a version-3 fingerprint and no
     extractor_version in its cache config) is refused as such, not as other weights: its models were trained
     on other features than this version extracts."""
-    from diffvqa_cache.config import CacheConfig, fingerprint
+    from diffvqa_cache.cache.settings import CacheConfig, fingerprint
 
     def as_version_3(config):
         cache = CacheConfig.from_dict(config["cache"])
@@ -191,9 +191,8 @@ def test_predict_refuses_a_run_fitted_on_older_features(run_dir, sample_root, tm
 
 
 def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, monkeypatch, capsys):
-    import diffvqa_cache.video as video
-
-    from diffvqa_cache.fitting import RunConfig
+    import diffvqa_cache.extraction.video as video
+    from diffvqa_cache.training.fitting import RunConfig
 
     used = RunConfig.read(run_dir).decoders
     assert set(used) == {"h264"}
@@ -241,7 +240,7 @@ def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root
 
     import cli
     from diffvqa_cache import Scorer
-    from diffvqa_cache.fitting import RunConfig
+    from diffvqa_cache.training.fitting import RunConfig
 
     assert RunConfig.read(run_dir).scale == (1.0, 5.0)  # the sample's known scale, recorded
     assert RunConfig.read(run_dir).scale_source == "the sample's scale"
@@ -263,7 +262,7 @@ def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root
 
 
 def test_each_score_is_ranked_among_the_training_videos(run_dir, scorer, sample_root):
-    from diffvqa_cache.fitting import RunConfig
+    from diffvqa_cache.training.fitting import RunConfig
     from pipelines.predict import format_table
 
     train_mos = RunConfig.read(run_dir).train_mos

@@ -9,9 +9,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from diffvqa_cache.adaptation import psnr, ssim
-from diffvqa_cache.config import AdaptConfig
 from diffvqa_cache.datasets import load_dataset
+from diffvqa_cache.extraction.adaptation import psnr, ssim
+from diffvqa_cache.extraction.settings import AdaptConfig
 from pipelines.reconstruct import run_reconstruct
 
 
@@ -50,7 +50,7 @@ def test_reconstruction_is_what_extract_cached(clip, tiny_extract_config, tmp_pa
     """Same views, seeds and chain as stage one: the reconstructed latent is the cached S/latent."""
     import dataclasses
 
-    from diffvqa_cache.cache import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache
     from pipelines.extract import run_extract
 
     cfg = dataclasses.replace(tiny_extract_config, frames=1, steps=2, crops=1)
@@ -66,11 +66,10 @@ def test_reconstruction_is_what_extract_cached(clip, tiny_extract_config, tmp_pa
 def test_adaptation_improves_the_reconstruction(clip, tmp_path):
     """The tiny VAE is random, so pixel PSNR is pinned near its own ceiling (~10 dB, vae_psnr) whatever
     the chain does; the chain's own error, z0_hat against z0, is what adaptation must lower."""
-    from pipelines.adapt import run_adapt
-
     from diffusers import ControlNetModel
 
-    from diffvqa_cache.backbone import load_backbone
+    from diffvqa_cache.extraction.backbone import load_backbone
+    from pipelines.adapt import run_adapt
 
     rec = clip.records[0]
     zero = tmp_path / "zero-init"  # plain SD: what adaptation starts from

@@ -65,7 +65,7 @@ def test_cluster_conflicts_with_serial_and_cpu_jobs_with_cuda(tmp_path):
 ])
 def test_worker_job_script(kind, gpus, expected, tmp_path):
     """The job `--cluster` submits, as dask-jobqueue renders it: one single-threaded worker per GPU or core."""
-    from diffvqa_cache.dask_cluster import ClusterJobs, job_kwargs, jobqueue_cluster_class
+    from diffvqa_cache.cluster.dask_client import ClusterJobs, job_kwargs, jobqueue_cluster_class
 
     spec = ClusterJobs(cluster=kind, jobs=2, cpus_per_job=8, gpus_per_job=gpus, mem="16GB", walltime="2:00:00",
                        logs=tmp_path / "logs")
@@ -80,7 +80,7 @@ def test_worker_job_script(kind, gpus, expected, tmp_path):
 def test_importing_dask_jobqueue_keeps_ctrl_c():
     """dask_jobqueue.runner, on import, makes Ctrl-C a sys.exit() (exit code 0); a fresh process shows it."""
     code = ("import signal; before = signal.getsignal(signal.SIGINT); "
-            "from diffvqa_cache.dask_cluster import jobqueue_cluster_class; jobqueue_cluster_class('slurm'); "
+            "from diffvqa_cache.cluster.dask_client import jobqueue_cluster_class; jobqueue_cluster_class('slurm'); "
             "assert signal.getsignal(signal.SIGINT) is before")
     subprocess.run([sys.executable, "-c", code], check=True)
 

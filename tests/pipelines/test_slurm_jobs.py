@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli import app
-from diffvqa_cache.cache import file_sha256
+from diffvqa_cache.cache.folder import file_sha256
 
 pytestmark = pytest.mark.slurm
 runner = CliRunner()

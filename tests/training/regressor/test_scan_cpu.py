@@ -1,0 +1,291 @@
+"""The compiled CPU selective scan equals the reference scan in values and gradients, and Mamba picks it."""
+
+import logging
+
+import pytest
+import torch
+
+from diffvqa_cache.training.regressor import mamba as mamba_mod
+from diffvqa_cache.training.regressor import scan_cpu
+from diffvqa_cache.training.regressor.mamba import BiMamba, Mamba, selective_scan_reference
+from diffvqa_cache.training.regressor.tcab import TCAB
+
+ALL_INPUTS = ["u", "delta", "A", "B", "C", "D", "z", "delta_bias"]
+
+
+def _scan_inputs(batch, d_inner, d_state, length, dtype, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    kw = dict(dtype=dtype, generator=g)
+    return dict(
+        u=torch.randn(batch, d_inner, length, **kw),
+        delta=torch.randn(batch, d_inner, length, **kw),
+        A=-torch.rand(d_inner, d_state, **kw) * 2 - 0.1,
+        B=torch.randn(batch, d_state, length, **kw),
+        C=torch.randn(batch, d_state, length, **kw),
+        D=torch.randn(d_inner, **kw),
+        z=torch.randn(batch, d_inner, length, **kw),
+        delta_bias=torch.randn(d_inner, **kw),
+    )
+
+
+@pytest.fixture
+def threads():
+    """Run a test with 2 torch threads (the kernel splits its work items over them), then restore."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_the_compiled_scan_builds_here():
+    assert scan_cpu.available(), scan_cpu._library()
+
+
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(2, 6, 4, 1), (2, 6, 4, 11), (3, 5, 16, 97), (1, 1, 3, 40)])
+@pytest.mark.parametrize("gate", ["z and D", "no z", "no D"])
+def test_compiled_scan_values_and_gradients_equal_the_reference(dtype, tol, shape, gate, threads):
+    inputs = _scan_inputs(*shape, dtype)
+    if gate == "no z":
+        inputs["z"] = None
+    if gate == "no D":
+        inputs["D"] = None
+    wrt = [k for k in ALL_INPUTS if inputs[k] is not None]
+    for name in wrt:
+        inputs[name].requires_grad_(True)
+    y_ref = selective_scan_reference(**inputs)
+    y_fast = scan_cpu.selective_scan_compiled(**inputs)
+    assert y_fast.dtype == dtype
+    torch.testing.assert_close(y_fast, y_ref, atol=tol, rtol=tol)
+    weight = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * weight).sum(), [inputs[n] for n in wrt])
+    grads_fast = torch.autograd.grad((y_fast * weight).sum(), [inputs[n] for n in wrt])
+    for name, g_ref, g_fast in zip(wrt, grads_ref, grads_fast):
+        torch.testing.assert_close(g_fast, g_ref, atol=tol * 10, rtol=tol * 10, msg=f"gradient wrt {name}")
+
+
+@pytest.mark.parametrize("case", ["no softplus", "no delta_bias", "softplus past its threshold"])
+def test_fused_delta_and_gate_equal_the_reference(case, threads):
+    # softplus(delta + bias), the D skip and the silu(z) gate run inside the kernel: every option and torch's
+    # softplus threshold (identity above 20) give the reference's values and gradients
+    inputs = _scan_inputs(2, 5, 4, 33, torch.float64)
+    softplus = case != "no softplus"
+    if case == "no delta_bias":
+        inputs["delta_bias"] = None
+    if case == "softplus past its threshold":
+        inputs["delta"] = inputs["delta"] * 0.02 + torch.where(torch.rand_like(inputs["delta"]) > 0.5, 19.995, -5.0)
+    if not softplus:
+        inputs["delta"] = inputs["delta"].abs() * 0.3
+    wrt = [k for k in ALL_INPUTS if inputs[k] is not None]
+    for name in wrt:
+        inputs[name].requires_grad_(True)
+    y_ref = selective_scan_reference(**inputs, delta_softplus=softplus)
+    y_fast = scan_cpu.selective_scan_compiled(**inputs, delta_softplus=softplus)
+    torch.testing.assert_close(y_fast, y_ref, atol=1e-11, rtol=1e-11)
+    weight = torch.randn_like(y_ref)
+    grads_ref = torch.autograd.grad((y_ref * weight).sum(), [inputs[n] for n in wrt])
+    grads_fast = torch.autograd.grad((y_fast * weight).sum(), [inputs[n] for n in wrt])
+    for name, g_ref, g_fast in zip(wrt, grads_ref, grads_fast):
+        torch.testing.assert_close(g_fast, g_ref, atol=1e-10, rtol=1e-10, msg=f"gradient wrt {name}")
+
+
+def test_compiled_scan_keeps_only_its_inputs_for_backward():
+    # the fused kernel saves u, delta, z (and the small A, B, C, D, bias): no softplus, skip or gate tensors
+    inputs = _scan_inputs(2, 6, 4, 50, torch.float32)
+    for name in ALL_INPUTS:
+        inputs[name].requires_grad_(True)
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        scan_cpu.selective_scan_compiled(**inputs)
+    big = [t for t in saved if t.dim() == 3 and t.shape[1] == 6]
+    assert len(big) == 3 and {t.data_ptr() for t in big} == {inputs[k].data_ptr() for k in ("u", "delta", "z")}
+
+
+def test_compiled_scan_passes_gradcheck():
+    inputs = _scan_inputs(2, 3, 4, 6, torch.float64)
+    for name in ALL_INPUTS:
+        inputs[name].requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda *a: scan_cpu.selective_scan_compiled(*a[:6], z=a[6], delta_bias=a[7]),
+                                    tuple(inputs[k] for k in ALL_INPUTS))
+
+
+def test_compiled_scan_handles_strided_inputs_and_a_long_sequence(threads):
+    # Mamba's own layout (B, C transposed views) and TCAB's length at 224 px for 8 frames
+    inputs = _scan_inputs(2, 8, 16, 1568, torch.float64)
+    inputs["B"] = inputs["B"].transpose(1, 2).contiguous().transpose(1, 2)
+    inputs["u"] = inputs["u"][:, ::1]
+    torch.testing.assert_close(scan_cpu.selective_scan_compiled(**inputs), selective_scan_reference(**inputs),
+                               atol=1e-10, rtol=1e-10)
+
+
+def _module_grads(module, x, scan, monkeypatch):
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, scan)
+    module.zero_grad()
+    x = x.clone().requires_grad_(True)
+    y = module(x)
+    (y * torch.linspace(-1, 1, y.numel(), dtype=y.dtype).view_as(y)).sum().backward()
+    grads = {n: p.grad.clone() for n, p in module.named_parameters()}
+    with torch.no_grad():
+        y_infer = module(x)
+    return y.detach(), y_infer, x.grad, grads
+
+
+@pytest.mark.parametrize("block", [Mamba, BiMamba])
+def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, monkeypatch, threads):
+    torch.manual_seed(0)
+    module = block(16, d_state=4).double()
+    x = torch.randn(3, 29, 16, dtype=torch.float64)
+    fast = _module_grads(module, x, "compiled", monkeypatch)
+    slow = _module_grads(module, x, "torch", monkeypatch)
+    for what, a, b in zip(["output", "inference output", "input gradient"], fast[:3], slow[:3]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=what)
+    assert fast[3].keys() == slow[3].keys()
+    for name in fast[3]:
+        torch.testing.assert_close(fast[3][name], slow[3][name], atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
+
+
+def test_tcab_float32_training_step_matches_the_pure_pytorch_path(monkeypatch, threads):
+    torch.manual_seed(0)
+    tcab = TCAB(pixel_size=32, num_frames=3, d_model=16, depth=2, patch=8, d_state=4)
+    pixels = torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8)
+    outs = {}
+    for scan in ("compiled", "torch"):
+        monkeypatch.setenv(mamba_mod.SCAN_ENV, scan)
+        tcab.zero_grad()
+        y = tcab(pixels)
+        y.square().sum().backward()
+        outs[scan] = (y.detach(), {n: p.grad.clone() for n, p in tcab.named_parameters()})
+    torch.testing.assert_close(outs["compiled"][0], outs["torch"][0], atol=1e-5, rtol=1e-5)
+    for name, g in outs["compiled"][1].items():
+        torch.testing.assert_close(g, outs["torch"][1][name], atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
+
+
+def test_state_dict_round_trip_between_the_scan_paths(monkeypatch, tmp_path):
+    torch.manual_seed(0)
+    source = BiMamba(16, d_state=4)
+    x = torch.randn(2, 13, 16)
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "torch")
+    with torch.no_grad():
+        expected = source(x)
+    torch.save(source.state_dict(), tmp_path / "block.pt")
+    torch.manual_seed(1)
+    target = BiMamba(16, d_state=4)
+    target.load_state_dict(torch.load(tmp_path / "block.pt", weights_only=True), strict=True)
+    assert target.state_dict().keys() == source.state_dict().keys()
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
+    with torch.no_grad():
+        torch.testing.assert_close(target(x), expected, atol=1e-5, rtol=1e-5)
+
+
+def test_scan_choice_and_fallback(monkeypatch, caplog):
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "auto")
+    assert mamba_mod.cpu_selective_scan(torch.float32, True) is scan_cpu.selective_scan_compiled
+    assert mamba_mod.cpu_selective_scan(torch.bfloat16, True) is mamba_mod.selective_scan_parallel
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "torch")
+    assert mamba_mod.cpu_selective_scan(torch.float32, True) is mamba_mod.selective_scan_parallel
+    assert mamba_mod.cpu_selective_scan(torch.float32, False) is mamba_mod.selective_scan_inference
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "fast")
+    with pytest.raises(ValueError, match="DIFFVQA_MAMBA_SCAN='fast' is not one of auto, compiled, torch"):
+        mamba_mod.cpu_selective_scan(torch.float32, True)
+    # no compiler: auto falls back to the pure-PyTorch scans with one warning, compiled says why
+    monkeypatch.setattr(scan_cpu, "_library", lambda: "no C compiler found")
+    scan_cpu._warn_once.cache_clear()
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "auto")
+    with caplog.at_level(logging.WARNING):
+        assert mamba_mod.cpu_selective_scan(torch.float32, True) is mamba_mod.selective_scan_parallel
+        assert mamba_mod.cpu_selective_scan(torch.float32, False) is mamba_mod.selective_scan_inference
+    assert [r.getMessage() for r in caplog.records].count(
+        "Mamba scan on the CPU: no C compiler found; using the slower pure-PyTorch scan") == 1
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
+    with pytest.raises(RuntimeError, match="no C compiler found"):
+        mamba_mod.cpu_selective_scan(torch.float32, True)
+    scan_cpu._warn_once.cache_clear()
+
+
+def test_kernel_is_built_once_into_the_cache_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFVQA_KERNEL_CACHE", str(tmp_path / "kernels"))
+    scan_cpu._library.cache_clear()
+    try:
+        assert scan_cpu.available()
+        (built,) = (tmp_path / "kernels").glob("selective_scan-*.so")
+        stamp = built.stat().st_mtime_ns
+        scan_cpu._library.cache_clear()
+        assert scan_cpu.available()
+        assert built.stat().st_mtime_ns == stamp and len(list((tmp_path / "kernels").iterdir())) == 1
+        monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+        monkeypatch.setenv("DIFFVQA_KERNEL_CACHE", str(tmp_path / "other"))
+        scan_cpu._library.cache_clear()
+        assert not scan_cpu.available() and "failed" in scan_cpu._library()
+    finally:
+        scan_cpu._library.cache_clear()
+        scan_cpu._warn_once.cache_clear()
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_cpu_causal_conv_equals_the_conv1d_layer(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=k, groups=6, padding=k - 1, bias=True).double()
+    x = torch.randn(2, 6, 17, dtype=torch.float64, requires_grad=True)
+    y_ref = conv(x)[..., :17]
+    y = mamba_mod.causal_depthwise_conv1d(x, conv.weight, conv.bias)
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), [x, conv.weight, conv.bias])
+    g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
+    for a, b in zip(g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_fused_causal_conv_silu_equals_the_conv1d_layer_and_keeps_only_its_input(k):
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel_size=k, groups=6, padding=k - 1, bias=True).double()
+    x = torch.randn(2, 6, 17, dtype=torch.float64, requires_grad=True)
+    y_ref = torch.nn.functional.silu(conv(x)[..., :17])
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = mamba_mod.causal_conv_silu(x, conv.weight, conv.bias)
+    assert [t.data_ptr() for t in saved if t.dim() == 3 and t.shape[0] == 2] == [x.data_ptr()]
+    torch.testing.assert_close(y, y_ref, atol=1e-12, rtol=1e-12)
+    w = torch.randn_like(y)
+    g_ref = torch.autograd.grad((y_ref * w).sum(), [x, conv.weight, conv.bias])
+    g = torch.autograd.grad((y * w).sum(), [x, conv.weight, conv.bias])
+    for name, a, b in zip(["x", "weight", "bias"], g, g_ref):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12, msg=f"gradient wrt {name}")
+    assert torch.autograd.gradcheck(mamba_mod.causal_conv_silu, (x[:1, :2, :7].detach().requires_grad_(True),
+                                                                 conv.weight[:2].detach().requires_grad_(True),
+                                                                 conv.bias[:2].detach().requires_grad_(True)))
+
+
+def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
+    # Mamba.forward on the CPU with gradients = a checkpoint of _forward: same output and gradients
+    torch.manual_seed(0)
+    layer = Mamba(16, d_state=4).double()
+    x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    grads = []
+    for fn in (layer, layer._forward):
+        y = fn(x)
+        grads.append((y.detach(), *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
+    # and what autograd keeps for backward is the layer's input, not its (B, d_inner, L) activations
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        layer(x)
+    assert sum(saved) <= x.numel() * 2
+
+
+def test_compiled_scan_works_in_a_forked_child_after_the_parent_used_it(threads):
+    import multiprocessing
+
+    inputs = _scan_inputs(2, 4, 4, 9, torch.float64)
+    expected = scan_cpu.selective_scan_compiled(**inputs)  # the parent's thread pool exists now
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(1) as pool:
+        got = pool.apply_async(_scan_in_child, (inputs,)).get(timeout=60)
+    torch.testing.assert_close(got, expected)
+
+
+def _scan_in_child(inputs):
+    torch.set_num_threads(2)
+    return scan_cpu.selective_scan_compiled(**inputs)
