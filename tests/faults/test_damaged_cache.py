@@ -118,7 +118,7 @@ def test_cache_of_an_older_extractor_version_is_stale_not_reused(pristine, tiny_
     """Version 3 decoded rotated videos wrongly: its caches get a new folder, `cache info` says stale."""
     from typer.testing import CliRunner
 
-    import diffvqa_cache.config as config_module
+    import diffvqa_cache.cache.settings as config_module
     from cli import app
     from diffvqa_cache.cache.folder import FeatureCache
 
