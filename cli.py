@@ -380,15 +380,13 @@ def reconstruct(
                                                     "does; default: its key in --cache, else the file name).")] = None,
 ) -> None:
     """Show what stage one sees: view, its reconstruction and the error, with PSNR and SSIM."""
-    from click.core import ParameterSource
-
     from pipelines.reconstruct import run_reconstruct
 
     if cache is None:
         result = run_reconstruct(video, out, cfg, key=key)
     else:  # the options given on the command line change the cache's settings
         given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
-                 if ctx.get_parameter_source(f.name) == ParameterSource.COMMANDLINE}
+                 if getattr(ctx.get_parameter_source(f.name), "name", "") == "COMMANDLINE"}
         result = run_reconstruct(video, out, cache=cache, key=key, **given)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
