@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from diffvqa_cache.cache.settings import PAPER_PRESET, ExtractConfig
+from diffvqa_cache.cache.settings import PAPER_PRESET, RECONSTRUCT_DEFAULTS, ExtractConfig
 from diffvqa_cache.cluster.dask_client import ClusterJobs
 from diffvqa_cache.extraction.settings import AdaptConfig
 
@@ -35,9 +35,6 @@ LabelsOpt = Annotated[Optional[Path], typer.Option(help="Label file, overriding 
 LimitOpt = Annotated[Optional[int], typer.Option(help="Take the first N videos only.")]
 AllowProblemsOpt = Annotated[bool, typer.Option(help="Skip label rows with duplicate ids or unreadable MOS instead of stopping.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
-ModelOpt = Annotated[str, typer.Option(help="'tiny', a local diffusers SD folder, or a hub id.")]
-RevisionOpt = Annotated[Optional[str], typer.Option(help="Hub revision of --model.")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:1 ...")]
 VideoColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the video path column.")]
 MosColumnOpt = Annotated[Optional[str], typer.Option(help="csv: the MOS column.")]
 WorkersOpt = Annotated[Optional[int], typer.Option(help="Run the tasks on a local dask cluster of N worker processes.")]
@@ -368,31 +365,29 @@ def adapt(
 
 @app.command()
 @known_errors
+@options_from(ExtractConfig, "Stage one's settings, as extract's (with --cache: those given change the cache's)",
+              skip=("crops", "crop_placement", "small_frames", "grid", "ms_pool", "pixel_size", "batch_size",
+                    "shard_size", "decode_workers"),  # no effect on the S view's chain
+              defaults=RECONSTRUCT_DEFAULTS, build=functools.partial(ExtractConfig.from_options, check=False))
 def reconstruct(
+    ctx: typer.Context,
+    cfg: ExtractConfig,
     video: Annotated[Path, typer.Argument(help="A video file.")],
     out: Annotated[Path, typer.Option(help="PNG to write (metrics go to the same name with .json).")] = Path("recon.png"),
-    model: ModelOpt = "tiny",
-    revision: RevisionOpt = None,
-    controller: Annotated[Optional[str], typer.Option(help="Adapted Controller folder (from `adapt`).")] = None,
-    frames: Annotated[int, typer.Option(help="Frames sampled uniformly (one row each).")] = 1,
-    steps: Annotated[int, typer.Option(help="Reverse-chain steps, as extract --steps.")] = 50,
-    strength: Annotated[float, typer.Option(help="As extract --strength.")] = 1.0,
-    sampler: Annotated[str, typer.Option(help="ddim, dpm or euler.")] = "ddim",
-    timestep_spacing: Annotated[str, typer.Option(help="As extract --timestep-spacing.")] = ExtractConfig.timestep_spacing,
-    latent: Annotated[str, typer.Option(help="As extract --latent: which latent is decoded.")] = ExtractConfig.latent,
-    seed: Annotated[int, typer.Option(help="As extract --seed (start noise).")] = 0,
+    cache: Annotated[Optional[Path], typer.Option(help="Reconstruct with this cache's recorded settings, weights "
+                                                       "check and decoders (a cache directory or its --out folder).")] = None,
     key: Annotated[Optional[str], typer.Option(help="The video's key in the dataset (seeds the noise as extract "
-                                                    "does; default: the file name without extension).")] = None,
-    view_size: Annotated[Optional[int], typer.Option(help="View side in pixels (default: the model's native size).")] = None,
-    dtype: Annotated[str, typer.Option(help="fp32, bf16 or fp16 (autocast).")] = "fp32",
-    device: DeviceOpt = "auto",
+                                                    "does; default: its key in --cache, else the file name).")] = None,
 ) -> None:
     """Show what stage one sees: view, its reconstruction and the error, with PSNR and SSIM."""
     from pipelines.reconstruct import run_reconstruct
 
-    result = run_reconstruct(video, out, model=model, controller=controller, revision=revision, frames=frames,
-                             steps=steps, sampler=sampler, seed=seed, key=key, view_size=view_size, strength=strength,
-                             dtype=dtype, device=device, timestep_spacing=timestep_spacing, latent=latent)
+    if cache is None:
+        result = run_reconstruct(video, out, cfg, key=key)
+    else:  # the options given on the command line change the cache's settings
+        given = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg)
+                 if getattr(ctx.get_parameter_source(f.name), "name", "") == "COMMANDLINE"}
+        result = run_reconstruct(video, out, cache=cache, key=key, **given)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
 

@@ -15,16 +15,7 @@ import numpy as np
 import torch
 
 from diffvqa_cache import __version__
-from diffvqa_cache.cache.settings import (
-    DTYPES,
-    LATENTS,
-    METHOD,
-    NOISE_MODES,
-    SAMPLERS,
-    TIMESTEP_SPACINGS,
-    require_input_dependence,
-)
-from diffvqa_cache.config import one_of
+from diffvqa_cache.cache.settings import RECONSTRUCT_DEFAULTS, ExtractConfig
 from diffvqa_cache.datasets import safe_key
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
@@ -68,41 +59,61 @@ def decode_latents(bb, z: torch.Tensor, device: torch.device) -> np.ndarray:
     return x.clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str | None = None,
-                    revision: str | None = None, frames: int = 1, steps: int = 50, sampler: str = "ddim",
-                    seed: int = 0, key: str | None = None, view_size: int | None = None, dtype: str = "fp32",
-                    device: str = "auto", strength: float = 1.0, noise: str = "shared",
-                    timestep_spacing: str = METHOD["timestep_spacing"], latent: str = METHOD["latent"]) -> ReconstructResult:
-    """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json."""
+def reconstruct_settings(video: Path, cfg: ExtractConfig | None = None, cache: Path | None = None,
+                         key: str | None = None, **settings) -> tuple[ExtractConfig, str, str | dict, tuple | None]:
+    """The settings of a reconstruction: `cfg` (default: extract's with RECONSTRUCT_DEFAULTS), or a cache's,
+    changed by `settings` (ExtractConfig fields). Returns them with the video's key (default: the file name;
+    with `cache`: its key there when the cache lists this file), the decoder (the cache's {codec: decoder})
+    and the (model_id, controller_id) the cache's weights have (None without `cache`)."""
+    backend, identity = None, None
+    if cache is not None:
+        from diffvqa_cache.cache.folder import FeatureCache
+
+        fc = FeatureCache(cache)
+        cfg = fc.config.extract.replace(view_size=fc.config.view_size)
+        backend, identity = fc.decoders() or None, fc.config.identity
+        here = Path(video).resolve()
+        key = key or next((k for k, row in fc.labels.items() if Path(row["path"]).resolve() == here), None)
+    values = {**(cfg.to_dict() if cfg is not None else RECONSTRUCT_DEFAULTS), **settings}
+    if settings.get("frames") is not None and settings.get("fps") is None:
+        values["fps"] = None  # --frames given: replaces a cache's --fps
+    if "backend" in settings:
+        backend = None  # --backend given: replaces the cache's decoders
+    try:
+        cfg = ExtractConfig.from_options(check=False, **values)
+    except TypeError as exc:
+        raise UserInputError(str(exc)) from None
+    return cfg, key or safe_key(Path(video).name), backend or cfg.backend, identity
+
+
+def run_reconstruct(video: Path, out: Path, cfg: ExtractConfig | None = None, cache: Path | None = None,
+                    key: str | None = None, **settings) -> ReconstructResult:
+    """Reconstruct N uniformly sampled frames of VIDEO through stage one's chain; write OUT (PNG) and OUT.json.
+    Settings as in `reconstruct_settings`: `cfg`, or a `cache`'s, with `settings` (ExtractConfig fields) changed."""
     from PIL import Image
 
     from diffvqa_cache.extraction.backbone import load_backbone
     from diffvqa_cache.extraction.features import FeatureExtractor
 
-    require_input_dependence(controller, strength)
-    one_of("--sampler", sampler, SAMPLERS)
-    one_of("--dtype", dtype, DTYPES)
-    one_of("--noise", noise, NOISE_MODES)
-    one_of("--timestep-spacing", timestep_spacing, TIMESTEP_SPACINGS)
-    one_of("--latent", latent, LATENTS)
-    if frames < 1 or steps < 1:
-        raise UserInputError("--frames and --steps must be >= 1")
+    cfg, key, backend, identity = reconstruct_settings(video, cfg, cache, key, **settings)
+    cfg.check_features_follow_input()
     out = Path(out)
     if out.suffix.lower() != ".png":
         raise UserInputError(f"--out {out}: give a .png file name")
-    key = key or safe_key(Path(video).name)
     # 1. frames and their resized views, exactly as stage one cuts them
-    dev = resolve_device(device)
-    bb = load_backbone(model, controller, revision)
-    size = view_size or bb.native_size
-    if size % 8:
-        raise UserInputError(f"--view-size must be a multiple of 8, got {size}")
-    pixels, indices, _info, _ = load_video_frames(video, n_frames=frames)
-    views = make_views(pixels, size, 1, seed, noise, key)["S"]
+    dev = resolve_device(cfg.device)
+    cfg = cfg.resolved(dev.type == "cuda")
+    bb = load_backbone(cfg.model, cfg.controller, cfg.revision)
+    if identity is not None and (bb.model_id, bb.controller_id) != identity:
+        raise UserInputError(f"the weights of --model {cfg.model} / --controller {cfg.controller} are not the ones "
+                             f"the cache's features were made with {identity}")
+    size = cfg.view_size or bb.native_size
+    pixels, indices, _info, _ = load_video_frames(video, n_frames=cfg.frames, fps=cfg.fps, backend=backend)
+    views = make_views(pixels, size, 1, cfg.seed, cfg.noise, key)["S"]
     # 2. stage one's reverse chain with stage one's start-noise seeds; decode z0_hat
-    fx = FeatureExtractor(bb, steps=steps, sampler=sampler, grid=1, dtype=dtype, device=dev, strength=strength,
-                          timestep_spacing=timestep_spacing, latent=latent)
-    seeds = [noise_seed(seed, noise, key, t, "S", 0) for t in range(len(indices))]
+    fx = FeatureExtractor(bb, steps=cfg.steps, sampler=cfg.sampler, grid=1, dtype=cfg.dtype, device=dev,
+                          strength=cfg.strength, timestep_spacing=cfg.timestep_spacing, latent=cfg.latent)
+    seeds = [noise_seed(cfg.seed, cfg.noise, key, t, "S", 0) for t in range(len(indices))]
     latents = fx(torch.from_numpy(views), seeds).latent
     recon = decode_latents(bb, latents, dev)
     # the VAE alone (decode(z0)) bounds what any chain can reach: report it, and the chain's error against it
@@ -119,10 +130,11 @@ def run_reconstruct(video: Path, out: Path, model: str = "tiny", controller: str
     with atomic_path(out) as tmp:
         Image.fromarray(np.concatenate(rows, axis=0)).save(tmp, format="PNG")
     report = {
-        "video": str(video), "key": key, "model": model, "model_id": bb.model_id, "controller": controller,
-        "controller_id": bb.controller_id, "steps": steps, "sampler": sampler, "timestep_spacing": timestep_spacing,
-        "latent": latent, "seed": seed,
-        "view_size": size, "dtype": dtype, "error_gain": ERROR_GAIN, "frames": per_frame,
+        "video": str(video), "key": key, "model": cfg.model, "model_id": bb.model_id, "controller": cfg.controller,
+        "controller_id": bb.controller_id, "steps": cfg.steps, "sampler": cfg.sampler,
+        "timestep_spacing": cfg.timestep_spacing, "latent": cfg.latent, "seed": cfg.seed, "strength": cfg.strength,
+        "noise": cfg.noise, "fps": cfg.fps, "cache": str(cache) if cache is not None else None,
+        "view_size": size, "dtype": cfg.dtype, "error_gain": ERROR_GAIN, "frames": per_frame,
         "mean": {m: float(np.mean([f[m] for f in per_frame])) for m in per_frame[0] if m != "frame_index"},
         "columns": ["view", "reconstruction", "abs error"], "package_version": __version__,
     }

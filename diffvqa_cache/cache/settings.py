@@ -42,6 +42,8 @@ METHOD = {"sampler": "ddim", "steps": 50, "timestep_spacing": "linspace", "laten
           "crops": 20, "grid": 8, "pixel_size": 224, "dtype": "auto"}
 # The one extraction preset of `reproduce`: SD 2.1-base with the method's settings (= extract's defaults).
 PAPER_PRESET = {"model": SD21_BASE, **METHOD}
+# Where `reconstruct`'s defaults differ from extract's: one frame row, in fp32 wherever it runs.
+RECONSTRUCT_DEFAULTS = {"frames": 1, "dtype": "fp32"}
 BACKENDS = ("auto", "decord", "pyav")
 
 

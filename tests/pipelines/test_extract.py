@@ -54,7 +54,7 @@ def test_cache_holds_every_video_frame_and_branch(extracted, tiny_extract_config
 
 def test_rerun_does_no_work(extracted, sample4, tiny_extract_config, monkeypatch):
     result, out = extracted
-    import pipelines.extract as ex
+    import diffvqa_cache.extraction.shards as ex
 
     def no_model(*a, **k):
         raise AssertionError("a rerun must not load the model")

@@ -98,3 +98,41 @@ def test_cli_reconstruct(clip, tmp_path):
     assert res.exit_code != 0 and "does not exist" in res.output
     res = CliRunner().invoke(app, ["reconstruct", str(clip.records[0].path), "--out", str(out)])
     assert res.exit_code == 2 and "same diffusion features" in res.output  # no Controller, chain from pure noise
+
+
+CHAIN = dict(frames=1, steps=2, crops=1, noise="per-video", timestep_spacing="trailing", latent="chain")
+
+
+def test_cache_settings_reproduce_its_latents(clip, sample_cache, tmp_path):
+    """--cache: a cache's spacing, latent and noise settings (not reconstruct's defaults) and its key."""
+    from diffvqa_cache.cache.folder import FeatureCache
+
+    cache = FeatureCache(sample_cache(limit=1, **CHAIN).cache_dir)
+    rec = clip.records[0]
+    cached = cache.read(rec.key).branches["S"].latent[:, 0].astype(np.float32)
+    res = run_reconstruct(rec.path, tmp_path / "recon.png", cache=cache.path, device="cpu")
+    np.testing.assert_allclose(res.latents.float().numpy(), cached, rtol=1e-2, atol=1e-3)
+    assert {k: res.report[k] for k in ("key", "noise", "timestep_spacing", "latent", "steps", "strength")} == \
+        {"key": rec.key, "noise": "per-video", "timestep_spacing": "trailing", "latent": "chain", "steps": 2,
+         "strength": 0.5}
+    # the same by options alone; reconstruct's own defaults give other latents
+    same = run_reconstruct(rec.path, tmp_path / "same.png", key=rec.key, device="cpu", strength=0.5, **CHAIN)
+    np.testing.assert_allclose(same.latents.float().numpy(), cached, rtol=1e-2, atol=1e-3)
+    other = run_reconstruct(rec.path, tmp_path / "other.png", key=rec.key, device="cpu", strength=0.5, steps=2)
+    assert not np.allclose(other.latents.float().numpy(), cached, rtol=1e-2, atol=1e-3)
+
+
+def test_cli_cache_options_change_the_caches_settings(clip, sample_cache, tmp_path):
+    from cli import app
+
+    cache_dir = sample_cache(limit=1, **CHAIN).cache_dir
+    out = tmp_path / "recon.png"
+    res = CliRunner().invoke(app, ["reconstruct", str(clip.records[0].path), "--cache", str(cache_dir.parents[1]),
+                                   "--steps", "1", "--out", str(out), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert (report["steps"], report["noise"], report["timestep_spacing"], report["key"]) == \
+        (1, "per-video", "trailing", clip.records[0].key)
+    res = CliRunner().invoke(app, ["reconstruct", str(clip.records[0].path), "--noise", "per-vid", "--strength", "0.5",
+                                   "--out", str(out)])
+    assert res.exit_code == 2 and "per-video" in res.output  # a wrong value: one line naming the choices
