@@ -16,7 +16,7 @@ from typing import Annotated, Optional
 import typer
 
 from diffvqa_cache.cache.settings import PAPER_PRESET, RECONSTRUCT_DEFAULTS, ExtractConfig
-from diffvqa_cache.cluster.dask_client import ClusterJobs
+from diffvqa_cache.cluster.jobs import ClusterJobs
 from diffvqa_cache.extraction.settings import AdaptConfig
 
 app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
@@ -138,7 +138,7 @@ def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], li
 @app.command()
 @known_errors
 @options_from(ExtractConfig, "Extraction settings (recorded in the cache)")
-@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs", defaults={"gpus_per_job": 1})
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs")
 def extract(
     cfg: ExtractConfig,
     cluster_jobs: ClusterJobs,
@@ -525,7 +525,7 @@ def predict(
 
 @app.command()
 @known_errors
-@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs")
+@options_from(ClusterJobs, JOBS_PANEL, arg="cluster_jobs", defaults={"gpus_per_job": 0})  # fits run on CPU workers
 def sweep(
     cluster_jobs: ClusterJobs,
     cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
@@ -559,24 +559,17 @@ def sweep(
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @known_errors
+@options_from(ClusterJobs, "Jobs (one per array task, or dask worker jobs)", skip=("cluster", "start_timeout"),
+              defaults={"jobs": 16}, build=dict, arg="batch")
 def cluster(
     ctx: typer.Context,
+    batch: dict,
     kind: Annotated[str, typer.Argument(help="slurm or pbs.")],
     dataset: DatasetOpt = "sample",
     root: RootOpt = None,
     out: Annotated[Path, typer.Option(help="Cache root the parts write to (a shared filesystem).")] = Path("cache"),
     mode: Annotated[str, typer.Option(help="array: a job array of extract parts; dask: dask worker jobs.")] = "array",
-    jobs: Annotated[int, typer.Option(help="Array tasks (= extraction parts) or dask worker jobs.")] = 16,
-    gpus_per_job: Annotated[int, typer.Option(help="GPUs per job (dask: one worker per GPU).")] = 1,
-    cpus_per_job: Annotated[int, typer.Option(help="CPU cores per job (decoding).")] = 8,
-    mem: Annotated[str, typer.Option(help="Memory per job.")] = "32GB",
-    walltime: Annotated[str, typer.Option(help="Wall-clock limit per job.")] = "24:00:00",
-    queue: Annotated[Optional[str], typer.Option(help="Partition (SLURM) or queue (PBS).")] = None,
-    account: Annotated[Optional[str], typer.Option(help="Account / project to charge.")] = None,
-    setup: Annotated[Optional[list[str]], typer.Option(help="Shell line run first, e.g. 'module load cuda'; "
-                                                            "replaces activating this command's venv/conda env.")] = None,
     scheduler_address: Annotated[str, typer.Option(help="dask mode: the scheduler's address.")] = "tcp://SCHEDULER_HOST:8786",
-    logs: Annotated[Path, typer.Option(help="Folder of the jobs' logs (created now, before any job opens it).")] = Path("logs"),
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Write the script here (default "
                                                                           "diffvqa-<kind>-<mode>.sh).")] = None,
     print_: Annotated[bool, typer.Option("--print", help="Print the script instead of writing a file.")] = False,
@@ -588,8 +581,8 @@ def cluster(
     Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
     folder and in this command's Python environment (unless --setup).
     """
+    from diffvqa_cache.cluster.scripts import job_script, render, submit_line, write_scripts
     from diffvqa_cache.errors import UserInputError
-    from pipelines.cluster import JobSpec, render, submit_line, write_scripts
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
     with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
@@ -599,9 +592,7 @@ def cluster(
     cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
     if submit and (kind, mode) != ("slurm", "array"):
         raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
-    spec = JobSpec(kind=kind, mode=mode, jobs=jobs, gpus_per_job=gpus_per_job, cpus_per_job=cpus_per_job, memory=mem,
-                   walltime=walltime, queue=queue, account=account, setup=setup or None, extract_args=args,
-                   scheduler_address=scheduler_address, log_dir=str(logs))
+    spec = job_script(kind, mode, batch, extract_args=args, scheduler_address=scheduler_address)
     Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
     if print_:
         typer.echo(render(spec), nl=False)
@@ -613,12 +604,13 @@ def cluster(
         typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
                    f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
         return
-    from pipelines.submit import missing_parts, submit_array
+    from diffvqa_cache.cluster.submit import submit_array
+    from pipelines.submit import missing_parts
 
     data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
                          params["mos_column"], params["allow_problems"])
-    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(gpus_per_job))  # where the parts run
-    parts = missing_parts(data, cfg, out, jobs, retry_failed=params["retry_failed"], gpu=gpu)
+    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(spec.batch.gpus_per_job))  # where parts run
+    parts = missing_parts(data, cfg, out, spec.batch.jobs, retry_failed=params["retry_failed"], gpu=gpu)
     typer.echo(submit_array(spec, path, parts).describe())
 
 

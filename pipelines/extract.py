@@ -123,28 +123,22 @@ def _wants_gpu(client, cfg: ExtractConfig) -> bool:
 def _extract_on_cluster(client, shards: list[tuple[int, list]], config: CacheConfig, cache_dir: Path,
                         result: ExtractResult, progress: bool) -> list[str]:
     """One dask task per shard, written by its worker. Returns the errors of tasks that raised."""
-    from distributed import as_completed
+    from diffvqa_cache.cluster.tasks import submit_and_gather
 
     resources = {"GPU": 1} if _wants_gpu(client, config.extract) else None
     offered = [w.get("resources") or {} for w in client.scheduler_info().get("workers", {}).values()]
     if resources and not any("GPU" in r for r in offered):
         err.print("[yellow]the shard tasks need a GPU resource and no worker offers one yet: they wait for "
                   "workers started with `--resources GPU=1` (see docs/cluster.md)[/]")
-    futures = [client.submit(extract_shard, recs, i, config, cache_dir, pure=False, resources=resources,
-                             key=f"extract-{config.fingerprint}-shard-{i:05d}") for i, recs in shards]
-    errors = []
-    with bar("extract (shards)", len(futures), progress) as pbar:
-        for fut in as_completed(futures):
-            try:
-                rec = fut.result()
-            except Exception as exc:  # reported once the other shards are done
-                errors.append(f"{fut.key}: {type(exc).__name__}: {exc}")
-            else:
-                result.shards_done += 1
-                result.videos += len(rec["videos"])
-                result.frames += sum(rec["n_frames"])
-                result.failed += rec["failed"]
-                for f in rec["failed"]:
-                    err.print(f"[red]failed[/] {f['video']}: {f['reason']}")
-            pbar.update(advance=1)
-    return errors
+
+    def written(key: str, rec: dict) -> None:
+        result.shards_done += 1
+        result.videos += len(rec["videos"])
+        result.frames += sum(rec["n_frames"])
+        result.failed += rec["failed"]
+        for f in rec["failed"]:
+            err.print(f"[red]failed[/] {f['video']}: {f['reason']}")
+
+    calls = {f"extract-{config.fingerprint}-shard-{i:05d}": (recs, i, config, cache_dir) for i, recs in shards}
+    with bar("extract (shards)", len(calls), progress) as pbar:
+        return submit_and_gather(client, extract_shard, calls, written, resources=resources, pbar=pbar)

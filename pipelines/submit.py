@@ -1,24 +1,16 @@
-"""Submit an extraction job array and its finishing job to SLURM; on a rerun, only the parts still missing.
+"""Which parts of an extraction job array to (re)submit: on a rerun, only the parts still missing.
 
 Part i of N owns the shards s with s % N == i (the extract planner's rule), so the parts to submit are
-those owning a shard that is not complete in the cache. The finishing job (the same extraction without
---num-parts) waits for the array (`afterany`: it also runs after failed parts, and does what they left)
-and writes the complete manifest; with nothing missing it is submitted alone.
+those owning a shard that is not complete in the cache. Submitting them: `diffvqa_cache.cluster.submit`.
 """
 
 from __future__ import annotations
 
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 from diffvqa_cache.cache.folder import CacheDir, plan_shards
 from diffvqa_cache.cache.settings import ExtractConfig
 from diffvqa_cache.datasets import Dataset
-from diffvqa_cache.errors import DiffVQAError, UserInputError
-
-from .cluster import JobSpec, finish_path
 
 
 def missing_parts(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: int,
@@ -34,50 +26,3 @@ def missing_parts(dataset: Dataset, cfg: ExtractConfig, out: Path, num_parts: in
     plan = plan_shards([r.key for r in dataset.records], cfg.shard_size)
     return sorted({i % num_parts for i, keys in enumerate(plan)
                    if cdir.needs_work(i, keys, config.fingerprint, retry_failed)})
-
-
-def sbatch(*args: str) -> str:
-    """Run `sbatch --parsable ARGS`; the job id."""
-    exe = shutil.which("sbatch")
-    if exe is None:
-        raise UserInputError("sbatch not found: --submit needs SLURM's commands here (or submit the written "
-                             "scripts by hand)")
-    proc = subprocess.run([exe, "--parsable", *args], capture_output=True, text=True)
-    if proc.returncode:
-        raise DiffVQAError(f"sbatch {' '.join(args)} failed: {proc.stderr.strip() or proc.stdout.strip()}")
-    return proc.stdout.strip().split(";")[0]
-
-
-@dataclass
-class Submission:
-    spec: JobSpec
-    script: Path
-    parts: list[int]  # array tasks submitted (empty: nothing was missing)
-    array_id: str | None
-    finish_id: str
-
-    def describe(self) -> str:
-        s, logs = self.spec, self.spec.log_dir
-        finish_log = f"{logs}/{s.job_name}-finish-{self.finish_id}.out"
-        if self.array_id is None:
-            return (f"nothing is missing: every part's shards are complete; submitted only the finishing job "
-                    f"{self.finish_id} (writes the complete manifest; {finish_path(self.script)})\n"
-                    f"follow it: squeue -j {self.finish_id}\nlog: {finish_log}")
-        which = ",".join(map(str, self.parts))
-        return (f"submitted job array {self.array_id}: parts {which} of {s.jobs} ({self.script})\n"
-                f"submitted finishing job {self.finish_id}, after it (writes the complete manifest; "
-                f"{finish_path(self.script)})\n"
-                f"follow them: squeue -j {self.array_id},{self.finish_id}\n"
-                f"logs: {logs}/{s.job_name}-extract-{self.array_id}_<part>.out, {finish_log}\n"
-                "a rerun of this command submits only the parts still missing")
-
-
-def submit_array(spec: JobSpec, script: Path, parts: list[int]) -> Submission:
-    """sbatch the array script for `parts` (all of them: as written) and the finishing job after it."""
-    script, finish = Path(script).resolve(), finish_path(Path(script)).resolve()
-    array_id = None
-    if parts:
-        select = [] if parts == list(range(spec.jobs)) else [f"--array={','.join(map(str, parts))}"]
-        array_id = sbatch(*select, str(script))
-    finish_id = sbatch(*([f"--dependency=afterany:{array_id}"] if array_id else []), str(finish))
-    return Submission(spec, script, parts, array_id, finish_id)

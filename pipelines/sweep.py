@@ -285,7 +285,7 @@ def _run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None, sch
     with bar("sweep", len(todo), progress) as pbar:
         if serial or not todo:
             for t in todo:
-                _report(run_task(cache_str, t, out, budget), pbar)
+                pbar.update(advance=1, info=_report(run_task(cache_str, t, out, budget)))
         else:
             _run_on_cluster(cache_str, todo, out, local, scheduler_address, cluster_jobs, budget, pbar)
     results = [read_task_result(out, t) or {"config": t.config, "split": t.split.name, "overrides": t.overrides,
@@ -295,10 +295,11 @@ def _run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None, sch
                        summary, time.perf_counter() - t0)
 
 
-def _report(result: dict, pbar) -> None:
+def _report(result: dict) -> str:
+    """Print a failed task's error; the progress bar's text for the task."""
     if result.get("error"):
         err.print(f"[red]failed[/] {result['config']} {result['split']}: {result['error']}")
-    pbar.update(advance=1, info=f"{result['config']} {result['split']}")
+    return f"{result['config']} {result['split']}"
 
 
 def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: int | None, scheduler_address: str | None,
@@ -306,20 +307,20 @@ def _run_on_cluster(cache_path: str, todo: list[SweepTask], out: Path, workers: 
     """Submit one task per (configuration, split) to a LocalCluster of `workers`, the scheduler at
     `scheduler_address` or worker jobs; each task holds at most `budget_gb` of features (None: the worker
     decides). A task whose worker is lost (a cancelled job) runs again on another worker."""
-    from distributed import as_completed
+    from diffvqa_cache.cluster.tasks import submit_and_gather
+
+    tasks = {f"sweep-{t.config}-{t.split.name}-{t.task_id}": t for t in todo}
+
+    def lost(key: str, error: str) -> str:  # the worker died (memory?): record it like any failure
+        t = tasks[key]
+        result = {"config": t.config, "split": t.split.name, "overrides": t.overrides, "base": t.base,
+                  "task_id": t.task_id, "metrics": {}, "error": error}
+        write_task_result(out, t, result)
+        return _report(result)
 
     with dask_client(workers, scheduler_address, cluster_jobs=cluster_jobs) as client:
-        futures = {client.submit(run_task, cache_path, t, out, budget_gb, pure=False,
-                                 key=f"sweep-{t.config}-{t.split.name}-{t.task_id}"): t for t in todo}
-        for fut in as_completed(futures):
-            t = futures[fut]
-            try:
-                result = fut.result()
-            except Exception as exc:  # the worker died (memory?): record it like any failure
-                result = {"config": t.config, "split": t.split.name, "overrides": t.overrides, "base": t.base,
-                          "task_id": t.task_id, "metrics": {}, "error": f"{type(exc).__name__}: {exc}"}
-                write_task_result(out, t, result)
-            _report(result, pbar)
+        submit_and_gather(client, run_task, {key: (cache_path, t, out, budget_gb) for key, t in tasks.items()},
+                          lambda key, result: _report(result), lost, pbar=pbar)
 
 
 # ---------------------------------------------------------------- results

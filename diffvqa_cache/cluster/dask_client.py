@@ -10,81 +10,18 @@ import shlex
 import shutil
 import signal
 import subprocess
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from diffvqa_cache.cluster.jobs import SUBMIT, ClusterJobs, pbs_select
 from diffvqa_cache.errors import DiffVQAError, UserInputError
-
-KINDS = ("slurm", "pbs")
-SUBMIT = {"slurm": "sbatch", "pbs": "qsub"}
 
 
 def default_workers(n_tasks: int) -> int:
     """One worker process per core, at most one per task."""
     return max(1, min(n_tasks, os.cpu_count() or 1))
-
-
-def activation_lines(prefix: str = sys.prefix, base_prefix: str = sys.base_prefix,
-                     environ: dict | None = None) -> list[str]:
-    """Shell lines that activate the Python environment at `prefix` (this one): conda env or virtualenv."""
-    environ = os.environ if environ is None else environ
-    conda = environ.get("CONDA_PREFIX")
-    if conda and os.path.realpath(conda) == os.path.realpath(prefix):
-        exe = environ.get("CONDA_EXE")
-        if exe:
-            return [f'eval "$({shlex.quote(exe)} shell.bash hook)"', f"conda activate {shlex.quote(conda)}"]
-        return [f"export PATH={shlex.quote(os.path.join(conda, 'bin'))}:\"$PATH\""]
-    activate = Path(prefix) / "bin" / "activate"
-    if prefix != base_prefix and activate.is_file():
-        return [f"source {shlex.quote(str(activate))}"]
-    return []
-
-
-def _opt(default, help: str):
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class ClusterJobs:
-    """Worker jobs that the command submits itself (`--cluster slurm --jobs N`, dask-jobqueue) and cancels
-    at its end. A job runs one dask worker process per GPU, or per core without GPUs, one thread each (the
-    layout of --workers); GPU workers offer one `GPU` resource each. Settings not given here come from
-    dask-jobqueue's own config (~/.config/dask/jobqueue.yaml: interface, local-directory, ...)."""
-
-    cluster: str | None = _opt(None, "Start dask worker jobs on this batch system (slurm or pbs) from this "
-                                     "command, and cancel them at its end.")
-    jobs: int | None = _opt(None, "How many worker jobs (a lost job is replaced).")
-    cpus_per_job: int = _opt(1, "CPU cores per worker job (one worker per core without GPUs).")
-    gpus_per_job: int = _opt(0, "GPUs per worker job (one worker per GPU).")
-    mem: str = _opt("4GB", "Memory per worker job.")
-    walltime: str = _opt("1:00:00", "Time limit per worker job; a job that reaches it is replaced "
-                                    "(a job whose driver was killed -9 idles until it).")
-    queue: str | None = _opt(None, "Partition (SLURM) or queue (PBS).")
-    account: str | None = _opt(None, "Account / project to charge.")
-    setup: list[str] | None = _opt(None, "Shell line run first in each job (repeatable), e.g. 'module "
-                                         "load cuda'; replaces activating this command's venv/conda env.")
-    logs: Path = _opt(Path("logs"), "Folder of the worker jobs' logs.")
-    start_timeout: float = _opt(3600.0, "Seconds to wait (queue included) for the first worker.")
-
-    def __post_init__(self):
-        if self.cluster is None:
-            if self.jobs is not None:
-                raise UserInputError("--jobs needs --cluster slurm or --cluster pbs")
-            return
-        if self.cluster not in KINDS:
-            raise UserInputError(f"--cluster must be one of {', '.join(KINDS)}, got {self.cluster!r} (for a local "
-                                 "cluster use --workers N)")
-        if self.jobs is None or self.jobs < 1:
-            raise UserInputError(f"--cluster {self.cluster} needs --jobs N >= 1 (the number of worker jobs)")
-        if self.cpus_per_job < 1 or self.gpus_per_job < 0:
-            raise UserInputError("need --cpus-per-job >= 1 and --gpus-per-job >= 0")
-
-    def setup_lines(self) -> list[str]:
-        return activation_lines() if self.setup is None else list(self.setup)
 
 
 def job_kwargs(kind: str, spec: ClusterJobs, workdir: str, job_name: str = "diffvqa-dask") -> dict:
@@ -100,11 +37,6 @@ def job_kwargs(kind: str, spec: ClusterJobs, workdir: str, job_name: str = "diff
         gres = [f"--gres=gpu:{spec.gpus_per_job}"] if spec.gpus_per_job else []
         return kw | dict(job_cpu=spec.cpus_per_job, job_extra_directives=[f"--chdir={q(workdir)}", *gres])
     return kw | dict(resource_spec=pbs_select(spec.cpus_per_job, spec.gpus_per_job, spec.mem))
-
-
-def pbs_select(cpus: int, gpus: int, mem: str) -> str:
-    """PBS's resource request of one job on one node (`-l select=...`)."""
-    return f"select=1:ncpus={cpus}{f':ngpus={gpus}' if gpus else ''}:mem={mem.lower()}"
 
 
 def check_dask_args(workers: int | None, scheduler_address: str | None, cluster_jobs: ClusterJobs | None = None) -> None:

@@ -13,7 +13,8 @@ from typer.testing import CliRunner
 
 from cli import app
 from diffvqa_cache.errors import UserInputError
-from pipelines.cluster import JobSpec, activation_lines, render, render_finish
+from diffvqa_cache.cluster.jobs import activation_lines
+from diffvqa_cache.cluster.scripts import job_script, render, render_finish
 from pipelines.submit import missing_parts
 
 runner = CliRunner()
@@ -64,10 +65,10 @@ def test_scripts_activate_the_environment_they_were_written_from(tmp_path):
         'eval "$(/opt/conda/bin/conda shell.bash hook)"', "conda activate /opt/conda/envs/vqa"]
     assert activation_lines("/usr", "/usr", environ={}) == []
     # these tests run in a virtualenv: its activation is the default, --setup replaces it
-    assert f"source {sys.prefix}/bin/activate" in render(JobSpec(extract_args=EXTRACT))
-    script = render(JobSpec(extract_args=EXTRACT, setup=["module load cuda"]))
+    assert f"source {sys.prefix}/bin/activate" in render(job_script("slurm", "array", {"jobs": 16}, extract_args=EXTRACT))
+    script = render(job_script("slurm", "array", {"jobs": 16, "setup": ["module load cuda"]}, extract_args=EXTRACT))
     assert "module load cuda" in script and "bin/activate" not in script
-    assert "must be on the job's PATH" in render(JobSpec(extract_args=EXTRACT, setup=[]))
+    assert "must be on the job's PATH" in render(job_script("slurm", "array", {"jobs": 16, "setup": []}, extract_args=EXTRACT))
 
 
 def test_slurm_dask_worker_script(tmp_path):
@@ -85,23 +86,23 @@ def test_slurm_dask_worker_script(tmp_path):
 
 
 def test_pbs_scripts_render(tmp_path):
-    spec = JobSpec(kind="pbs", jobs=8, extract_args=EXTRACT, workdir=str(tmp_path))
+    spec = job_script("pbs", "array", {"jobs": 8}, extract_args=EXTRACT, workdir=str(tmp_path))
     array = render(spec)
     assert "#PBS -J 0-7" in array and "--part $PBS_ARRAY_INDEX" in array and "ngpus=1" in array
     assert f"#PBS -o {tmp_path}/logs/" in array and f"\ncd {tmp_path}\n" in array
     assert f"source {sys.prefix}/bin/activate" in array and "export OMP_NUM_THREADS=8" in array
     finish = render_finish(spec)
     assert "#PBS -J" not in finish and finish.rstrip().endswith("--out /scratch/cache --controller /ctrl/lsvq")
-    dask = render(JobSpec(kind="pbs", mode="dask", jobs=2, gpus_per_job=2, extract_args=EXTRACT))
+    dask = render(job_script("pbs", "dask", {"jobs": 2, "gpus_per_job": 2}, extract_args=EXTRACT))
     assert "#PBS -J 0-1" in dask and "--nworkers 2" in dask and "--resources GPU=1" in dask
     assert f"cd {tmp_path}" in dask and f"source {sys.prefix}/bin/activate" in dask
 
 
 def test_bad_job_settings_are_user_errors():
     with pytest.raises(UserInputError):
-        JobSpec(kind="lsf")
+        job_script("lsf", "array", {"jobs": 16})
     with pytest.raises(UserInputError, match="one GPU"):
-        JobSpec(mode="array", gpus_per_job=2)
+        job_script("slurm", "array", {"jobs": 16, "gpus_per_job": 2})
     for kind, extra, message in (("pbs", ["--submit"], "SLURM job arrays"), ("slurm", ["--num-shards", "3"],
                                  "sets --num-parts"), ("slurm", ["--frame", "8"], "No such option: --frame")):
         result = runner.invoke(app, ["cluster", kind, *EXTRACT, *extra])
