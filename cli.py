@@ -255,7 +255,7 @@ def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or
     import sys
 
     from diffvqa_cache.files import write_csv_atomic
-    from diffvqa_cache.training.fitting import score_cached_per_model
+    from diffvqa_cache.scoring.cached import score_cached_per_model
 
     keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb, verify)
     header = ["video", "score", "score_min", "score_max"]

@@ -9,11 +9,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from diffvqa_cache.cache.settings import ExtractConfig
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.files import write_text_atomic
 from diffvqa_cache.progress import err
+
+if TYPE_CHECKING:
+    from diffvqa_cache.run.folder import FitResult
 
 # Fit settings that suit the sample's 96 short clips on a 2-core CPU; TCAB (the Mamba block) is the
 # costly part on a CPU, so the demo fits without it and the sweep shows what it adds on 3 splits.
@@ -38,7 +42,7 @@ class DemoResult:
     cache_dir: Path
     run_dir: Path
     sweep_dir: Path | None
-    metrics: dict
+    metrics: FitResult  # diffvqa_cache.run.folder: the run's metrics.json
     sweep_rows: list[dict]
     seconds: dict
 
@@ -100,7 +104,7 @@ def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 
 
 
 def format_demo(r: DemoResult) -> str:
-    s = r.metrics["summary"]["test"]
+    s = r.metrics.summary["test"]
     lines = [
         "DiffVQA demo on the embedded sample (tiny random backbone: a plumbing demonstration, not a quality model)",
         f"  test split, median over {s['n_splits']} splits:  SRCC {s['srcc']['median']:.3f}  "

@@ -8,8 +8,6 @@ only ever used for reporting.
 
 from __future__ import annotations
 
-import json
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,20 +17,13 @@ import numpy as np
 from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.files import folder_lock, remove_leftovers, reporting_disk_full, write_csv_atomic, write_json_atomic
+from diffvqa_cache.files import folder_lock, reporting_disk_full
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.scoring.familiarity import FILE_NAME as FAMILIARITY_FILE
+from diffvqa_cache.run.folder import FitResult, RunConfig, RunFolder
 from diffvqa_cache.scoring.familiarity import write_reference
-from diffvqa_cache.training.checkpoint import save_checkpoint
+from diffvqa_cache.training.checkpoint import CheckpointMeta, save_checkpoint
 from diffvqa_cache.training.data import VideoTable, choose_data_path, open_table
-from diffvqa_cache.training.fitting import (
-    FitConfig,
-    RunConfig,
-    choose_scale,
-    fit_split,
-    load_run_models,
-    write_run_manifest,
-)
+from diffvqa_cache.training.fitting import FitConfig, choose_scale, fit_split
 from diffvqa_cache.training.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.training.protocols import Split, check_plan, plan_splits, test_set_names
 from diffvqa_cache.training.stream import StreamedTable
@@ -85,8 +76,8 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
 
 def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
             init: Path | None = None, progress: bool = True, resume: bool = False,
-            scale: tuple[float, float] | None = None) -> dict:
-    """Train and evaluate under the protocol; write the run directory; return metrics.json's content.
+            scale: tuple[float, float] | None = None) -> FitResult:
+    """Train and evaluate under the protocol; write the run directory; return what it measured (metrics.json).
     `scale`: the MOS scale's (low, high) that predict reads scores against (default: the dataset's known
     scale, else the observed label range, said so).
 
@@ -101,7 +92,7 @@ def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[
 
 
 def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path], init: Path | None,
-             progress: bool, resume: bool, scale: tuple[float, float] | None = None) -> dict:
+             progress: bool, resume: bool, scale: tuple[float, float] | None = None) -> FitResult:
     t_start = time.perf_counter()
     device = resolve_device(cfg.train.device)
     if scale is not None:
@@ -110,16 +101,16 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     inputs = load_fit_inputs(cache_path, cfg, test_cache_paths, progress, device)
     cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
     table, test_tables, spec = inputs.table, inputs.test_tables, cfg.load_spec(inputs.cache.config.pixel_size)
-    init_models = load_run_models(init, cache.fingerprint, "cpu", flag="--init") if init else None
+    init_models = RunFolder.open(init, "--init").load_models(cache.fingerprint, "cpu") if init else None
     used = cfg.replace(train=cfg.training(fine_tuning=init is not None))  # fine-tuning: its own lr, epochs, warm-up
     out = Path(out)
-    (out / "models").mkdir(parents=True, exist_ok=True)
-    remove_leftovers(out)
+    run = RunFolder(out)
+    run.prepare()
     # 2. the run's config and splits, before any training
     feature_spec = table.feature_spec()
-    meta_common = {"regressor": cfg.regressor.to_dict(), "feature_spec": feature_spec, "load_spec": spec.to_dict(),
-                   "fingerprint": cache.fingerprint, "cache": cache.config.to_dict(),
-                   "mos_range": list(cache.config.mos_range)}
+    meta_common = CheckpointMeta(regressor=cfg.regressor.to_dict(), feature_spec=feature_spec,
+                                 load_spec=spec.to_dict(), fingerprint=cache.fingerprint, cache=cache.config.to_dict(),
+                                 mos_range=list(cache.config.mos_range))
     trained = sorted({k for s in splits for k in s.train})  # every video some split model trained on
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_mos = sorted(float(f"{table.mos[row_of[k]]:.6g}") for k in trained if k in row_of)  # as labelled, not float32
@@ -135,26 +126,21 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
         if outside:
             err.print(f"[yellow]{outside} of {len(train_mos)} training MOS values lie outside the scale "
                       f"{low:g}-{high:g}: pass the scale your labels use with --scale LOW HIGH[/]")
-    states = out / "state"
     if resume:
         check_resumable(out, run_cfg)
     else:
-        shutil.rmtree(states, ignore_errors=True)
-        for old_model in (out / "models").glob("*.safetensors"):  # an earlier run's (it may have had more splits)
-            old_model.unlink()
-    write_run_manifest(out, None)  # being written: loading it is refused until the final manifest is in place
-    run_cfg.save(out / "config.json")
-    write_json_atomic(out / "splits.json", [s.to_dict() for s in splits])
+        run.clear_earlier()  # an earlier run's state and models (it may have had more splits)
+    run.write_manifest(None)  # being written: loading it is refused until the final manifest is in place
+    run.write_record(run_cfg, [s.to_dict() for s in splits])
     # what each split model's training videos look like, for predict's unfamiliar-content flag
-    write_reference(out / FAMILIARITY_FILE, table, {s.name: s.train for s in splits},
+    write_reference(run.file(RunFolder.FAMILIARITY), table, {s.name: s.train for s in splits},
                     {"fingerprint": cache.fingerprint, "load_spec": spec.to_dict()}, cfg.train.eval_batch_size)
     per_split, rows, histories = [], [], {}
     clock = EpochClock(len(splits), used.train.epochs, cfg, device, progress, spec.pixel_size)
     # 3. one model per split, checkpoints self-describing; a finished split leaves OUT/state/<split>.json
     for si, split in enumerate(splits):
-        done, model_file = states / f"{split.name}.json", out / "models" / f"{split.name}.safetensors"
-        if resume and done.is_file() and model_file.is_file():
-            finished = json.loads(done.read_text())
+        finished = run.finished_split(split.name) if resume else None
+        if finished is not None:
             per_split.append(finished["entry"])
             rows += [tuple(r) for r in finished["rows"]]
             histories[split.name] = finished["history"]
@@ -168,38 +154,33 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
                 clock.epoch_done(r)
 
             fitted = fit_split(table, split, used, cfg.seed + si, test_tables, init_state, device,
-                               on_epoch=on_epoch, state_dir=states / split.name)
+                               on_epoch=on_epoch, state_dir=run.state_dir(split.name))
         if fitted.result.resumed_after is not None and progress:
             err.print(f"{split.name}: continued after saved epoch {fitted.result.resumed_after}")
         histories[split.name] = fitted.result.history
-        meta = {**meta_common, "split": split.name, "seed": cfg.seed + si, "train": used.train.to_dict(),
-                "scale": list(fitted.result.scale), "best_epoch": fitted.result.best_epoch,
-                "history": fitted.result.history, "test_metrics": {t: fitted.entry[t] for t in split.test},
-                "resumed_after": fitted.result.resumed_after}
-        save_checkpoint(model_file, fitted.model.cpu(), meta)
-        write_json_atomic(done, {"entry": fitted.entry, "rows": fitted.rows, "history": fitted.result.history})
-        shutil.rmtree(states / split.name, ignore_errors=True)
+        meta = meta_common.replace(
+            split=split.name, seed=cfg.seed + si, train=used.train.to_dict(), scale=list(fitted.result.scale),
+            best_epoch=fitted.result.best_epoch, history=fitted.result.history,
+            test_metrics={t: fitted.entry[t] for t in split.test}, resumed_after=fitted.result.resumed_after)
+        save_checkpoint(run.model_file(split.name), fitted.model.cpu(), meta)
+        run.split_done(split.name, fitted.entry, fitted.rows, fitted.result.history)
         per_split.append(fitted.entry)
         rows += fitted.rows
     # 4. summary, predictions, plots
     test_names = list(splits[0].test)
     summary = {t: summarize([s[t] for s in per_split]) for t in test_names}
-    result = {"protocol": protocol, "fingerprint": cache.fingerprint, "metrics": METRIC_LABELS, "splits": per_split,
-              "summary": summary, "seconds": time.perf_counter() - t_start}
-    write_json_atomic(out / "metrics.json", result)
-    write_csv_atomic(out / "predictions.csv", ["video", "mos", "pred", "split", "test_set"], rows)
+    result = FitResult(protocol, cache.fingerprint, METRIC_LABELS, per_split, summary, time.perf_counter() - t_start)
+    run.write_results(result, rows)
     from diffvqa_cache.scoring.plots import learning_curves, scatter
 
-    scatter(out / "scatter.png", np.array([r[2] for r in rows]), np.array([r[1] for r in rows]),
+    scatter(run.file(RunFolder.SCATTER), np.array([r[2] for r in rows]), np.array([r[1] for r in rows]),
             [r[3] if len(test_names) == 1 else r[4] for r in rows],
             f"{cache.config.dataset} {protocol}: median SRCC {summary[test_names[0]]['srcc']['median']:.3f}")
-    learning_curves(out / "learning_curve.png", histories)
+    learning_curves(run.file(RunFolder.LEARNING_CURVE), histories)
     from diffvqa_cache.scoring.report import write_run_report
 
     write_run_report(out)  # a view of the files below, rewritten by `report`: not in the manifest
-    written = ["config.json", "splits.json", "metrics.json", "predictions.csv", "scatter.png", "learning_curve.png"] \
-        + [f"models/{s.name}.safetensors" for s in splits] + ([FAMILIARITY_FILE] if (out / FAMILIARITY_FILE).is_file() else [])
-    write_run_manifest(out, written)
+    run.complete([s.name for s in splits])
     return result
 
 
@@ -266,7 +247,7 @@ PLACEMENT = ("data", "memory_gb", "verify")
 
 def check_resumable(out: Path, new: RunConfig) -> None:
     """Refuse to resume a run directory written with other settings (or not by `fit`)."""
-    if not (out / "config.json").is_file():
+    if not RunFolder(out).has_config():
         return  # nothing to resume: a fresh run
     old = RunConfig.read(out, "--out")
     a, b = old.to_dict(), new.to_dict()
@@ -284,12 +265,11 @@ def check_resumable(out: Path, new: RunConfig) -> None:
                              "rerun with its settings, use another --out, or drop --resume to start over")
 
 
-def format_summary(result: dict, out: Path) -> str:
-    lines = [f"protocol {result['protocol']}, {len(result['splits'])} split(s), {result['seconds']:.1f} s; run: {out}"]
-    for test, s in result["summary"].items():
+def format_summary(result: FitResult, out: Path) -> str:
+    lines = [f"protocol {result.protocol}, {len(result.splits)} split(s), {result.seconds:.1f} s; run: {out}"]
+    for test, s in result.summary.items():
         lines.append(f"  {test:10s} " + "  ".join(f"{SHORT_LABELS[k]} {s[k]['median']:.4f}" for k in METRIC_KEYS)
                      + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
     lines.append("  PLCC(logistic): Pearson after the 4-parameter logistic fit (the paper's); PLCC(raw): plain Pearson")
-    lines.append("  files: report.html config.json metrics.json predictions.csv models/ scatter.png learning_curve.png "
-                 f"{FAMILIARITY_FILE} manifest.json")
+    lines.append("  files: " + " ".join(RunFolder(out).files_listed()))
     return "\n".join(lines)

@@ -13,7 +13,6 @@ recorded in OUT/reproduce.json and a rerun with other settings is refused.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -156,11 +155,12 @@ def _extract(dataset, cfg: ExtractConfig, out: Path, client, progress: bool) -> 
 
 
 def _fit(cache: Path, run: Path, overrides: dict, test_caches: list[Path], init: Path | None, progress: bool) -> Path:
-    from diffvqa_cache.training.fitting import FitConfig, run_finished, verify_run
+    from diffvqa_cache.run.folder import RunFolder
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.fit import run_fit
 
-    if run_finished(run):
-        verify_run(run)  # its metrics go into the table: never those of a damaged run
+    if RunFolder(run).finished():
+        RunFolder(run).verify()  # its metrics go into the table: never those of a damaged run
         err.print(f"[bold]fit[/]: {run} is done, skipped")
         return run
     err.print(f"[bold]fit[/]: {run.name}")
@@ -172,11 +172,13 @@ def table_rows(runs: list[tuple[str, str, Path]], out: Path | None = None) -> li
     """One row per (run, test set): our median SRCC, PLCC (after the logistic fit) and raw PLCC beside the
     paper's value for that protocol, and the gaps; `runs` holds (how it was trained: lsvq, fine-tuned,
     scratch or cross; trained on; run folder)."""
+    from diffvqa_cache.run.folder import RunFolder
+
     rows = []
     for kind, trained_on, run in runs:
-        metrics = json.loads((run / "metrics.json").read_text())
-        init = json.loads((run / "config.json").read_text()).get("init")
-        for test_set, s in metrics["summary"].items():
+        folder = RunFolder(run)
+        init = folder.config().init
+        for test_set, s in folder.metrics().summary.items():
             tested_on = trained_on if test_set == "test" and trained_on != "lsvq" else test_set
             paper = PAPER.get((kind, trained_on, tested_on))
             ours = (s["srcc"]["median"], s["plcc"]["median"])

@@ -10,7 +10,8 @@ from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig, ModelIdenti
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.training.data import LoadSpec
-from diffvqa_cache.training.fitting import FitConfig, RunConfig
+from diffvqa_cache.run.folder import RunConfig
+from diffvqa_cache.training.fitting import FitConfig
 from diffvqa_cache.training.loop import TrainConfig
 from diffvqa_cache.training.protocols import Split
 from diffvqa_cache.training.regressor import RegressorConfig

@@ -221,7 +221,7 @@ def test_readme_walk_fit_prints_its_plan_scale_and_estimate(walk):
     assert plan, said
     assert "scale: MOS 1-5 (--scale)" in said
     assert re.search(r"first epoch: \d+ s; the whole fit \(2 split\(s\) x 1 epochs\) needs about \d+ s more", said)
-    from diffvqa_cache.training.fitting import RunConfig
+    from diffvqa_cache.run.folder import RunConfig
 
     run = RunConfig.read(home / "runs" / "mine")
     assert run.scale == (1.0, 5.0) and len(run.train_mos) == int(plan.group(1))  # every video some model trained on
@@ -234,7 +234,8 @@ def test_readme_walk_fit_prints_its_plan_scale_and_estimate(walk):
 
 
 def test_fit_without_scale_says_it_uses_the_observed_range(walk, tmp_path, capsys):
-    from diffvqa_cache.training.fitting import FitConfig, RunConfig
+    from diffvqa_cache.run.folder import RunConfig
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.fit import run_fit
 
     home, _ = walk

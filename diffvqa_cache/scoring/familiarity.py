@@ -36,10 +36,11 @@ import torch
 from diffvqa_cache.cache.branches import BranchFeatures
 from diffvqa_cache.errors import CacheError
 from diffvqa_cache.files import atomic_path
+from diffvqa_cache.run.folder import RunFolder
 
 FORMAT = "diffvqa-familiarity-1"  # one reference (FamiliarityReference.save)
 RUN_FORMAT = "diffvqa-familiarity-2"  # one reference per split model (RunReference.save)
-FILE_NAME = "familiarity.safetensors"
+FILE_NAME = RunFolder.FAMILIARITY  # in a run folder
 DEFAULT_PERCENTILE = 99.0
 DIMS = 256  # projected width of the statistics
 NEIGHBOURS = 3

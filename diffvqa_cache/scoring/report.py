@@ -9,7 +9,6 @@ import base64
 import csv
 import html
 import io
-import json
 import tempfile
 from pathlib import Path
 
@@ -18,11 +17,11 @@ import numpy as np
 from diffvqa_cache.cache.branches import BRANCHES
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import write_text_atomic
+from diffvqa_cache.run.folder import RUN_FIX, FitResult, RunConfig, RunFolder
 from diffvqa_cache.training.checkpoint import read_meta
-from diffvqa_cache.training.fitting import RUN_FIX, RunConfig, run_folder
 from diffvqa_cache.training.metrics import METRIC_KEYS, SHORT_LABELS
 
-REPORT_FILE = "report.html"
+REPORT_FILE = RunFolder.REPORT  # a run's page; a sweep's is named alike
 STYLE = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222}
 table{border-collapse:collapse;margin:.5em 0 1.2em}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
 th{background:#f3f3f3}tr.sum td{font-weight:bold;background:#fafafa}img{max-width:100%}
@@ -31,20 +30,17 @@ img.thumb{width:96px;image-rendering:pixelated}.note{color:#666;font-size:13px}c
 
 def write_run_report(run: Path | str, out: Path | str | None = None, worst: int = 8) -> Path:
     """Write the report of run directory `run` to `out` (default RUN/report.html); return its path."""
-    run = run_folder(run)
-    cfg = RunConfig.read(run)
-    if not (run / "metrics.json").is_file() or not (run / "predictions.csv").is_file():
-        raise UserInputError(f"{run}: no metrics.json / predictions.csv (the fit did not finish); rerun the fit "
-                             f"with --resume, or {RUN_FIX}")
-    metrics = json.loads((run / "metrics.json").read_text())
-    with open(run / "predictions.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
-    out = Path(out) if out is not None else run / REPORT_FILE
-    write_text_atomic(out, render(run, cfg, metrics, rows, worst))
+    folder = RunFolder.open(run)
+    cfg = folder.config()
+    if not folder.has_results():
+        raise UserInputError(f"{folder.path}: no {RunFolder.METRICS} / {RunFolder.PREDICTIONS} (the fit did not "
+                             f"finish); rerun the fit with --resume, or {RUN_FIX}")
+    out = Path(out) if out is not None else folder.file(RunFolder.REPORT)
+    write_text_atomic(out, render(folder.path, cfg, folder.metrics(), folder.predictions(), worst))
     return out
 
 
-def render(run: Path, cfg: RunConfig, metrics: dict, rows: list[dict], worst: int = 8) -> str:
+def render(run: Path, cfg: RunConfig, metrics: FitResult, rows: list[dict], worst: int = 8) -> str:
     """The report page as a string."""
     e = html.escape
     c = cfg.cache
@@ -52,8 +48,8 @@ def render(run: Path, cfg: RunConfig, metrics: dict, rows: list[dict], worst: in
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title><style>{STYLE}</style>"
              f"</head><body><h1>{e(title)}</h1>",
              f"<p class='note'>run <code>{e(str(run.resolve()))}</code>, fingerprint <code>{e(cfg.fingerprint)}</code>, "
-             f"package {e(cfg.package_version)}, {len(metrics['splits'])} split(s), "
-             f"{metrics.get('seconds', float('nan')):.1f} s</p>"]
+             f"package {e(cfg.package_version)}, {len(metrics.splits)} split(s), "
+             f"{metrics.seconds if metrics.seconds is not None else float('nan'):.1f} s</p>"]
     parts += _protocol_section(cfg)
     parts += _metrics_section(metrics)
     parts += _plots_section(run, metrics, rows)
@@ -92,15 +88,15 @@ def _protocol_section(cfg: RunConfig) -> list[str]:
             _table(["setting", "value"], rows)]
 
 
-def _metrics_section(metrics: dict) -> list[str]:
+def _metrics_section(metrics: FitResult) -> list[str]:
     e = html.escape
     out = ["<h2 id='metrics'>Metrics per split</h2>",
            "<p class='note'>SRCC/KRCC: rank correlations of the predictions with MOS; PLCC(logistic): Pearson after "
            "the 4-parameter logistic fit (the paper's); RMSE on the MOS scale. Summary rows: over the splits "
            "(std: population, ddof 0).</p>"]
-    for test, summary in metrics["summary"].items():
+    for test, summary in metrics.summary.items():
         body = [[e(str(s["split"])), str(s.get("n_train", "")), str(s.get("best_epoch", ""))]
-                + [f"{s[test][k]:.4f}" for k in METRIC_KEYS] for s in metrics["splits"] if test in s]
+                + [f"{s[test][k]:.4f}" for k in METRIC_KEYS] for s in metrics.splits if test in s]
         kinds = [""] * len(body)
         for stat in ("median", "mean", "std"):
             body.append([stat, "", ""] + [f"{summary[k][stat]:.4f}" for k in METRIC_KEYS])
@@ -114,18 +110,18 @@ def _png(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
 
 
-def _plots_section(run: Path, metrics: dict, rows: list[dict]) -> list[str]:
+def _plots_section(run: Path, metrics: FitResult, rows: list[dict]) -> list[str]:
     from diffvqa_cache.scoring.plots import learning_curves, scatter
 
-    tests = list(metrics["summary"])
+    tests = list(metrics.summary)
     histories = {}
-    for s in metrics["splits"]:
-        model = run / "models" / f"{s['split']}.safetensors"
+    for s in metrics.splits:
+        model = RunFolder(run).model_file(s["split"])
         if model.is_file():
-            histories[s["split"]] = read_meta(model).get("history", [])
+            histories[s["split"]] = read_meta(model).history
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        first = metrics["summary"][tests[0]]["srcc"]["median"]
+        first = metrics.summary[tests[0]]["srcc"]["median"]
         scatter(tmp / "scatter.png", np.array([float(r["pred"]) for r in rows]), np.array([float(r["mos"]) for r in rows]),
                 [r["split"] if len(tests) == 1 else r["test_set"] for r in rows],
                 f"test predictions, median SRCC {first:.3f} ({tests[0]})")
@@ -253,7 +249,7 @@ def _num(x) -> float:
 def write_report(folder: Path | str, out: Path | str | None = None, worst: int = 8) -> Path:
     """The report of a run directory (`fit`) or of a sweep folder (`sweep`), whichever `folder` is."""
     folder = Path(folder)
-    if folder.is_dir() and not (folder / "config.json").is_file() and (folder / "results.csv").is_file():
+    if folder.is_dir() and not RunFolder(folder).has_config() and (folder / "results.csv").is_file():
         return write_sweep_report(folder, out)
     return write_run_report(folder, out, worst)
 

@@ -33,10 +33,10 @@ from diffvqa_cache.datasets.records import unique_key
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.progress import bar, err
+from diffvqa_cache.run.folder import RunConfig, RunFolder
 from diffvqa_cache.scoring.familiarity import DEFAULT_PERCENTILE, RunReference, describe
-from diffvqa_cache.scoring.familiarity import FILE_NAME as FAMILIARITY_FILE
 from diffvqa_cache.training.data import LoadSpec, VideoTable, pick_frames, video_tensors
-from diffvqa_cache.training.fitting import KNOWN_SCALES, RunConfig, load_run_models, verify_run
+from diffvqa_cache.training.fitting import KNOWN_SCALES
 from diffvqa_cache.training.loop import TrainConfig, model_outputs
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}
@@ -271,8 +271,9 @@ class Scorer:
         from diffvqa_cache.extraction.per_video import ViewEncoder
 
         self.run = Path(run).expanduser().resolve()
-        run_cfg = RunConfig.read(self.run)
-        verify_run(self.run)  # every file of the run against its manifest, before any of them is used
+        folder = RunFolder.open(self.run)
+        run_cfg = folder.config()
+        folder.verify()  # every file of the run against its manifest, before any of them is used
         if not 0 < unfamiliar_percentile <= 100:
             raise UserInputError(f"unfamiliar percentile must be in (0, 100], got {unfamiliar_percentile}")
         # 1. the extraction settings the run was trained on; the model files must be the same ones
@@ -299,10 +300,10 @@ class Scorer:
         self.decoders = run_cfg.decoders  # {codec: decoder} of the training cache: decode alike
         # 2. the split models, the unfamiliar-content reference, the stage-one model
         self.device = resolve_device(device)
-        self.models = load_run_models(self.run, run_cfg.fingerprint, self.device, verify=False)
-        self.load_spec = LoadSpec.from_dict(self.models[0][1]["load_spec"])
-        self.feature_spec = self.models[0][1]["feature_spec"]
-        self.reference = self._reference(run_cfg.fingerprint)
+        self.models = folder.load_models(run_cfg.fingerprint, self.device, verify=False)
+        self.load_spec = LoadSpec.from_dict(self.models[0][1].load_spec)
+        self.feature_spec = self.models[0][1].feature_spec
+        self.reference = self._reference(folder, run_cfg.fingerprint)
         self.unfamiliar_percentile = float(unfamiliar_percentile)
         self.precision = TrainConfig(device=str(self.device)).precision(self.device)
         self.group_size = group_size or cfg.shard_size
@@ -311,10 +312,10 @@ class Scorer:
         if progress:
             err.print(describe_extraction(cfg, self.device))
 
-    def _reference(self, fingerprint: str) -> RunReference | None:
-        path = self.run / FAMILIARITY_FILE
+    def _reference(self, folder: RunFolder, fingerprint: str) -> RunReference | None:
+        path = folder.file(RunFolder.FAMILIARITY)
         if not path.is_file():
-            err.print(f"[yellow]{self.run} has no {FAMILIARITY_FILE} (fitted by an earlier version or on fewer "
+            err.print(f"[yellow]{self.run} has no {RunFolder.FAMILIARITY} (fitted by an earlier version or on fewer "
                       "than 3 videos): no unfamiliar-content check; refit the run to get one[/]")
             return None
         ref = RunReference.load(path)
@@ -443,7 +444,7 @@ class Scorer:
         out = model_outputs([m for m, _ in self.models], table, self.device, len(table), self.precision,
                             ("score", "frame_quality", "frame_weight"))
         per_model = list(zip(out["score"], out["frame_quality"], out["frame_weight"]))
-        scales = [tuple(meta["scale"]) for _, meta in self.models]
+        scales = [tuple(meta.scale) for _, meta in self.models]
         novelty = (self.reference.novelty(describe(table.branches), self.unfamiliar_percentile)
                    if self.reference is not None else [None] * len(decoded))
         n_frames = self.feature_spec["num_frames"]

@@ -1,25 +1,19 @@
-"""One fit's settings (`FitConfig`), training and scoring one split (`fit_split`), and a fitted run's
-record (`RunConfig`, its manifest, `load_run_models`): shared by fit, sweep and predict."""
+"""One fit's settings (`FitConfig`) and training and scoring one split (`fit_split`): shared by fit and
+sweep. The run folder a fit writes (its record, manifest, models) is `diffvqa_cache.run.folder`'s."""
 
 from __future__ import annotations
 
-import json
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffvqa_cache import __version__
-from diffvqa_cache.cache.settings import CacheConfig
 from diffvqa_cache.config import Config
 from diffvqa_cache.devices import resolve_device
-from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.files import checksum_problems, checksums, write_json_atomic
-from diffvqa_cache.training.checkpoint import load_checkpoint
+from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.training.data import DATA_PATHS, LoadSpec, VideoTable
-from diffvqa_cache.training.loop import TrainConfig, check_finite, predict_raw, predict_raw_many, train
+from diffvqa_cache.training.loop import TrainConfig, check_finite, predict_raw, train
 from diffvqa_cache.training.memory import feature_budget_gb
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
@@ -63,7 +57,6 @@ class FinetuneConfig(Config):
         if not self.lr > 0 or self.epochs < 1 or self.warmup_epochs < 0:
             raise UserInputError(f"finetune needs lr > 0, epochs >= 1 and warmup_epochs >= 0, got {self.lr}, "
                                  f"{self.epochs}, {self.warmup_epochs}")
-RUN_FIX = "pass a run directory written by `diffvqa-cache fit`"
 
 
 @dataclass
@@ -206,171 +199,3 @@ def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int,
         entry[test_name] = compute_metrics_ids(pred, tt.mos, tt.keys)
         rows += [(k, float(y), float(p), split.name, test_name) for k, y, p in zip(tt.keys, tt.mos, pred)]
     return FittedSplit(entry, rows, model, res)
-
-
-@dataclass
-class RunConfig(Config):
-    """A run directory's config.json: the fit settings, the protocol and the cache it was trained on."""
-
-    fit: FitConfig
-    protocol: str
-    cache: CacheConfig  # the training cache's identity (its fingerprint is the run's)
-    cache_path: str
-    feature_spec: dict
-    test_cache_paths: list[str] = field(default_factory=list)
-    init: str | None = None
-    training: TrainConfig | None = None  # the training settings used: fit.train, or with fit.finetune's under init
-    data: dict = field(default_factory=dict)  # the data path used: path, budget_gb, need_gb, device
-    decoders: dict = field(default_factory=dict)  # {codec: decoder} of the training cache; predict decodes alike
-    package_version: str = __version__
-    fingerprint: str = ""  # = cache.fingerprint, kept at the top level for tools that grep runs
-    scale: tuple[float, float] | None = None  # the MOS scale's limits (fit --scale; None: the cache's mos_range)
-    scale_source: str = ""  # why these limits: "--scale", the dataset's known scale, or the observed range
-    train_mos: list[float] = field(default_factory=list)  # the training videos' MOS, sorted (predict's percentile)
-
-    @property
-    def score_scale(self) -> tuple[float, float]:
-        """The limits scores are read against: fit --scale, else the cache's MOS range (runs of earlier versions)."""
-        return tuple(map(float, self.scale or self.cache.mos_range))
-
-    @classmethod
-    def from_dict(cls, data: dict, what: str | None = None) -> "RunConfig":
-        if "extract" in data:  # written by 0.1: "extract" held the cache config, "cache" its path
-            data = {**data, "cache_path": data.get("cache"), "cache": data["extract"]}
-            del data["extract"]
-        if "test_cache" in data:  # 0.1: one test cache path or None
-            old = data.pop("test_cache")
-            data = {**data, "test_cache_paths": [old] if old else []}
-        return super().from_dict(data, what)
-
-    @classmethod
-    def read(cls, run: Path | str, flag: str = "--run") -> "RunConfig":
-        path = run_folder(run, flag) / "config.json"
-        if not path.is_file():
-            raise UserInputError(f"{flag} {run}: no config.json; {RUN_FIX}")
-        return cls.load(path)
-
-
-# ---------------------------------------------------------------- the run's manifest
-RUN_MANIFEST = "manifest.json"
-RUN_FORMAT = "diffvqa-run-1"
-_UNCHECKED: set[str] = set()  # runs without a manifest already reported in this process
-
-
-def write_run_manifest(run: Path | str, files: list[str] | None) -> None:
-    """OUT/manifest.json: size and sha256 of each of the run's `files` (paths relative to the run), written
-    last; `files=None` marks a run being written (a fit writes that first, so a killed fit is recognised)."""
-    from diffvqa_cache import __version__ as version
-
-    record = {"format": RUN_FORMAT, "package_version": version, "complete": files is not None,
-              "files": checksums(run, files or []), "written": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    write_json_atomic(Path(run) / RUN_MANIFEST, record)
-
-
-def run_finished(run: Path | str) -> bool:
-    """A run whose fit ended: its manifest says complete (runs of earlier versions: metrics.json is there)."""
-    try:
-        return bool(json.loads((Path(run) / RUN_MANIFEST).read_text()).get("complete"))
-    except FileNotFoundError:
-        return (Path(run) / "metrics.json").is_file()
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
-def verify_run(run: Path | str) -> None:
-    """Re-hash every file of a run against its manifest; one-line `CacheError` naming the first damaged,
-    missing or foreign (a split model the run did not write) file and the fix. A run of an earlier version
-    (no manifest) loads, said once per process."""
-    from diffvqa_cache.progress import err
-
-    run = Path(run)
-    path = run / RUN_MANIFEST
-    refit = "refit the run (the same `fit` command) or restore its files from a backup"
-    if not path.is_file():
-        if str(run) not in _UNCHECKED:
-            _UNCHECKED.add(str(run))
-            err.print(f"[yellow]{run} has no {RUN_MANIFEST} (fitted by an earlier version): its files cannot be "
-                      "checked for damage; refit it to get one[/]")
-        return
-    try:
-        manifest = json.loads(path.read_text())
-        files, complete = dict(manifest["files"]), manifest["complete"]
-        if manifest["format"] != RUN_FORMAT:
-            raise ValueError(f"format {manifest['format']!r}, this version reads {RUN_FORMAT!r}")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CacheError(f"{path}: unreadable run manifest ({exc}); {refit}") from None
-    if not complete:
-        raise CacheError(f"{run}: its fit has not finished (still running, or killed); wait for it, or rerun the same "
-                         "fit command with --resume")
-    problems = checksum_problems(run, files)
-    foreign = sorted(str(m.relative_to(run)) for m in (run / "models").glob("*.safetensors")
-                     if str(m.relative_to(run)) not in files)
-    problems += [f"{name}: not written by this run (not in its {RUN_MANIFEST}); delete it" for name in foreign]
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        fix = "" if problems[0].endswith("delete it") else f"; {refit}"
-        raise CacheError(f"{run}/{problems[0]}{more}{fix}")
-
-
-def run_folder(run: Path | str, flag: str = "--run") -> Path:
-    """`run` unless it is missing, not a folder, or a feature cache: then a `UserInputError` saying which
-    (`flag`: the option that named it)."""
-    from diffvqa_cache.cache.folder import holds_cache
-
-    run = Path(run)
-    if not run.exists():
-        raise UserInputError(f"{flag} {run}: no such folder; {RUN_FIX}")
-    if not run.is_dir():
-        raise UserInputError(f"{flag} {run} is a file, not a folder; {RUN_FIX}")
-    if holds_cache(run):
-        raise UserInputError(f"{flag} {run} is a feature cache (written by `extract`), not a run: fit a run on it with "
-                             f"`diffvqa-cache fit --cache {run} --out RUN`, then pass {flag} RUN")
-    return run
-
-
-def load_run_models(run: Path | str, fingerprint: str, device, verify: bool = True,
-                    flag: str = "--run") -> list[tuple[torch.nn.Module, dict]]:
-    """The run's models (one per split) with their metadata, after `verify_run` (unless `verify`: the
-    caller did it); refuses other features than `fingerprint`. `flag`: the option that named the run."""
-    run = run_folder(run, flag)
-    if verify:
-        verify_run(run)
-    models = sorted((run / "models").glob("*.safetensors"))
-    if not models:
-        raise UserInputError(f"{run}: no models/*.safetensors; {RUN_FIX}")
-    return [load_checkpoint(m, fingerprint, device) for m in models]
-
-
-def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
-                 memory_gb: float | None = None, verify: bool = True) -> dict[str, float]:
-    """{video: score on the MOS scale (mean of the run's split models)} for cached videos (all, or `keys`),
-    read through the bounded data path (streamed unless the selection fits `memory_gb`), one pass for all
-    models. For scoring the videos of a cache without extracting them again. `verify`: re-hash the
-    shards read against the cache's manifest first (the run's files are always checked)."""
-    keys_out, per_model = score_cached_per_model(run, cache_path, keys, device, memory_gb, verify)
-    return dict(zip(keys_out, per_model.mean(0).tolist()))
-
-
-def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
-                           memory_gb: float | None = None, verify: bool = True) -> tuple[list[str], np.ndarray]:
-    """The videos scored and their (n_models, n_videos) scores on the MOS scale, one row per split model."""
-    from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import choose_data_path, open_table
-
-    budget = int(feature_budget_gb(memory_gb, "--memory-gb") * 1e9)
-    cache, dev = FeatureCache(cache_path), resolve_device(device)
-    models = load_run_models(run, cache.fingerprint, dev)
-    if verify:
-        cache.verify_shards(keys)
-    spec = LoadSpec.from_dict(models[0][1]["load_spec"])
-    path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]
-    table = open_table(cache, spec, path, budget, dev)
-    if keys is not None:
-        row_of = {k: i for i, k in enumerate(table.keys)}
-        unknown = [k for k in keys if k not in row_of]
-        if unknown:
-            raise UserInputError(f"videos {unknown[:3]} are not in cache {cache.path}; `diffvqa-cache cache info` "
-                                 "lists what it holds")
-        table = table.subset(np.array([row_of[k] for k in keys], dtype=np.int64))
-    raw = predict_raw_many([m for m, _ in models], table, TrainConfig(device=str(dev)), dev)
-    return list(table.keys), np.stack([r * meta["scale"][0] + meta["scale"][1] for r, (_, meta) in zip(raw, models)])

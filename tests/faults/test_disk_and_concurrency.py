@@ -133,7 +133,7 @@ def test_two_fits_on_one_run_folder(small_cache, tmp_path):
     import signal
     import time
 
-    from diffvqa_cache.training.fitting import verify_run
+    from diffvqa_cache.run.folder import verify_run
 
     out = tmp_path / "run"
     first = _cli(_fit_args(small_cache, out, seed=0, epochs=6))
@@ -195,7 +195,8 @@ def test_sweep_and_adapt_on_a_folder_in_use_are_refused(small_cache, sample_root
 
 
 def test_a_lock_left_by_a_killed_fit_is_taken_over(small_cache, holder, tmp_path):
-    from diffvqa_cache.training.fitting import FitConfig, verify_run
+    from diffvqa_cache.run.folder import verify_run
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.fit import run_fit
 
     out = tmp_path / "run"
@@ -212,7 +213,8 @@ def test_disk_full_while_fit_saves_its_state(small_cache, tmpfs):
     """A real full disk (a 160 KiB tmpfs: room for the run's first files, not for an epoch's training state):
     one line naming the run folder and the fix; after freeing space, --resume finishes the run."""
     from diffvqa_cache.errors import DiffVQAError
-    from diffvqa_cache.training.fitting import FitConfig, verify_run
+    from diffvqa_cache.run.folder import verify_run
+    from diffvqa_cache.training.fitting import FitConfig
     from pipelines.fit import run_fit
 
     subprocess.run(["mount", "-o", "remount,size=160k", str(tmpfs)], check=True)

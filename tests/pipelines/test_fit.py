@@ -12,7 +12,8 @@ import pytest
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.training.checkpoint import load_checkpoint, read_meta
-from diffvqa_cache.training.fitting import FitConfig, RunConfig, load_fit_config
+from diffvqa_cache.run.folder import RunConfig
+from diffvqa_cache.training.fitting import FitConfig, load_fit_config
 from diffvqa_cache.training.protocols import random_splits
 from pipelines.fit import run_fit
 
@@ -245,7 +246,7 @@ def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache,
     from diffvqa_cache import Scorer
     from diffvqa_cache.cache.folder import FeatureCache
     from diffvqa_cache.training.data import estimate_bytes, load_table
-    from diffvqa_cache.training.fitting import score_cached
+    from diffvqa_cache.scoring.cached import score_cached
     from diffvqa_cache.training.stream import StreamedTable
 
     plain = FeatureCache(sample_cache(limit=16).cache_dir)

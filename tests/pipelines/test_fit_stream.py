@@ -18,7 +18,8 @@ import pytest
 import pipelines.sweep as sweep
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.synthetic import LSVQ_SPLITS, write_synthetic_cache
-from diffvqa_cache.training.fitting import FitConfig, score_cached
+from diffvqa_cache.scoring.cached import score_cached
+from diffvqa_cache.training.fitting import FitConfig
 from pipelines.fit import run_fit
 from pipelines.sweep import run_sweep
 

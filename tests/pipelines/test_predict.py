@@ -32,7 +32,7 @@ def run_dir(tmp_path_factory, sample_cache, fast_fit):
 def _run_with_config(run_dir: Path, dst: Path, edit) -> Path:
     """A copy of `run_dir` whose config.json `edit(config)` changed, as if the fit had written it (manifest
     re-recorded, so only the edit differs)."""
-    from diffvqa_cache.training.fitting import write_run_manifest
+    from diffvqa_cache.run.folder import write_run_manifest
 
     shutil.copytree(run_dir, dst)
     config = json.loads((dst / "config.json").read_text())
@@ -192,7 +192,7 @@ def test_predict_refuses_a_run_fitted_on_older_features(run_dir, sample_root, tm
 
 def test_predict_decodes_as_the_run_did_or_says_it_cannot(run_dir, sample_root, monkeypatch, capsys):
     import diffvqa_cache.extraction.video as video
-    from diffvqa_cache.training.fitting import RunConfig
+    from diffvqa_cache.run.folder import RunConfig
 
     used = RunConfig.read(run_dir).decoders
     assert set(used) == {"h264"}
@@ -240,7 +240,7 @@ def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root
 
     import cli
     from diffvqa_cache import Scorer
-    from diffvqa_cache.training.fitting import RunConfig
+    from diffvqa_cache.run.folder import RunConfig
 
     assert RunConfig.read(run_dir).scale == (1.0, 5.0)  # the sample's known scale, recorded
     assert RunConfig.read(run_dir).scale_source == "the sample's scale"
@@ -262,7 +262,7 @@ def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root
 
 
 def test_each_score_is_ranked_among_the_training_videos(run_dir, scorer, sample_root):
-    from diffvqa_cache.training.fitting import RunConfig
+    from diffvqa_cache.run.folder import RunConfig
     from pipelines.predict import format_table
 
     train_mos = RunConfig.read(run_dir).train_mos

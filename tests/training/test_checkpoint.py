@@ -34,3 +34,16 @@ def test_rebuilt_from_the_file_alone(tmp_path):
     assert got["scale"] == [2.0, 1.0] and got["format"] == read_meta(tmp_path / "m.safetensors")["format"]
     with pytest.raises(CacheError, match="trained on features aaaa"):
         load_checkpoint(tmp_path / "m.safetensors", "b" * 16)
+
+
+def test_metadata_is_typed_and_keeps_what_it_does_not_know(tmp_path):
+    from diffvqa_cache import __version__
+    from diffvqa_cache.training.checkpoint import FORMAT, CheckpointMeta
+
+    meta = CheckpointMeta(regressor=CFG.to_dict(), feature_spec=SPEC, fingerprint="a" * 16, split="split-02",
+                          scale=[2.0, 1.0], history=[{"epoch": 0, "loss": 0.5}], extra={"note": "from a later version"})
+    save_checkpoint(tmp_path / "m.safetensors", DiffVQARegressor(CFG, SPEC), meta)
+    got = read_meta(tmp_path / "m.safetensors")
+    assert isinstance(got, CheckpointMeta) and got == meta.replace(format=FORMAT, package_version=__version__)
+    assert got.split == "split-02" and got["scale"] == [2.0, 1.0] and got.get("note") == "from a later version"
+    assert got.get("resumed_after", "absent") is None and got.get("unknown", 7) == 7
