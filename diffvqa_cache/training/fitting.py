@@ -3,6 +3,7 @@ record (`RunConfig`, its manifest, `load_run_models`): shared by fit, sweep and 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from dataclasses import dataclass, field
@@ -13,7 +14,7 @@ import torch
 
 from diffvqa_cache import __version__
 from diffvqa_cache.cache.settings import CacheConfig
-from diffvqa_cache.config import Config
+from diffvqa_cache.config import Config, role, setting
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import checksum_problems, checksums, write_json_atomic
@@ -55,9 +56,9 @@ class FinetuneConfig(Config):
     a lower learning rate, fewer epochs and no warm-up, so that fine-tuning adjusts the pre-trained
     regressor rather than washing it out. Every other training setting is `train`'s."""
 
-    lr: float = 1e-4
-    epochs: int = 10
-    warmup_epochs: float = 0.0
+    lr: float = setting(1e-4, "AdamW learning rate when fine-tuning.")
+    epochs: int = setting(10, "Training epochs per split when fine-tuning.")
+    warmup_epochs: float = setting(0.0, "Linear warm-up epochs when fine-tuning.")
 
     def __post_init__(self):
         if not self.lr > 0 or self.epochs < 1 or self.warmup_epochs < 0:
@@ -73,23 +74,32 @@ class FitConfig(Config):
     regressor: RegressorConfig = field(default_factory=RegressorConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # replaces train's lr/epochs/warm-up with --init
-    protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with test caches, else random
-    cross_train: str = "train"  # cross: train on the official train part of a cache that has one ("all": every video)
-    splits: int = 10  # random protocol: number of repeated splits
-    test_fraction: float = 0.2
-    seed: int = 0  # seeds splits, initialisation and batches (split i uses seed + i)
-    grid: int | None = None  # load-time pooling of F_MS / F_Latent (None: the cache's grid)
-    num_frames: int | None = None  # frames per video used (None: all cached)
-    # TCAB input side: None = the cache's pixel copy (224 px by default: 14x14 = 196 tokens of 16 px per
-    # frame, as VideoMamba sees a frame); smaller values are resized at load time (64 for quick CPU runs).
-    pixel_size: int | None = None
-    # F_Latent's own load-time grid (None: `grid`, as F_MS): finer keeps more of the 4-channel latent, which
-    # the cache holds at full size (64x64 for SD at 512 px); a multiple of the F_MS grid
-    latent_grid: int | None = None
-    ms_std: bool = False  # F_MS cell means and stds (a cache extracted with --ms-pool mean+std); False: means
-    data: str = "auto"  # memory (tables in memory), stream (read from the shards per batch), auto (memory if it fits)
-    memory_gb: float | None = None  # budget for the feature data (None: a share of the available memory, see memory.py)
-    verify: bool = True  # re-hash every shard before training (catches silent corruption)
+    protocol: str = setting("auto", "auto (lsvq where the cache has LSVQ's official split, cross with "
+                                    "--test-cache, else random), random, lsvq or cross.", splits=True)
+    cross_train: str = setting("train", "cross: train on the official train part of a cache that has one, or "
+                                        "all its videos.")
+    splits: int = setting(10, "Random protocol: number of repeated splits.", splits=True)
+    test_fraction: float = setting(0.2, "Random protocol: share of the videos in each split's test set.",
+                                   splits=True)
+    seed: int = setting(0, "Seeds splits, initialisation and batches (split i uses seed + i).", splits=True)
+    grid: int | None = setting(None, "Load-time pooling of F_MS and F_Latent to GRID x GRID (default: the "
+                                     "cache's grid).")
+    num_frames: int | None = setting(None, "Frames per video used (default: all cached).")
+    # 224 px by default: 14x14 = 196 tokens of 16 px per frame, as VideoMamba sees a frame
+    pixel_size: int | None = setting(None, "TCAB input side (default: the cache's pixel copy, 224 px unless "
+                                           "extracted otherwise); smaller is resized at load time (64 for quick "
+                                           "CPU runs).")
+    # finer keeps more of the 4-channel latent, which the cache holds at full size (64x64 for SD at 512 px)
+    latent_grid: int | None = setting(None, "F_Latent's own load-time grid, a multiple of --grid (default: "
+                                            "--grid, as F_MS).")
+    ms_std: bool = setting(False, "F_MS cell means and stds (a cache extracted with --ms-pool mean+std); "
+                                  "off: means.")
+    data: str = setting("auto", "memory (the table in memory), stream (read from the shards per batch) or auto "
+                                "(memory when it fits --memory-gb).", numbers=False)
+    memory_gb: float | None = setting(None, "Budget for the feature data in GB (default: 70% of the memory "
+                                            "available at the start).", numbers=False)
+    verify: bool = setting(True, "Re-hash every shard before training (catches silent corruption).",
+                           numbers=False)
 
     def __post_init__(self):
         if self.protocol not in PROTOCOLS:
@@ -143,6 +153,31 @@ class FitConfig(Config):
                                          "finetune.<name> or a top-level name")
                 d[hits[0]][key] = value
         return FitConfig.from_dict(d)
+
+
+    @classmethod
+    def setting_field(cls, key: str) -> dataclasses.Field | None:
+        """The field an override key names ('train.epochs', 'use_tcab', 'memory_gb'), as `with_overrides`
+        reads it; None for a key it refuses."""
+        sections = {"regressor": RegressorConfig, "train": TrainConfig, "finetune": FinetuneConfig}
+        if "." in key:
+            sec, name = key.split(".", 1)
+            owners = [sections[sec]] if sec in sections else []
+        else:
+            name = key
+            owners = [cls] if key not in sections else []
+            if not any(f.name == key for f in dataclasses.fields(cls)):
+                owners = [sections[s] for s in BARE_SECTIONS
+                          if any(f.name == key for f in dataclasses.fields(sections[s]))]
+        hits = [f for owner in owners for f in dataclasses.fields(owner) if f.name == name]
+        return hits[0] if len(hits) == 1 else None
+
+    @classmethod
+    def numbers_overrides(cls, overrides: dict) -> dict:
+        """`overrides` without the ones naming a setting declared `numbers=False` (memory_gb, train.device ...):
+        what results computed under them depend on. Keys it cannot read are kept (`with_overrides` refuses them)."""
+        return {k: v for k, v in overrides.items()
+                if (f := cls.setting_field(k)) is None or role(f, "numbers")}
 
 
 def load_fit_config(path: Path | None, overrides: dict) -> FitConfig:
