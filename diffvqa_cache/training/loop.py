@@ -12,45 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffvqa_cache.config import Config, setting
-from diffvqa_cache.devices import autocast, resolve_device, training_dtype
+from diffvqa_cache.devices import autocast, resolve_device
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.training.data import VideoTable
-from diffvqa_cache.training.losses import LOSSES, quality_loss
+from diffvqa_cache.training.losses import quality_loss
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.resume import load_state, save_state
-
-
-@dataclass
-class TrainConfig(Config):
-    """How the regressor of one split trains (`fit`'s `train.*` settings)."""
-
-    epochs: int = setting(30, "Training epochs per split (with --init: finetune.epochs).")
-    batch_size: int = setting(16, "Videos per training step.")
-    lr: float = setting(1e-3, "AdamW learning rate (with --init: finetune.lr).")
-    weight_decay: float = setting(0.05, "AdamW weight decay.")
-    warmup_epochs: float = setting(1.0, "Linear warm-up epochs, then cosine decay to 0.")
-    loss: str = setting("plcc+rank", "plcc+rank, plcc, mse or l1.")
-    rank_weight: float = setting(0.3, "Weight of the rank term of plcc+rank.")
-    grad_clip: float = setting(1.0, "Gradient clipping norm.")
-    val_fraction: float = setting(0.0, "Share of the train videos carved off for early stopping (the test "
-                                       "split is never used for it).")
-    patience: int = setting(0, "Epochs without a better validation SRCC before stopping (0: never stop early).")
-    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ... (a resumed run may move: "
-                                  "--amp's bf16 applies on CUDA only).", numbers=False)
-    amp: bool = setting(True, "bf16 autocast on CUDA; ignored on the CPU.")
-    eval_batch_size: int = setting(64, "Videos per evaluation pass (lower it to save memory).", numbers=False)
-
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise UserInputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0 <= self.val_fraction < 0.5:
-            raise UserInputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise UserInputError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
-
-    def precision(self, device: torch.device) -> str:
-        return training_dtype(device, "bf16" if self.amp else "fp32")
+from diffvqa_cache.training.settings import TrainConfig  # noqa: F401 - importable from here as before
 
 
 def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, device: torch.device) -> np.ndarray:
