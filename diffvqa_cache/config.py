@@ -1,11 +1,13 @@
 """Typed settings: the base every config dataclass shares (`Config`, `setting`, the type checks).
 
 The settings themselves live with what they configure: `cache.settings` (extract, the cache's key),
-`extraction.settings` (adapt), `training.fitting` (fit), `training.regressor.config` (the model).
+`extraction.settings` (adapt), `training.settings` (fit, training), `training.regressor.config` (the model).
 
-Each setting is declared once, with its help text (`setting(default, help)`): the CLI builds its options
-from these declarations (`cli_options.options_from`) and every artifact saves the dataclass beside itself.
-This module imports no torch, so `--help` stays fast.
+Each setting is declared once, with its help text and its role (`setting(default, help, numbers=False)`):
+the CLI builds its options from these declarations (`cli.options_from`), every artifact saves the
+dataclass beside itself, and fingerprints, resume checks and sweep task ids take the settings that change
+the numbers from them (`Config.fields_where`, `Config.numbers`). This module imports no torch, so `--help`
+stays fast.
 """
 
 from __future__ import annotations
