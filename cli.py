@@ -537,7 +537,8 @@ def fit(
 
     if init:  # a fine-tuning trains with finetune's epochs, lr and warm-up: the options set those
         finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
-        given_train = {("finetune." + k[6:] if k[6:] in finetune else k): v for k, v in given_train.items()}
+        given_train = {(k.replace("train.", "finetune.", 1) if k.removeprefix("train.") in finetune else k): v
+                       for k, v in given_train.items()}
     overrides = _parse_sets(set_) | given | given_train | given_regressor
     cfg = load_fit_config(config, overrides)
     result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume,
