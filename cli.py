@@ -17,11 +17,73 @@ import typer
 
 from diffvqa_cache.cache.settings import PAPER_PRESET, RECONSTRUCT_DEFAULTS, ExtractConfig
 from diffvqa_cache.cluster.jobs import ClusterJobs
+from diffvqa_cache.config import Config
 from diffvqa_cache.extraction.settings import AdaptConfig
+from diffvqa_cache.training.regressor.config import RegressorConfig
+from diffvqa_cache.training.settings import FitConfig, TrainConfig
 
-app = typer.Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
-                  no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
-cache_app = typer.Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
+
+class _PlainHelp:
+    """`--help` as click writes it: option names in full, each description wrapped beside them (at most 30
+    columns in) or below them, 80 columns at most. (Typer's rich tables cut option names with "…" and
+    squeeze descriptions beside the `--no-X` forms in an 80-column terminal.) Errors keep typer's look."""
+
+    def format_help(self, ctx, formatter):
+        mode, self.rich_markup_mode = self.rich_markup_mode, None
+        try:
+            return super().format_help(ctx, formatter)
+        finally:
+            self.rich_markup_mode = mode
+
+
+def _section(formatter, heading: str, rows: list[tuple[str, str]]) -> None:
+    """A titled list of (name, description) rows; a long title wraps like any text."""
+    import textwrap
+
+    formatter.write_paragraph()
+    formatter.write("\n".join(textwrap.wrap(heading + ":", formatter.width - formatter.current_indent,
+                                             initial_indent=" " * formatter.current_indent,
+                                             subsequent_indent=" " * (formatter.current_indent + 2))) + "\n")
+    with formatter.indentation():
+        formatter.write_dl(rows)
+
+
+class HelpCommand(_PlainHelp, typer.core.TyperCommand):
+    def format_options(self, ctx, formatter):
+        """Arguments, then the options, one section per panel (`rich_help_panel`)."""
+        sections: dict[str, list] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record:
+                name = "Arguments" if param.param_type_name == "argument" else \
+                    getattr(param, "rich_help_panel", None) or "Options"
+                sections.setdefault(name, []).append(record)
+        for name in sorted(sections, key=lambda n: n != "Arguments"):
+            _section(formatter, name, sections[name])
+
+
+class HelpGroup(_PlainHelp, typer.core.TyperGroup):
+    def format_commands(self, ctx, formatter):
+        """Each command with the first sentence of its help, wrapped (not cut to the line)."""
+        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
+                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
+        if rows:
+            _section(formatter, "Commands", rows)
+
+
+class Typer(typer.Typer):
+    """typer.Typer whose commands and groups write plain `--help` (`HelpCommand`, `HelpGroup`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=HelpGroup, **kwargs)
+
+    def command(self, *args, cls=None, **kwargs):
+        return super().command(*args, cls=cls or HelpCommand, **kwargs)
+
+
+app = Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
+            no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
+cache_app = Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
 
 _DEBUG = {"on": bool(os.environ.get("DIFFVQA_DEBUG"))}
@@ -44,10 +106,13 @@ JOBS_PANEL = "Worker jobs (--cluster slurm|pbs --jobs N: submitted by this comma
 
 
 def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None,
-                 arg: str = "cfg"):
+                 arg: str = "cfg", overrides: str | None = None):
     """Give a command one option per field of the config dataclass `cls` (help text from the field's
     declaration; default from the field or `defaults`) and pass them to it built into `arg` (by `build`,
-    else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass."""
+    else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass.
+
+    `overrides` (a key prefix such as "train."): the options show the field's default but are None unless
+    given, and `arg` is the dict of the given ones ({"train.epochs": 5}), to apply over a config file."""
 
     def optional(kind):
         args = typing.get_args(kind)
@@ -58,13 +123,21 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | N
     def decorate(fn):
         own = inspect.signature(fn, eval_str=True)
         hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters]
+        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters
+                  and not (isinstance(f.default_factory, type) and issubclass(f.default_factory, Config))]
         defaults_ = {f.name: f.default for f in fields} | (defaults or {})
+        helps = {f.name: f.metadata.get("help") for f in fields}
+        if overrides is not None:  # the option is None unless given; its help says the setting's default
+            helps = {f.name: helps[f.name] + _shown_default(f.name, defaults_[f.name]) for f in fields}
+            defaults_ = {f.name: None for f in fields}
         added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults_[f.name],
-                                   annotation=Annotated[optional(hints[f.name]), typer.Option(
-                                       help=f.metadata.get("help"), rich_help_panel=panel)])
+                                   annotation=Annotated[optional(hints[f.name]) if overrides is None
+                                                        else Optional[optional(hints[f.name])], typer.Option(
+                                       help=helps[f.name], rich_help_panel=panel)])
                  for f in fields]
         make = build or getattr(cls, "from_options", cls)
+        if overrides is not None:
+            make = functools.partial(_given, overrides)
 
         @functools.wraps(fn)
         def command(**kwargs):
@@ -83,6 +156,21 @@ def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | N
         return command
 
     return decorate
+
+
+def _given(prefix: str, **values) -> dict:
+    """The options given on the command line, as overrides ({"train.epochs": 5})."""
+    return {prefix + k: v for k, v in values.items() if v is not None}
+
+
+def _shown_default(name: str, value) -> str:
+    """"  [default: X]" for a default the option itself does not carry, as typer writes its own ("" for None:
+    the help text says what then happens)."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        value = name.replace("_", "-") if value else "no-" + name.replace("_", "-")
+    return f"  [default: {value}]"
 
 
 def known_errors(fn):
@@ -410,7 +498,16 @@ def _parse_sets(items: Optional[list[str]]) -> dict:
 
 @app.command()
 @known_errors
+@options_from(RegressorConfig, "Regressor (regressor.*; ms_levels: --set ms_levels=[0,2])", overrides="regressor.",
+              arg="given_regressor", skip=("ms_levels",))
+@options_from(TrainConfig, "Training (train.*; with --init, --epochs, --lr and --warmup-epochs set finetune.*)",
+              overrides="train.", arg="given_train")
+@options_from(FitConfig, "Fit settings (top level; all are recorded in OUT/config.json)", overrides="",
+              arg="given")
 def fit(
+    given: dict,
+    given_train: dict,
+    given_regressor: dict,
     cache: Annotated[Path, typer.Option(help="Cache directory from `extract` (or its --out folder).")],
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     config: Annotated[Optional[Path], typer.Option(help="YAML of fit settings (regressor:, train:, top-level).")] = None,
@@ -418,28 +515,26 @@ def fit(
                                                                   "tests, or beside LSVQ's own test sets.")] = None,
     init: Annotated[Optional[Path], typer.Option(help="Fine-tune: start from this run's models (e.g. an LSVQ run), "
                                                      "with the fine-tuning settings (--set finetune.lr=... etc.).")] = None,
-    protocol: Annotated[Optional[str], typer.Option(help="auto, random, lsvq or cross.")] = None,
-    splits: Annotated[Optional[int], typer.Option(help="Random protocol: number of 80/20 splits (default 10).")] = None,
-    epochs: Annotated[Optional[int], typer.Option(help="Training epochs per split (with --init: finetune.epochs).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seeds splits, initialisation and batches.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda ...")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting: --set regressor.use_tcab=false")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override any setting (the options below win): "
+                                                                    "--set regressor.use_tcab=false, --set "
+                                                                    "finetune.lr=1e-5.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue a killed run in --out: finished splits are kept, the "
                                               "current one continues after its last completed epoch.")] = False,
     scale: Annotated[Optional[tuple[float, float]], typer.Option(
         help="LOW HIGH: your MOS scale's limits (e.g. 1 5), for predict's 0-1 score and plots (default: "
              "KoNViD-1k, YouTube-UGC 1-5; LIVE-VQC, LSVQ 0-100; else the observed label range).")] = None,
 ) -> None:
-    """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots."""
-    from diffvqa_cache.training.fitting import load_fit_config
+    """Train the regressor over a cache under a protocol; write metrics, predictions, models and plots.
+
+    Settings: the defaults, then --config, then --set, then the options given here."""
+    from diffvqa_cache.training.settings import FinetuneConfig, load_fit_config
     from pipelines.fit import format_summary, run_fit
 
-    overrides = _parse_sets(set_)
-    for name, value in (("protocol", protocol), ("splits", splits),
-                        ("finetune.epochs" if init else "train.epochs", epochs), ("seed", seed),
-                        ("train.device", device)):
-        if value is not None:
-            overrides[name] = value
+    if init:  # a fine-tuning trains with finetune's epochs, lr and warm-up: the options set those
+        finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
+        given_train = {(k.replace("train.", "finetune.", 1) if k.removeprefix("train.") in finetune else k): v
+                       for k, v in given_train.items()}
+    overrides = _parse_sets(set_) | given | given_train | given_regressor
     cfg = load_fit_config(config, overrides)
     result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume,
                      scale=scale if scale and None not in scale else None)
@@ -641,7 +736,7 @@ def reproduce(
     """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
     from diffvqa_cache.cluster.dask_client import dask_client
     from diffvqa_cache.devices import resolve_device
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}

@@ -63,8 +63,9 @@ def bare_epoch_seconds(model, table, tcfg, n_steps: int, n_distinct: int = 4) ->
 
 
 def epoch_vs_bare(table, split, tcab: bool, epochs: int, tcfg_kw: dict) -> dict:
-    from diffvqa_cache.training.loop import TrainConfig, train
+    from diffvqa_cache.training.loop import train
     from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
+    from diffvqa_cache.training.settings import TrainConfig
 
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_t = table.subset(np.array([row_of[k] for k in split.train]))
@@ -107,10 +108,9 @@ def main() -> None:
 
     from diffvqa_cache.cache.folder import FeatureCache
     from diffvqa_cache.training.data import LoadSpec, estimate_bytes
-    from diffvqa_cache.training.fitting import FitConfig
-    from diffvqa_cache.training.loop import TrainConfig
     from diffvqa_cache.training.protocols import random_splits
     from diffvqa_cache.training.regressor import RegressorConfig
+    from diffvqa_cache.training.settings import FitConfig, TrainConfig
     from pipelines.fit import load_fit_inputs, run_fit
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="fitspeed-"))

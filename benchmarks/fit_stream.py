@@ -106,7 +106,7 @@ def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> No
     from diffvqa_cache.cache.folder import FeatureCache
     from diffvqa_cache.synthetic import LSVQ_SPLITS
     from diffvqa_cache.training.data import estimate_bytes, shard_read_bytes
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
 
     sets = {**TCAB_OFF, "train.epochs": args.epochs, "memory_gb": args.memory_gb}
     cache = FeatureCache(cache_dir)
@@ -150,9 +150,9 @@ def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
 
     from diffvqa_cache.cache.folder import FeatureCache
     from diffvqa_cache.training.data import load_table
-    from diffvqa_cache.training.fitting import FitConfig
     from diffvqa_cache.training.loop import train
     from diffvqa_cache.training.regressor import DiffVQARegressor
+    from diffvqa_cache.training.settings import FitConfig
     from diffvqa_cache.training.stream import StreamedTable
 
     threads = set_threads(args.threads)
@@ -193,7 +193,7 @@ def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
 # ---------------------------------------------------------------- cold: streamed read rate vs dd
 def part_cold(cache_dir: Path, args) -> None:
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from diffvqa_cache.training.stream import StreamedTable
 
     cache, files = FeatureCache(cache_dir), shard_files(cache_dir)

@@ -200,7 +200,7 @@ def step_pipeline(args) -> dict:
 
     from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit
     from pipelines.predict import run_predict
@@ -249,10 +249,10 @@ def step_fit_epoch(args) -> dict:
     import torch
 
     from diffvqa_cache.synthetic import write_synthetic_cache
-    from diffvqa_cache.training.fitting import FitConfig
-    from diffvqa_cache.training.loop import TrainConfig, train
+    from diffvqa_cache.training.loop import train
     from diffvqa_cache.training.protocols import random_splits
     from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig, mamba
+    from diffvqa_cache.training.settings import FitConfig, TrainConfig
     from pipelines.fit import load_fit_inputs
 
     device = "cpu" if args.dry_run else "cuda"

@@ -44,7 +44,7 @@ def main() -> None:
     from diffvqa_cache.cache.settings import ExtractConfig
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.scoring.scorer import Scorer
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit
     from pipelines.predict import run_predict

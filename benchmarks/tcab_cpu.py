@@ -41,7 +41,7 @@ CONFIGS = {  # name: (use_tcab, DIFFVQA_MAMBA_SCAN)
 def child(args) -> None:
     """One fit in this process; prints a JSON line with epoch seconds, fit seconds and peak RSS."""
     set_threads(args.threads)
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.fit import run_fit
 
     use_tcab = not args.child.startswith("TCAB off")

@@ -1,11 +1,13 @@
 """Typed settings: the base every config dataclass shares (`Config`, `setting`, the type checks).
 
 The settings themselves live with what they configure: `cache.settings` (extract, the cache's key),
-`extraction.settings` (adapt), `training.fitting` (fit), `training.regressor.config` (the model).
+`extraction.settings` (adapt), `training.settings` (fit, training), `training.regressor.config` (the model).
 
-Each setting is declared once, with its help text (`setting(default, help)`): the CLI builds its options
-from these declarations (`cli_options.options_from`) and every artifact saves the dataclass beside itself.
-This module imports no torch, so `--help` stays fast.
+Each setting is declared once, with its help text and its role (`setting(default, help, numbers=False)`):
+the CLI builds its options from these declarations (`cli.options_from`), every artifact saves the
+dataclass beside itself, and fingerprints, resume checks and sweep task ids take the settings that change
+the numbers from them (`Config.fields_where`, `Config.numbers`). This module imports no torch, so `--help`
+stays fast.
 """
 
 from __future__ import annotations
@@ -21,11 +23,33 @@ from typing import ClassVar
 from diffvqa_cache.errors import UserInputError
 
 
-def setting(default, help: str, **kwargs):
-    """A dataclass field with its help text (shown by the CLI option built from it)."""
+# What a field's declaration says about it besides its help text (`setting`), with the value a field
+# declared without it has. The one rule for what changes the numbers: fingerprints, every resume check,
+# sweep task ids and `reproduce` derive their sets of fields from these (`Config.fields_where`, `numbers`).
+ROLES = {
+    "numbers": True,  # False: only places or schedules the work (device, batch sizes of inference, workers,
+                      # memory, checks), the results stay the same up to float noise; never checked or hashed
+    "weights": False,  # names weights (model, revision, Controller): the numbers follow from them, and caches
+                       # identify them by the content hash of the weights (ModelIdentity), not by the name
+    "extendable": False,  # how far a run goes (adapt's max_steps): a resumed run may change it, because the
+                          # steps already taken are the same whatever it is
+    "splits": False,  # defines the evaluation splits: one value for every configuration of a sweep
+}
+
+
+def setting(default, help: str, *, numbers: bool = True, weights: bool = False, extendable: bool = False,
+            splits: bool = False, **kwargs):
+    """A dataclass field with its help text (shown by the CLI option built from it) and its role (`ROLES`):
+    `numbers=False` for a field that only places or schedules the work."""
+    metadata = {"help": help, "numbers": numbers, "weights": weights, "extendable": extendable, "splits": splits}
     if isinstance(default, (list, dict, set)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata={"help": help}, **kwargs)
-    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=metadata, **kwargs)
+    return dataclasses.field(default=default, metadata=metadata, **kwargs)
+
+
+def role(f: dataclasses.Field, name: str) -> bool:
+    """The field's `ROLES` entry `name` as declared, else its default."""
+    return f.metadata.get(name, ROLES[name])
 
 
 class Config:
@@ -96,6 +120,27 @@ class Config:
 
     def replace(self, **changes):
         return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def fields_where(cls, **roles: bool) -> tuple[str, ...]:
+        """Names of the fields whose declared roles (`ROLES`) have these values: `fields_where(numbers=False)`
+        are the fields that only place or schedule the work."""
+        for name in roles:
+            if name not in ROLES:
+                raise ValueError(f"unknown role {name!r}; known: {sorted(ROLES)}")
+        return tuple(f.name for f in dataclasses.fields(cls) if all(role(f, k) == v for k, v in roles.items()))
+
+    def numbers(self, resumed: bool = False) -> dict:
+        """The settings that change the numbers (`to_dict` without the `numbers=False` fields; nested configs
+        likewise): what a run that continues or reuses earlier results must share with them. `resumed`:
+        also without the `extendable` fields (how far the run goes)."""
+        out = {}
+        for f in dataclasses.fields(self):
+            if not role(f, "numbers") or (resumed and role(f, "extendable")):
+                continue
+            value = getattr(self, f.name)
+            out[f.name] = value.numbers(resumed) if isinstance(value, Config) else _plain(value)
+        return out
 
 
 _NAMES = {bool: ("true or false", "true/false values"), int: ("an integer", "integers"),

@@ -50,7 +50,7 @@ class DemoResult:
 def run_demo(out: Path = Path("demo-out"), splits: int = 10, adapt_steps: int = 40, sweep: bool = True,
              workers: int | None = None, progress: bool = True) -> DemoResult:
     from diffvqa_cache.extraction.settings import AdaptConfig
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.adapt import run_adapt
     from pipelines.extract import run_extract
     from pipelines.fit import run_fit

@@ -23,9 +23,10 @@ from diffvqa_cache.run.folder import FitResult, RunConfig, RunFolder
 from diffvqa_cache.scoring.familiarity import write_reference
 from diffvqa_cache.training.checkpoint import CheckpointMeta, save_checkpoint
 from diffvqa_cache.training.data import VideoTable, choose_data_path, open_table
-from diffvqa_cache.training.fitting import FitConfig, choose_scale, fit_split
+from diffvqa_cache.training.fitting import choose_scale, fit_split
 from diffvqa_cache.training.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.training.protocols import Split, check_plan, plan_splits, test_set_names
+from diffvqa_cache.training.settings import FitConfig
 from diffvqa_cache.training.stream import StreamedTable
 
 
@@ -241,23 +242,19 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 3600:.1f} h"
 
 
-# Settings that change how the features are held, never the numbers: a resumed run may change them.
-PLACEMENT = ("data", "memory_gb", "verify")
-
-
 def check_resumable(out: Path, new: RunConfig) -> None:
     """Refuse to resume a run directory written with other settings (or not by `fit`)."""
     if not RunFolder(out).has_config():
         return  # nothing to resume: a fresh run
     old = RunConfig.read(out, "--out")
     a, b = old.to_dict(), new.to_dict()
-    if a.get("training") is None:  # written before fine-tuning had settings of its own: it trained with fit.train
-        a["training"] = a["fit"]["train"]
-    for d in (a, b):
+    for d, run in ((a, old), (b, new)):
         d.pop("data", None), d.pop("package_version", None), d.pop("scale", None), d.pop("scale_source", None)
         d.pop("train_mos", None)  # derived from the cache and the splits (compared); absent in older runs
-        for name in PLACEMENT:
-            d["fit"].pop(name, None)
+        # a resumed run may change the settings declared `numbers=False` (data, memory_gb, verify, train.device ...)
+        d["fit"] = run.fit.numbers()
+        # written before fine-tuning had settings of its own: it trained with fit.train
+        d["training"] = (run.training or run.fit.train).numbers()
     changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \
         + [f"fit.{k}" for k in sorted(a["fit"].keys() | b["fit"].keys()) if a["fit"].get(k) != b["fit"].get(k)]
     if changed:

@@ -107,11 +107,10 @@ def _record(cfg: ReproduceConfig, out: Path) -> None:
     """Save the settings, or refuse to resume a folder started with other ones (placement may change)."""
     path = out / "reproduce.json"
 
-    def numbers(c: ReproduceConfig) -> dict:
-        d = c.to_dict()
-        d["extract"] = {k: v for k, v in d["extract"].items() if k not in ExtractConfig.PLACEMENT}
-        d["adapt"] = {k: v for k, v in d["adapt"].items() if k not in AdaptConfig.NOT_CHECKED}
-        return d
+    from diffvqa_cache.training.settings import FitConfig
+
+    def numbers(c: ReproduceConfig) -> dict:  # the settings declared `numbers=False` and `extendable` may change
+        return {**c.numbers(resumed=True), "fit": FitConfig.numbers_overrides(c.fit)}
 
     if path.is_file() and numbers(ReproduceConfig.load(path)) != numbers(cfg):
         raise UserInputError(f"{out} holds a reproduction with other settings (see {path}); use another --out, or "
@@ -156,7 +155,7 @@ def _extract(dataset, cfg: ExtractConfig, out: Path, client, progress: bool) -> 
 
 def _fit(cache: Path, run: Path, overrides: dict, test_caches: list[Path], init: Path | None, progress: bool) -> Path:
     from diffvqa_cache.run.folder import RunFolder
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.fit import run_fit
 
     if RunFolder(run).finished():

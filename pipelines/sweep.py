@@ -27,13 +27,15 @@ from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.files import folder_lock, remove_leftovers, write_csv_atomic, write_json_atomic, write_text_atomic
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.scoring.plots import sweep_summary
-from diffvqa_cache.training.fitting import FitConfig, fit_split
+from diffvqa_cache.training.fitting import fit_split
 from diffvqa_cache.training.memory import DEFAULT_SHARE, default_budget_gb, peak_rss_bytes
 from diffvqa_cache.training.metrics import METRIC_KEYS
 from diffvqa_cache.training.protocols import Split, check_plan, plan_splits
+from diffvqa_cache.training.settings import FitConfig
 
-# Settings that define the splits: the same for every configuration (set them in `base:` or on the CLI).
-SPLIT_SETTINGS = ("protocol", "splits", "test_fraction", "seed")
+# Settings that define the splits (declared `splits=True`): the same for every configuration (set them in
+# `base:` or on the CLI).
+SPLIT_SETTINGS = FitConfig.fields_where(splits=True)
 
 
 # ---------------------------------------------------------------- the grid file
@@ -117,8 +119,18 @@ class SweepTask:
 
     @property
     def task_id(self) -> str:
-        """Changes whenever anything the result depends on changes (then a rerun recomputes it)."""
-        blob = json.dumps([self.base, self.overrides, self.split.to_dict(), self.seed, self.fingerprint], sort_keys=True,
+        """Changes whenever anything the result depends on changes (then a rerun recomputes it); settings
+        declared `numbers=False` (memory_gb, data, train.device ...) are left out."""
+        return self._id(FitConfig.numbers_overrides(self.base), FitConfig.numbers_overrides(self.overrides))
+
+    @property
+    def ids(self) -> tuple[str, str]:
+        """`task_id`, and the id of earlier versions (which hashed every setting): results and saved states
+        tagged with either are this task's."""
+        return self.task_id, self._id(self.base, self.overrides)
+
+    def _id(self, base: dict, overrides: dict) -> str:
+        blob = json.dumps([base, overrides, self.split.to_dict(), self.seed, self.fingerprint], sort_keys=True,
                           default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -178,7 +190,7 @@ def run_task(cache_path: str, task: SweepTask, out: Path, budget_gb: float | Non
     try:
         cfg = FitConfig().with_overrides({**task.base, **task.overrides})
         source, data = cached_source(cache_path, cfg, task_budget_gb(budget_gb, cfg))
-        claim_state(state, task.task_id)
+        claim_state(state, task.task_id, task.ids)
         fitted = fit_split(source, task.split, cfg, task.seed, state_dir=state)
         result.update(n_train=fitted.entry["n_train"], best_epoch=fitted.entry["best_epoch"],
                       metrics={t: fitted.entry[t] for t in task.split.test}, data=data,
@@ -193,11 +205,12 @@ def run_task(cache_path: str, task: SweepTask, out: Path, budget_gb: float | Non
     return result
 
 
-def claim_state(state: Path, task_id: str) -> None:
-    """Keep a task's saved training state only when it was saved for the same settings."""
+def claim_state(state: Path, task_id: str, earlier: tuple[str, ...] = ()) -> None:
+    """Keep a task's saved training state only when it was saved for the same settings (`task_id`, or one of
+    the `earlier` ids of the same task)."""
     marker = state / "task.json"
     try:
-        same = json.loads(marker.read_text()).get("task_id") == task_id
+        same = json.loads(marker.read_text()).get("task_id") in (task_id, *earlier)
     except (OSError, ValueError):
         same = False
     if not same:
@@ -268,7 +281,7 @@ def _run_sweep(cache_path: Path, grid: Path, out: Path, workers: int | None, sch
 
     def done(t: SweepTask) -> bool:
         r = read_task_result(out, t)
-        return r is not None and r.get("task_id") == t.task_id and not r.get("error")
+        return r is not None and r.get("task_id") in t.ids and not r.get("error")
 
     todo = [t for t in tasks if not done(t)]
     if len(todo) < len(tasks):

@@ -9,12 +9,11 @@ import pytest
 from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig, ModelIdentity, fingerprint
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.extraction.settings import AdaptConfig
-from diffvqa_cache.training.data import LoadSpec
 from diffvqa_cache.run.folder import RunConfig
-from diffvqa_cache.training.fitting import FitConfig
-from diffvqa_cache.training.loop import TrainConfig
+from diffvqa_cache.training.data import LoadSpec
 from diffvqa_cache.training.protocols import Split
 from diffvqa_cache.training.regressor import RegressorConfig
+from diffvqa_cache.training.settings import FitConfig, TrainConfig
 
 ALL = [ExtractConfig(), AdaptConfig(), FitConfig(), TrainConfig(), RegressorConfig(ms_levels=(1, 3)),
        LoadSpec(branches="D", ms_levels=(0, 2)), Split("s", ["a", "b"], {"test": ["c"]})]

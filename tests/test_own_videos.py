@@ -235,7 +235,7 @@ def test_readme_walk_fit_prints_its_plan_scale_and_estimate(walk):
 
 def test_fit_without_scale_says_it_uses_the_observed_range(walk, tmp_path, capsys):
     from diffvqa_cache.run.folder import RunConfig
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.fit import run_fit
 
     home, _ = walk

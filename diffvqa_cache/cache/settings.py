@@ -51,12 +51,15 @@ BACKENDS = ("auto", "decord", "pyav")
 
 @dataclass
 class ExtractConfig(Config):
-    """What stage one computes. `NOT_FINGERPRINTED` fields change speed or placement only, or (model,
-    revision, controller) are identified by the hash of their weights instead of their name."""
+    """What stage one computes. The fingerprint leaves out the fields declared `numbers=False` (they change
+    speed or placement only) and `weights=True` (model, revision, controller: identified by the hash of
+    their weights instead of their name)."""
 
-    model: str = setting("tiny", "'tiny' (a small random test model), a local diffusers SD folder, or a hub id.")
-    revision: str | None = setting(None, "Hub revision of --model (branch, tag or commit).")
-    controller: str | None = setting(None, "Adapted Controller folder (from `adapt`); none = zero-init (plain SD).")
+    model: str = setting("tiny", "'tiny' (a small random test model), a local diffusers SD folder, or a hub id.",
+                         weights=True)
+    revision: str | None = setting(None, "Hub revision of --model (branch, tag or commit).", weights=True)
+    controller: str | None = setting(None, "Adapted Controller folder (from `adapt`); none = zero-init (plain SD).",
+                                      weights=True)
     sampler: str = setting(METHOD["sampler"], "Reverse-chain sampler: ddim, dpm or euler (deterministic, so "
                                               "features do not depend on batch composition).")
     steps: int = setting(METHOD["steps"], "Reverse-chain steps (1-4 are the fast variants).")
@@ -91,14 +94,13 @@ class ExtractConfig(Config):
     dtype: str = setting(METHOD["dtype"], "Compute precision of the diffusion model: auto (bf16 where the views "
                                           "run on a CUDA GPU, fp32 on the CPU; recorded resolved), fp32, bf16 or "
                                           "fp16 (autocast).")
-    batch_size: int = setting(8, "Views per model pass.")
-    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...")
-    shard_size: int = setting(32, "Videos per HDF5 shard.")
-    decode_workers: int = setting(2, "Threads decoding and cutting views ahead of the model.")
-    backend: str = setting("auto", "Video decoder: auto (decord for H.264/HEVC/MPEG-4, else PyAV), decord or pyav.")
+    batch_size: int = setting(8, "Views per model pass.", numbers=False)
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1 ...", numbers=False)
+    shard_size: int = setting(32, "Videos per HDF5 shard.", numbers=False)
+    decode_workers: int = setting(2, "Threads decoding and cutting views ahead of the model.", numbers=False)
+    backend: str = setting("auto", "Video decoder: auto (decord for H.264/HEVC/MPEG-4, else PyAV), decord or pyav.",
+                           numbers=False)
 
-    PLACEMENT: ClassVar[tuple[str, ...]] = ("batch_size", "device", "shard_size", "decode_workers", "backend")
-    NOT_FINGERPRINTED: ClassVar[tuple[str, ...]] = ("model", "revision", "controller") + PLACEMENT
     RENAMED: ClassVar[dict[str, str]] = {"scheduler": "sampler"}
 
     def __post_init__(self) -> None:
@@ -145,10 +147,11 @@ class ExtractConfig(Config):
         require_input_dependence(self.controller, self.strength)
 
     def numeric_settings(self) -> dict:
-        """The settings that change the numbers, under the names fingerprints were first written with
-        (renaming a field must not orphan existing caches)."""
+        """The settings that change the numbers, but the weights' names (identified by their hash instead),
+        under the names fingerprints were first written with (renaming a field must not orphan existing caches)."""
         legacy = {new: old for old, new in self.RENAMED.items()}
-        return {legacy.get(k, k): v for k, v in sorted(self.to_dict().items()) if k not in self.NOT_FINGERPRINTED}
+        hashed = self.fields_where(numbers=True, weights=False)
+        return {legacy.get(k, k): v for k, v in sorted(self.to_dict().items()) if k in hashed}
 
 
 def require_input_dependence(controller: str | None, strength: float) -> None:

@@ -101,7 +101,7 @@ def start_point(out: Path, cfg: AdaptConfig, resume: bool) -> tuple[Path | None,
         diff = {k: (old.checked()[k], v) for k, v in cfg.checked().items() if old.checked().get(k) != v}
         if diff:
             raise UserInputError(f"--resume: settings differ from the checkpointed run ({diff}); "
-                                 "use the same settings (only --max-steps, --save-every, --device may change)")
+                                 f"use the same settings (only {', '.join(cfg.may_change_on_resume())} may change)")
     elif resume:
         err.print(f"[yellow]--resume: no checkpoint in {out} yet; starting from step 0[/]")
     start = state["step"] if state else 0

@@ -29,8 +29,7 @@ from diffvqa_cache.cache.settings import CacheConfig
 from diffvqa_cache.config import Config
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import checksum_problems, checksums, write_csv_atomic, write_json_atomic
-from diffvqa_cache.training.fitting import FitConfig
-from diffvqa_cache.training.loop import TrainConfig
+from diffvqa_cache.training.settings import FitConfig, TrainConfig
 
 RUN_FIX = "pass a run directory written by `diffvqa-cache fit`"
 RUN_FORMAT = "diffvqa-run-1"

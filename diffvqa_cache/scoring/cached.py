@@ -11,8 +11,9 @@ from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.run.folder import RunFolder
 from diffvqa_cache.training.data import LoadSpec
-from diffvqa_cache.training.loop import TrainConfig, predict_raw_many
+from diffvqa_cache.training.loop import predict_raw_many
 from diffvqa_cache.training.memory import feature_budget_gb
+from diffvqa_cache.training.settings import TrainConfig
 
 
 def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",

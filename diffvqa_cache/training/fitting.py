@@ -3,23 +3,21 @@ sweep. The run folder a fit writes (its record, manifest, models) is `diffvqa_ca
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from diffvqa_cache.config import Config
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.training.data import DATA_PATHS, LoadSpec, VideoTable
-from diffvqa_cache.training.loop import TrainConfig, check_finite, predict_raw, train
-from diffvqa_cache.training.memory import feature_budget_gb
+from diffvqa_cache.training.data import VideoTable
+from diffvqa_cache.training.loop import check_finite, predict_raw, train
 from diffvqa_cache.training.metrics import compute_metrics_ids
-from diffvqa_cache.training.protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
-from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
+from diffvqa_cache.training.protocols import Split, carve_validation
+from diffvqa_cache.training.regressor import DiffVQARegressor
+from diffvqa_cache.training.settings import FitConfig
 
-SECTIONS = ("regressor", "train", "finetune")
 # The MOS scales of the datasets with an adapter (adapters.py uses the same); others: the observed range
 KNOWN_SCALES = {"kvd": ("KoNViD-1k", 1.0, 5.0), "lvqc": ("LIVE-VQC", 0.0, 100.0), "ytugc": ("YouTube-UGC", 1.0, 5.0),
                 "lsvq": ("LSVQ", 0.0, 100.0), "sample": ("the sample", 1.0, 5.0)}
@@ -40,127 +38,8 @@ def choose_scale(dataset: str, mos: np.ndarray, cached_range, scale: tuple[float
     low, high = map(float, cached_range)
     return (low, high), "the observed range of the training labels"
 
-BARE_SECTIONS = ("regressor", "train")  # where a bare --set name is looked up (finetune.* is always spelled out)
 
 
-@dataclass
-class FinetuneConfig(Config):
-    """The training settings that differ when a fit starts from an earlier run's models (`fit --init`):
-    a lower learning rate, fewer epochs and no warm-up, so that fine-tuning adjusts the pre-trained
-    regressor rather than washing it out. Every other training setting is `train`'s."""
-
-    lr: float = 1e-4
-    epochs: int = 10
-    warmup_epochs: float = 0.0
-
-    def __post_init__(self):
-        if not self.lr > 0 or self.epochs < 1 or self.warmup_epochs < 0:
-            raise UserInputError(f"finetune needs lr > 0, epochs >= 1 and warmup_epochs >= 0, got {self.lr}, "
-                                 f"{self.epochs}, {self.warmup_epochs}")
-
-
-@dataclass
-class FitConfig(Config):
-    """Everything a fit depends on; saved in the run's config.json."""
-
-    regressor: RegressorConfig = field(default_factory=RegressorConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)  # replaces train's lr/epochs/warm-up with --init
-    protocol: str = "auto"  # auto: lsvq if the cache has the official split, cross with test caches, else random
-    cross_train: str = "train"  # cross: train on the official train part of a cache that has one ("all": every video)
-    splits: int = 10  # random protocol: number of repeated splits
-    test_fraction: float = 0.2
-    seed: int = 0  # seeds splits, initialisation and batches (split i uses seed + i)
-    grid: int | None = None  # load-time pooling of F_MS / F_Latent (None: the cache's grid)
-    num_frames: int | None = None  # frames per video used (None: all cached)
-    # TCAB input side: None = the cache's pixel copy (224 px by default: 14x14 = 196 tokens of 16 px per
-    # frame, as VideoMamba sees a frame); smaller values are resized at load time (64 for quick CPU runs).
-    pixel_size: int | None = None
-    # F_Latent's own load-time grid (None: `grid`, as F_MS): finer keeps more of the 4-channel latent, which
-    # the cache holds at full size (64x64 for SD at 512 px); a multiple of the F_MS grid
-    latent_grid: int | None = None
-    ms_std: bool = False  # F_MS cell means and stds (a cache extracted with --ms-pool mean+std); False: means
-    data: str = "auto"  # memory (tables in memory), stream (read from the shards per batch), auto (memory if it fits)
-    memory_gb: float | None = None  # budget for the feature data (None: a share of the available memory, see memory.py)
-    verify: bool = True  # re-hash every shard before training (catches silent corruption)
-
-    def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise UserInputError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}")
-        if self.cross_train not in CROSS_TRAIN:
-            raise UserInputError(f"cross_train must be one of {CROSS_TRAIN}, got {self.cross_train!r}")
-        if self.splits < 1 or not 0 < self.test_fraction < 1:
-            raise UserInputError(f"need splits >= 1 and 0 < test_fraction < 1, got {self.splits}, {self.test_fraction}")
-        if self.data not in DATA_PATHS:
-            raise UserInputError(f"data must be one of {DATA_PATHS}, got {self.data!r}")
-        if self.memory_gb is not None:
-            feature_budget_gb(self.memory_gb)
-
-    def budget_gb(self) -> float:
-        """`memory_gb`, or its default from the memory available now."""
-        return feature_budget_gb(self.memory_gb)
-
-    def load_spec(self, cached_pixel_size: int) -> LoadSpec:
-        """What to load from a cache whose view copies are `cached_pixel_size` wide."""
-        if self.pixel_size is not None and self.pixel_size > cached_pixel_size:
-            raise UserInputError(f"pixel_size {self.pixel_size} is larger than the cache's {cached_pixel_size} px view "
-                                 f"copies; use at most {cached_pixel_size} or re-extract with --pixel-size {self.pixel_size}")
-        r = self.regressor
-        return LoadSpec(branches=r.branches, ms_levels=tuple(r.ms_levels), use_latent=r.use_latent,
-                        use_pixels=r.use_tcab, grid=self.grid, pixel_size=self.pixel_size or cached_pixel_size,
-                        num_frames=self.num_frames, latent_grid=self.latent_grid, ms_std=self.ms_std)
-
-    def training(self, fine_tuning: bool) -> TrainConfig:
-        """The training settings a fit uses: `train`, with `finetune`'s lr, epochs and warm-up when it
-        starts from an earlier run's models."""
-        if not fine_tuning:
-            return self.train
-        return self.train.replace(**self.finetune.to_dict())
-
-    def with_overrides(self, overrides: dict) -> "FitConfig":
-        """Apply {'train.epochs': 5, 'use_tcab': False, ...}; a bare name must match one field of
-        regressor or train (fine-tuning settings are spelled `finetune.lr` etc.)."""
-        d = self.to_dict()
-        for key, value in overrides.items():
-            if "." in key:
-                sec, name = key.split(".", 1)
-                if sec not in SECTIONS or name not in d[sec]:
-                    raise UserInputError(f"unknown setting {key!r}")
-                d[sec][name] = value
-            elif key in d and key not in SECTIONS:
-                d[key] = value
-            else:
-                hits = [s for s in BARE_SECTIONS if key in d[s]]
-                if len(hits) != 1:
-                    raise UserInputError(f"unknown setting {key!r}; use regressor.<name>, train.<name>, "
-                                         "finetune.<name> or a top-level name")
-                d[hits[0]][key] = value
-        return FitConfig.from_dict(d)
-
-
-def load_fit_config(path: Path | None, overrides: dict) -> FitConfig:
-    """Defaults, then a YAML file, then explicit overrides."""
-    import yaml
-
-    cfg = FitConfig()
-    if path is not None:
-        try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise UserInputError(f"--config {path}: cannot read it ({str(exc).splitlines()[0]})") from None
-        if not isinstance(data, dict):
-            raise UserInputError(f"--config {path}: expected a mapping of settings, got {type(data).__name__}")
-        flat = {}
-        for k, v in data.items():
-            if k in SECTIONS and isinstance(v, dict):
-                flat.update({f"{k}.{n}": x for n, x in v.items()})
-            else:
-                flat[k] = v
-        try:
-            cfg = cfg.with_overrides(flat)
-        except UserInputError as exc:
-            raise UserInputError(f"--config {path}: {exc}") from None
-    return cfg.with_overrides(overrides)
 
 
 @dataclass

@@ -12,41 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffvqa_cache.config import Config
-from diffvqa_cache.devices import autocast, resolve_device, training_dtype
+from diffvqa_cache.devices import autocast, resolve_device
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.training.data import VideoTable
-from diffvqa_cache.training.losses import LOSSES, quality_loss
+from diffvqa_cache.training.losses import quality_loss
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.resume import load_state, save_state
-
-
-@dataclass
-class TrainConfig(Config):
-    epochs: int = 30
-    batch_size: int = 16  # videos per step
-    lr: float = 1e-3
-    weight_decay: float = 0.05
-    warmup_epochs: float = 1.0  # linear warm-up, then cosine decay to 0
-    loss: str = "plcc+rank"  # plcc+rank, plcc, mse, l1
-    rank_weight: float = 0.3
-    grad_clip: float = 1.0
-    val_fraction: float = 0.0  # carved from train for early stopping; the test split is never used for it
-    patience: int = 0  # epochs without a better validation SRCC before stopping (0: never stop early)
-    device: str = "auto"
-    amp: bool = True  # bf16 autocast on CUDA; ignored on the CPU
-    eval_batch_size: int = 64
-
-    def __post_init__(self):
-        if self.loss not in LOSSES:
-            raise UserInputError(f"loss must be one of {LOSSES}, got {self.loss!r}")
-        if not 0 <= self.val_fraction < 0.5:
-            raise UserInputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise UserInputError(f"need epochs >= 1 and batch_size >= 2, got {self.epochs}, {self.batch_size}")
-
-    def precision(self, device: torch.device) -> str:
-        return training_dtype(device, "bf16" if self.amp else "fp32")
+from diffvqa_cache.training.settings import TrainConfig
 
 
 def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, device: torch.device) -> np.ndarray:

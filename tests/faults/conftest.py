@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 
 

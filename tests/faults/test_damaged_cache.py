@@ -13,7 +13,7 @@ from diffvqa_cache.cache.folder import verify_cache
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError
 from diffvqa_cache.files import file_sha256, write_json_atomic
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.extract import run_extract
 from pipelines.fit import run_fit
 

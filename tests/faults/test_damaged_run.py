@@ -13,10 +13,10 @@ from typer.testing import CliRunner
 from cli import app
 from diffvqa_cache.cache.folder import FeatureCache, shard_layout
 from diffvqa_cache.errors import CacheError
-from diffvqa_cache.synthetic import write_synthetic_cache
 from diffvqa_cache.run.folder import verify_run, write_run_manifest
 from diffvqa_cache.scoring.cached import score_cached
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.synthetic import write_synthetic_cache
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 
 FIT = {"regressor.dff_channels": 8, "regressor.fff_dim": 16, "regressor.head_hidden": 16, "regressor.use_tcab": False,

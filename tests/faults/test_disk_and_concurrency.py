@@ -196,7 +196,7 @@ def test_sweep_and_adapt_on_a_folder_in_use_are_refused(small_cache, sample_root
 
 def test_a_lock_left_by_a_killed_fit_is_taken_over(small_cache, holder, tmp_path):
     from diffvqa_cache.run.folder import verify_run
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.fit import run_fit
 
     out = tmp_path / "run"
@@ -214,7 +214,7 @@ def test_disk_full_while_fit_saves_its_state(small_cache, tmpfs):
     one line naming the run folder and the fix; after freeing space, --resume finishes the run."""
     from diffvqa_cache.errors import DiffVQAError
     from diffvqa_cache.run.folder import verify_run
-    from diffvqa_cache.training.fitting import FitConfig
+    from diffvqa_cache.training.settings import FitConfig
     from pipelines.fit import run_fit
 
     subprocess.run(["mount", "-o", "remount,size=160k", str(tmpfs)], check=True)

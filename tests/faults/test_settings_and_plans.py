@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 from cli import app
 from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.training.fitting import FitConfig, load_fit_config
 from diffvqa_cache.training.protocols import plan_splits
+from diffvqa_cache.training.settings import FitConfig, load_fit_config
 
 runner = CliRunner()
 

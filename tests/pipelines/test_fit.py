@@ -11,10 +11,10 @@ import pytest
 
 from diffvqa_cache.datasets import load_dataset
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.training.checkpoint import load_checkpoint, read_meta
 from diffvqa_cache.run.folder import RunConfig
-from diffvqa_cache.training.fitting import FitConfig, load_fit_config
+from diffvqa_cache.training.checkpoint import load_checkpoint, read_meta
 from diffvqa_cache.training.protocols import random_splits
+from diffvqa_cache.training.settings import FitConfig, load_fit_config
 from pipelines.fit import run_fit
 
 
@@ -245,8 +245,8 @@ def test_latent_grid_and_ms_std_ablations_fit_and_score_end_to_end(sample_cache,
 
     from diffvqa_cache import Scorer
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import estimate_bytes, load_table
     from diffvqa_cache.scoring.cached import score_cached
+    from diffvqa_cache.training.data import estimate_bytes, load_table
     from diffvqa_cache.training.stream import StreamedTable
 
     plain = FeatureCache(sample_cache(limit=16).cache_dir)
@@ -334,3 +334,18 @@ def test_cli_fit_scale_is_recorded(sample_cache, fast_fit, tmp_path):
                                        str(tmp_path / "run2"), "--scale", "5", "1"])
     assert res.exit_code == 2 and "--scale 5 1: LOW must be below HIGH (e.g. --scale 1 5)" in res.output
     assert not (tmp_path / "run2").exists()
+
+
+def test_resuming_may_move_the_run_but_not_change_its_numbers(fast_run):
+    """The settings declared `numbers=False` (data, memory_gb, verify, train.device, train.eval_batch_size)
+    may change on --resume, as adapt's device may; a setting that changes the numbers may not."""
+    from pipelines.fit import check_resumable
+
+    _, out = fast_run
+    run = RunConfig.read(out)
+    placed = run.fit.with_overrides({"data": "stream", "memory_gb": 2, "verify": False, "train.device": "cuda:1",
+                                     "train.eval_batch_size": 7})
+    check_resumable(out, run.replace(fit=placed, training=placed.train))
+    other = run.fit.with_overrides({"train.lr": 0.5})
+    with pytest.raises(UserInputError, match=r"\(training, fit.train\)"):
+        check_resumable(out, run.replace(fit=other, training=other.train))

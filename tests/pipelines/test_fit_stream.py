@@ -17,9 +17,9 @@ import pytest
 
 import pipelines.sweep as sweep
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.synthetic import LSVQ_SPLITS, write_synthetic_cache
 from diffvqa_cache.scoring.cached import score_cached
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.synthetic import LSVQ_SPLITS, write_synthetic_cache
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 from pipelines.sweep import run_sweep
 
@@ -177,7 +177,7 @@ PEAK = """
 import json, sys
 import cli, pipelines.sweep
 from diffvqa_cache.training.memory import peak_rss_bytes, reset_peak_rss, rss_bytes
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 import torch
 torch.set_num_threads(1)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 from pipelines.predict import run_predict
 

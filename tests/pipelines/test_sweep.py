@@ -10,7 +10,7 @@ import pytest
 
 import pipelines.sweep as sweep
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.sweep import load_grid, run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore:4-parameter logistic fit failed")

@@ -18,7 +18,7 @@ from cli import app
 from diffvqa_cache.scoring import plots
 from diffvqa_cache.scoring.report import worst_videos
 from diffvqa_cache.scoring.scorer import FrameScore, Spread, VideoScore
-from diffvqa_cache.training.fitting import FitConfig
+from diffvqa_cache.training.settings import FitConfig
 from pipelines.fit import run_fit
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from diffvqa_cache.config import Config
+from diffvqa_cache.config import Config, setting
 from diffvqa_cache.errors import UserInputError
 
 _BRANCHES = ("S", "D", "SD")
@@ -17,20 +17,23 @@ _BRANCHES = ("S", "D", "SD")
 
 @dataclass
 class RegressorConfig(Config):
-    branches: str = "SD"  # which cached views feed the head: "S", "D" or both ("SD": S weights, D quality)
-    use_tcab: bool = True  # Mamba temporal-coherence block over view pixels
-    use_tdm: bool = True  # temporal difference module (doubles the per-frame channels when on)
-    use_attention: bool = True  # DFF channel + spatial (CBAM) attention
-    ms_levels: tuple[int, ...] = (0, 1, 2, 3)  # which F_MS (UNet up-block) levels enter DFF
-    use_latent: bool = True  # concat the reconstructed latent F_Latent in DFF
-    dff_channels: int = 64  # width after the DFF "dimension adjustment" (1x1 conv per level)
-    fff_dim: int = 128  # per-frame feature size out of FFF
-    tcab_d_model: int = 96
-    tcab_depth: int = 2  # number of bidirectional Mamba blocks
-    tcab_patch: int = 16  # patch-embedding kernel = stride, in view pixels
-    tcab_d_state: int = 16
-    head_hidden: int = 128
-    dropout: float = 0.1  # in the head MLPs only
+    """The regressor's structure and sizes (`fit`'s `regressor.*` settings)."""
+
+    branches: str = setting("SD", "Cached views feeding the head: S, D or SD (S weights, D quality).")
+    use_tcab: bool = setting(True, "Mamba temporal-coherence block (TCAB) over the view pixels.")
+    use_tdm: bool = setting(True, "Temporal difference module (doubles the per-frame channels).")
+    use_attention: bool = setting(True, "DFF channel + spatial (CBAM) attention.")
+    ms_levels: tuple[int, ...] = setting((0, 1, 2, 3), "F_MS (UNet up-block) levels entering DFF "
+                                                       "(--set ms_levels=[0,2]).")
+    use_latent: bool = setting(True, "Concatenate the reconstructed latent F_Latent in DFF.")
+    dff_channels: int = setting(64, "Width after DFF's dimension adjustment (a 1x1 conv per level).")
+    fff_dim: int = setting(128, "Per-frame feature size out of FFF.")
+    tcab_d_model: int = setting(96, "TCAB model width.")
+    tcab_depth: int = setting(2, "Bidirectional Mamba blocks in TCAB.")
+    tcab_patch: int = setting(16, "TCAB patch-embedding kernel = stride, in view pixels.")
+    tcab_d_state: int = setting(16, "TCAB Mamba state size.")
+    head_hidden: int = setting(128, "Hidden width of the head MLPs.")
+    dropout: float = setting(0.1, "Dropout in the head MLPs only.")
 
     def __post_init__(self):
         self.ms_levels = tuple(int(level) for level in self.ms_levels)
