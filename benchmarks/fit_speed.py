@@ -106,7 +106,8 @@ def main() -> None:
     info = machine_info()
 
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import LoadSpec, estimate_bytes
+    from diffvqa_cache.training.data import estimate_bytes
+    from diffvqa_cache.training.rules import LoadSpec
     from diffvqa_cache.training.fitting import FitConfig
     from diffvqa_cache.training.loop import TrainConfig
     from diffvqa_cache.training.protocols import random_splits

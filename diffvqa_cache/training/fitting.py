@@ -18,12 +18,13 @@ from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import checksum_problems, checksums, write_json_atomic
 from diffvqa_cache.training.checkpoint import load_checkpoint
-from diffvqa_cache.training.data import DATA_PATHS, LoadSpec, VideoTable
 from diffvqa_cache.training.loop import TrainConfig, check_finite, predict_raw, predict_raw_many, train
 from diffvqa_cache.training.memory import feature_budget_gb
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.protocols import CROSS_TRAIN, PROTOCOLS, Split, carve_validation
 from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
+from diffvqa_cache.training.rules import LoadSpec
+from diffvqa_cache.training.source import DATA_PATHS, FeatureSource, open_features
 
 SECTIONS = ("regressor", "train", "finetune")
 # The MOS scales of the datasets with an adapter (adapters.py uses the same); others: the observed range
@@ -178,13 +179,13 @@ class FittedSplit:
     result: object  # training.TrainResult
 
 
-def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int,
-              test_tables: dict[str, VideoTable] | None = None, init_state: dict | None = None, device=None,
+def fit_split(table: FeatureSource, split: Split, cfg: FitConfig, seed: int,
+              test_tables: dict[str, FeatureSource] | None = None, init_state: dict | None = None, device=None,
               on_epoch=None, state_dir: Path | None = None) -> FittedSplit:
     """Train one model on a split's train videos (validation carved from them) and score its test sets
     (test set `name` is looked up in `test_tables[name]` when there is one, else in `table`). Tables are
-    `VideoTable`s or `StreamedTable`s; `state_dir`: save the training state there every epoch and continue
-    from one found there."""
+    any `FeatureSource` (in memory or streamed); `state_dir`: save the training state there every epoch and
+    continue from one found there."""
     device = device or resolve_device(cfg.train.device)
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)
@@ -355,16 +356,14 @@ def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[s
                            memory_gb: float | None = None, verify: bool = True) -> tuple[list[str], np.ndarray]:
     """The videos scored and their (n_models, n_videos) scores on the MOS scale, one row per split model."""
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import choose_data_path, open_table
 
-    budget = int(feature_budget_gb(memory_gb, "--memory-gb") * 1e9)
+    budget_gb = feature_budget_gb(memory_gb, "--memory-gb")
     cache, dev = FeatureCache(cache_path), resolve_device(device)
     models = load_run_models(run, cache.fingerprint, dev)
     if verify:
         cache.verify_shards(keys)
     spec = LoadSpec.from_dict(models[0][1]["load_spec"])
-    path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]
-    table = open_table(cache, spec, path, budget, dev)
+    table = open_features([cache], spec, "stream" if keys is not None else "auto", budget_gb, dev).sources[0]
     if keys is not None:
         row_of = {k: i for i, k in enumerate(table.keys)}
         unknown = [k for k in keys if k not in row_of]
