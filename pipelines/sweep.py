@@ -1,9 +1,10 @@
 """Ablation sweeps: many fit configurations x the protocol's splits, one dask task per (config, split).
 
 All configurations read the same cache; branch, level, grid and frame choices are load-time settings
-(`LoadSpec`), so nothing is re-extracted. Each task writes `out/tasks/<config>__<split>.json`
-atomically; a rerun skips tasks whose file holds a result for the same settings (failed tasks are
-retried). Results: `results.csv` (one row per task), `summary.csv`, `summary.md`, `summary.png`.
+(`LoadSpec`), so nothing is re-extracted. Each task (`training.sweeps.run_task`, features kept open per
+worker) writes `out/tasks/<config>__<split>.json` atomically; a rerun skips tasks whose file holds a
+result for the same settings (failed tasks are retried). Results: `results.csv` (one row per task),
+`summary.csv`, `summary.md`, `summary.png`.
 """
 
 from __future__ import annotations
