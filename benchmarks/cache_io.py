@@ -49,7 +49,8 @@ def main() -> None:
     import h5py
 
     from diffvqa_cache.cache.folder import FeatureCache, file_sha256
-    from diffvqa_cache.training.data import LoadSpec, load_table
+    from diffvqa_cache.training.data import load_table
+    from diffvqa_cache.training.rules import LoadSpec
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="cacheio-"))
     rows = []

@@ -107,9 +107,10 @@ def main() -> None:
     info = machine_info()
 
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import LoadSpec, estimate_bytes
+    from diffvqa_cache.training.data import estimate_bytes
     from diffvqa_cache.training.protocols import random_splits
     from diffvqa_cache.training.regressor import RegressorConfig
+    from diffvqa_cache.training.rules import LoadSpec
     from diffvqa_cache.training.settings import FitConfig, TrainConfig
     from pipelines.fit import load_fit_inputs, run_fit
 

@@ -22,12 +22,12 @@ from diffvqa_cache.progress import bar, err
 from diffvqa_cache.run.folder import FitResult, RunConfig, RunFolder
 from diffvqa_cache.scoring.familiarity import write_reference
 from diffvqa_cache.training.checkpoint import CheckpointMeta, save_checkpoint
-from diffvqa_cache.training.data import VideoTable, choose_data_path, open_table
 from diffvqa_cache.training.fitting import choose_scale, fit_split
 from diffvqa_cache.training.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
 from diffvqa_cache.training.protocols import Split, check_plan, plan_splits, test_set_names
+from diffvqa_cache.training.rules import LoadSpec
 from diffvqa_cache.training.settings import FitConfig
-from diffvqa_cache.training.stream import StreamedTable
+from diffvqa_cache.training.source import FeatureSource, open_features
 
 
 @dataclass
@@ -36,8 +36,9 @@ class FitInputs:
     test_caches: list[FeatureCache]
     protocol: str
     splits: list[Split]
-    table: VideoTable | StreamedTable
-    test_tables: dict[str, VideoTable | StreamedTable]  # test-set name -> the features of a --test-cache
+    spec: LoadSpec  # what was taken from the caches
+    table: FeatureSource
+    test_tables: dict[str, FeatureSource]  # test-set name -> the features of a --test-cache
     data: dict  # the data path chosen, for the run's record
 
 
@@ -61,18 +62,13 @@ def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Pat
     protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
                                    cfg.cross_train)
     names = test_set_names(test_caches, ("test", "test1080p"))
-    spec, budget = cfg.load_spec(cache.config.pixel_size), int(cfg.budget_gb() * 1e9)
-    path, need = choose_data_path([cache, *test_caches], spec, cfg.data, budget)
-    with bar("load cache", len(cache.shard_files()), progress and path == "memory") as pb:
-        table = open_table(cache, spec, path, budget, device, progress=lambda: pb.update(advance=1))
-    test_tables = {name: open_table(c, spec, path, budget, device)
-                   for name, c in zip(names, test_caches)}
+    spec = cfg.load_spec(cache.config.pixel_size)
+    features = open_features([cache, *test_caches], spec, cfg.data, cfg.budget_gb(), device, progress)
+    table, test_tables = features.sources[0], dict(zip(names, features.sources[1:]))
     # the features' own checks (NaN/Inf, where loaded into memory) first, then the plan: all before any training
     check_plan(protocol, splits, cache.path, cfg.test_fraction, cfg.train.val_fraction,
                {name: str(c.path) for name, c in zip(names, test_caches)})
-    data = {"path": path, "budget_gb": budget / 1e9, "need_gb": round(need / 1e9, 3),
-            "device": str(table.device) if path == "memory" else "cpu (streamed)"}
-    return FitInputs(cache, test_caches, protocol, splits, table, test_tables, data)
+    return FitInputs(cache, test_caches, protocol, splits, spec, table, test_tables, features.record())
 
 
 def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
@@ -101,14 +97,14 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     # 1. caches, protocol, features (in memory or streamed; pooling and selection at load time)
     inputs = load_fit_inputs(cache_path, cfg, test_cache_paths, progress, device)
     cache, protocol, splits = inputs.cache, inputs.protocol, inputs.splits
-    table, test_tables, spec = inputs.table, inputs.test_tables, cfg.load_spec(inputs.cache.config.pixel_size)
+    table, test_tables, spec = inputs.table, inputs.test_tables, inputs.spec
     init_models = RunFolder.open(init, "--init").load_models(cache.fingerprint, "cpu") if init else None
     used = cfg.replace(train=cfg.training(fine_tuning=init is not None))  # fine-tuning: its own lr, epochs, warm-up
     out = Path(out)
     run = RunFolder(out)
     run.prepare()
     # 2. the run's config and splits, before any training
-    feature_spec = table.feature_spec()
+    feature_spec = table.feature_spec().to_dict()
     meta_common = CheckpointMeta(regressor=cfg.regressor.to_dict(), feature_spec=feature_spec,
                                  load_spec=spec.to_dict(), fingerprint=cache.fingerprint, cache=cache.config.to_dict(),
                                  mos_range=list(cache.config.mos_range))

@@ -10,10 +10,11 @@ import numpy as np
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.run.folder import RunFolder
-from diffvqa_cache.training.data import LoadSpec
 from diffvqa_cache.training.loop import predict_raw_many
 from diffvqa_cache.training.memory import feature_budget_gb
+from diffvqa_cache.training.rules import LoadSpec
 from diffvqa_cache.training.settings import TrainConfig
+from diffvqa_cache.training.source import open_features
 
 
 def score_cached(run: Path | str, cache_path: Path | str, keys: list[str] | None = None, device="auto",
@@ -30,16 +31,14 @@ def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[s
                            memory_gb: float | None = None, verify: bool = True) -> tuple[list[str], np.ndarray]:
     """The videos scored and their (n_models, n_videos) scores on the MOS scale, one row per split model."""
     from diffvqa_cache.cache.folder import FeatureCache
-    from diffvqa_cache.training.data import choose_data_path, open_table
 
-    budget = int(feature_budget_gb(memory_gb, "--memory-gb") * 1e9)
+    budget_gb = feature_budget_gb(memory_gb, "--memory-gb")
     cache, dev = FeatureCache(cache_path), resolve_device(device)
     models = RunFolder.open(run).load_models(cache.fingerprint, dev)
     if verify:
         cache.verify_shards(keys)
     spec = LoadSpec.from_dict(models[0][1].load_spec)
-    path = "stream" if keys is not None else choose_data_path([cache], spec, "auto", budget)[0]
-    table = open_table(cache, spec, path, budget, dev)
+    table = open_features([cache], spec, "stream" if keys is not None else "auto", budget_gb, dev).sources[0]
     if keys is not None:
         row_of = {k: i for i, k in enumerate(table.keys)}
         unknown = [k for k in keys if k not in row_of]

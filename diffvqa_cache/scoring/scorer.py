@@ -35,9 +35,10 @@ from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.progress import bar, err
 from diffvqa_cache.run.folder import RunConfig, RunFolder
 from diffvqa_cache.scoring.familiarity import DEFAULT_PERCENTILE, RunReference, describe
-from diffvqa_cache.training.data import LoadSpec, VideoTable, pick_frames, video_tensors
+from diffvqa_cache.training.data import VideoTable
 from diffvqa_cache.training.fitting import KNOWN_SCALES
 from diffvqa_cache.training.loop import model_outputs
+from diffvqa_cache.training.rules import LoadSpec, pick_frames, video_tensors
 from diffvqa_cache.training.settings import TrainConfig
 
 VIDEO_SUFFIXES = {".mp4", ".mkv", ".webm", ".avi", ".mov", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".3gp", ".yuv"}

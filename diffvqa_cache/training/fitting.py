@@ -11,12 +11,12 @@ import torch
 
 from diffvqa_cache.devices import resolve_device
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.training.data import VideoTable
 from diffvqa_cache.training.loop import check_finite, predict_raw, train
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.protocols import Split, carve_validation
 from diffvqa_cache.training.regressor import DiffVQARegressor
 from diffvqa_cache.training.settings import FitConfig
+from diffvqa_cache.training.source import FeatureSource
 
 # The MOS scales of the datasets with an adapter (adapters.py uses the same); others: the observed range
 KNOWN_SCALES = {"kvd": ("KoNViD-1k", 1.0, 5.0), "lvqc": ("LIVE-VQC", 0.0, 100.0), "ytugc": ("YouTube-UGC", 1.0, 5.0),
@@ -50,13 +50,13 @@ class FittedSplit:
     result: object  # training.TrainResult
 
 
-def fit_split(table: VideoTable, split: Split, cfg: FitConfig, seed: int,
-              test_tables: dict[str, VideoTable] | None = None, init_state: dict | None = None, device=None,
+def fit_split(table: FeatureSource, split: Split, cfg: FitConfig, seed: int,
+              test_tables: dict[str, FeatureSource] | None = None, init_state: dict | None = None, device=None,
               on_epoch=None, state_dir: Path | None = None) -> FittedSplit:
     """Train one model on a split's train videos (validation carved from them) and score its test sets
     (test set `name` is looked up in `test_tables[name]` when there is one, else in `table`). Tables are
-    `VideoTable`s or `StreamedTable`s; `state_dir`: save the training state there every epoch and continue
-    from one found there."""
+    any `FeatureSource` (in memory or streamed); `state_dir`: save the training state there every epoch and
+    continue from one found there."""
     device = device or resolve_device(cfg.train.device)
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)

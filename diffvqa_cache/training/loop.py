@@ -1,5 +1,5 @@
-"""Training and evaluation of the regressor on a feature source (`data.VideoTable` in memory or
-`stream.StreamedTable`): each epoch's batches are drawn first, then read in order through the source's
+"""Training and evaluation of the regressor on a feature source (`source.FeatureSource`: `data.VideoTable`
+in memory or `stream.StreamedTable`): each epoch's batches are drawn first, then read in order through the source's
 `batches`, so both sources see the same batches and the streamed one can read ahead."""
 
 from __future__ import annotations
@@ -14,26 +14,26 @@ import torch
 
 from diffvqa_cache.devices import autocast, resolve_device
 from diffvqa_cache.errors import UserInputError
-from diffvqa_cache.training.data import VideoTable
 from diffvqa_cache.training.losses import quality_loss
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.resume import load_state, save_state
 from diffvqa_cache.training.settings import TrainConfig
+from diffvqa_cache.training.source import FeatureSource
 
 
-def predict_raw(model: torch.nn.Module, table: VideoTable, cfg: TrainConfig, device: torch.device) -> np.ndarray:
+def predict_raw(model: torch.nn.Module, table: FeatureSource, cfg: TrainConfig, device: torch.device) -> np.ndarray:
     """Raw model outputs per video, averaged over the cached crops (evaluation averages crops)."""
     return predict_raw_many([model], table, cfg, device)[0]
 
 
-def predict_raw_many(models: list[torch.nn.Module], table: VideoTable, cfg: TrainConfig,
+def predict_raw_many(models: list[torch.nn.Module], table: FeatureSource, cfg: TrainConfig,
                      device: torch.device) -> np.ndarray:
     """(models, videos) raw outputs, averaged over the crops, from one pass over the table's batches."""
     return model_outputs(models, table, device, cfg.eval_batch_size, cfg.precision(device))["score"]
 
 
 @torch.no_grad()
-def model_outputs(models: list[torch.nn.Module], table: VideoTable, device: torch.device, batch_size: int,
+def model_outputs(models: list[torch.nn.Module], table: FeatureSource, device: torch.device, batch_size: int,
                   precision: str, keys: tuple[str, ...] = ("score",)) -> dict[str, np.ndarray]:
     """{key: (models, videos, ...) float64}: the models' outputs `keys` averaged over the crops, from one
     pass over the table's batches (every model reads each batch)."""
@@ -88,8 +88,8 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def train(model: torch.nn.Module, train_table: VideoTable, cfg: TrainConfig, seed: int,
-          val_table: VideoTable | None = None, on_epoch=None, state_dir: Path | None = None) -> TrainResult:
+def train(model: torch.nn.Module, train_table: FeatureSource, cfg: TrainConfig, seed: int,
+          val_table: FeatureSource | None = None, on_epoch=None, state_dir: Path | None = None) -> TrainResult:
     """Fit `model` in place; keeps the weights of the best validation epoch when a validation set is given.
 
     With `state_dir`, the state is saved there after every epoch and, when a state is there already,

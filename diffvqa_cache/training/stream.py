@@ -1,11 +1,12 @@
 """Stage two's streamed data path: batches read from the shards when they are needed, for caches whose
 selected features do not fit the memory budget.
 
-`StreamedTable` offers what the training loop uses of `data.VideoTable` (keys, mos, n_crops, subset,
-batch, batches, feature_spec), so `train`, `predict_raw` and `fit_split` run unchanged on either. A batch
-reads only the rows it uses (the chosen frames and, per frame, the chosen crop) with positional reads at
-the file offsets of the uncompressed, contiguous HDF5 datasets, then applies the table's per-video rules
-(frames picked, maps pooled, pixels resized) to the whole batch: the same tensors as the in-memory path.
+`StreamedTable` offers what the training loop uses of `data.VideoTable` (the `source.FeatureSource`
+interface: keys, mos, n_crops, subset, batch, batches, feature_spec), so `train`, `predict_raw` and
+`fit_split` run unchanged on either. A batch reads only the rows it uses (the chosen frames and, per frame,
+the chosen crop) with positional reads at the file offsets of the uncompressed, contiguous HDF5 datasets,
+then applies the shared per-video rules (`rules`: frames picked, maps pooled, pixels resized) to the whole
+batch: the same tensors as the in-memory path.
 `batches` reads ahead of the model in a few threads and never holds more than the budget in read-ahead.
 
 Positional reads rather than memory maps: mapped file pages count in the process's resident memory
@@ -25,7 +26,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import torch
 
-from diffvqa_cache.cache.branches import N_LEVELS, BranchFeatures
+from diffvqa_cache.cache.branches import BranchFeatures
 from diffvqa_cache.cache.folder import (
     FeatureCache,
     PartLayout,
@@ -36,12 +37,12 @@ from diffvqa_cache.cache.folder import (
     part_names,
     shard_layout,
 )
-from diffvqa_cache.cache.pooling import pooled_side
 from diffvqa_cache.errors import CacheError
-from diffvqa_cache.training.data import (
+from diffvqa_cache.training.rules import (
+    FeatureSpec,
     LoadSpec,
     apply_load_rules,
-    describe_features,
+    feature_spec,
     has_moments,
     pick_frames,
     resolve_grid_and_frames,
@@ -65,6 +66,7 @@ class _Shards:
     names: dict[str, list[str]]  # branch -> HDF5 datasets to read
     shapes: dict[str, PartLayout]  # dataset -> layout in the first shard (row shape and dtype)
     checked: set  # videos whose features were found finite
+    features: FeatureSpec  # what the regressor is built for
     moments: bool = False  # F_MS hold cell means then stds (--ms-pool mean+std)
 
     def raw_video_bytes(self) -> int:
@@ -89,7 +91,8 @@ def _open_shards(cache: FeatureCache, spec: LoadSpec) -> _Shards:
         if odd:
             raise CacheError(f"{lay.file}: {odd[0]} has shape {lay.parts[odd[0]].row_shape}, the first shard "
                              f"{shapes[odd[0]].row_shape}; the cache mixes settings, re-extract it")
-    return _Shards(layouts, spec, grid, num_frames, names, shapes, set(), has_moments(cache))
+    return _Shards(layouts, spec, grid, num_frames, names, shapes, set(), feature_spec(cache, spec),
+                   has_moments(cache))
 
 
 class StreamedTable:
@@ -119,23 +122,9 @@ class StreamedTable:
                   self._src, self.budget_bytes)
         return out
 
-    def feature_spec(self) -> dict:
-        """As `VideoTable.feature_spec`, from the shard layout (no data read)."""
-        src = self._src
-        first = src.names[src.spec.branches[0]]
-        halve = 2 if src.moments and not src.spec.ms_std else 1
-
-        def level(lv: int):
-            name = next((n for n in first if n.endswith(f"/ms{lv}")), None)
-            return None if name is None else (int(src.shapes[name].row_shape[1]) // halve,
-                                              pooled_side(src.shapes[name].row_shape[-1], src.grid))
-
-        latent = next((n for n in first if n.endswith("/latent")), None)
-        latent_side = None if latent is None else pooled_side(src.shapes[latent].row_shape[-1],
-                                                              src.spec.latent_grid or src.grid)
-        return describe_features([level(lv) for lv in range(N_LEVELS)], latent_side,
-                                 src.spec.pixel_size if any(n.endswith("/pixels") for n in first) else 0,
-                                 src.num_frames, src.spec.latent_grid)
+    def feature_spec(self) -> FeatureSpec:
+        """As `VideoTable.feature_spec` (`rules.feature_spec`: from the cached shapes, no data read)."""
+        return self._src.features
 
     def batch(self, idx: np.ndarray, crop: int | np.ndarray, device: torch.device) -> dict[str, BranchFeatures]:
         """As `VideoTable.batch`, read now."""

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-import pipelines.sweep as sweep
+import diffvqa_cache.training.sweeps as sweep
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.scoring.cached import score_cached
 from diffvqa_cache.synthetic import LSVQ_SPLITS, write_synthetic_cache

@@ -11,7 +11,8 @@ from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.cache.pooling import pool_to_grid, pooled_side
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.synthetic import write_synthetic_cache
-from diffvqa_cache.training.data import LoadSpec, estimate_bytes, load_table, resolve_grid_and_frames, video_tensors
+from diffvqa_cache.training.data import estimate_bytes, load_table
+from diffvqa_cache.training.rules import LoadSpec, resolve_grid_and_frames, video_tensors
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,11 @@ import torch
 from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.synthetic import write_synthetic_cache
-from diffvqa_cache.training.data import LoadSpec, load_table
+from diffvqa_cache.training.data import load_table
 from diffvqa_cache.training.loop import check_finite, predict_raw, train
 from diffvqa_cache.training.metrics import compute_metrics_ids
 from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig
+from diffvqa_cache.training.rules import LoadSpec
 from diffvqa_cache.training.settings import TrainConfig
 
 REG = dict(use_tcab=False, dff_channels=8, fff_dim=16, head_hidden=16, dropout=0.0)

@@ -15,7 +15,9 @@ from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import file_sha256, write_json_atomic
 from diffvqa_cache.synthetic import write_synthetic_cache
-from diffvqa_cache.training.data import LoadSpec, choose_data_path, estimate_bytes, load_table, shard_read_bytes
+from diffvqa_cache.training.data import estimate_bytes, load_table, shard_read_bytes
+from diffvqa_cache.training.rules import LoadSpec
+from diffvqa_cache.training.source import choose_data_path
 from diffvqa_cache.training.stream import StreamedTable
 
 SPECS = [LoadSpec(pixel_size=8), LoadSpec(grid=2, use_pixels=False, num_frames=3),
