@@ -23,7 +23,7 @@ from diffvqa_cache.training.metrics import (
 )
 
 FIXTURES = Path(__file__).parents[1] / "fixtures" / "predictions"
-REALDATA = Path(__file__).resolve().parents[2] / "shared" / "realdata" / "predictions"
+REALDATA = Path(__file__).resolve().parents[3] / "shared" / "realdata" / "predictions"
 
 # file: (n, srcc, krcc, plcc after fit, plcc_raw, rmse after fit)
 GOLDEN_EXCERPTS = {
