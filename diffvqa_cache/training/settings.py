@@ -16,6 +16,8 @@ from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.training.memory import feature_budget_gb
 from diffvqa_cache.training.regressor.config import RegressorConfig
 
+DATA_PATHS = ("auto", "memory", "stream")  # where stage two reads features from (`data`)
+
 if TYPE_CHECKING:
     from diffvqa_cache.training.data import LoadSpec
 
@@ -110,7 +112,6 @@ class FitConfig(Config):
                            numbers=False)
 
     def __post_init__(self):
-        from diffvqa_cache.training.data import DATA_PATHS
         from diffvqa_cache.training.protocols import CROSS_TRAIN, PROTOCOLS
 
         if self.protocol not in PROTOCOLS:

@@ -20,10 +20,10 @@ from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.progress import bar
 from diffvqa_cache.training.data import estimate_bytes, load_table, shard_read_bytes
+from diffvqa_cache.training.settings import DATA_PATHS
 from diffvqa_cache.training.rules import FeatureSpec, LoadSpec
 from diffvqa_cache.training.stream import StreamedTable
 
-DATA_PATHS = ("auto", "memory", "stream")
 DEVICE_SHARE = 0.5  # of the free GPU memory an in-memory table may take (the model trains in the rest)
 
 
