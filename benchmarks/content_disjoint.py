@@ -55,7 +55,8 @@ def make_real_groups(videos: Path, out: Path) -> list[Path]:
     import numpy as np
 
     from diffvqa_cache.datasets import sample
-    from diffvqa_cache.extraction.video import load_video_frames, write_clip
+    from diffvqa_cache.clip_writer import write_clip
+    from diffvqa_cache.extraction.video import load_video_frames
     from diffvqa_cache.extraction.views import _resize
 
     clips = sorted(videos.glob("*.mp4"))

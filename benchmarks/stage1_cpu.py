@@ -147,7 +147,7 @@ def main() -> None:
         res = [extract_overhead(args.videos, args.steps, args.batch_size, args.repeats, th, work) for th in args.threads]
         clip = REAL_540P
         if not clip.exists():
-            from diffvqa_cache.extraction.video import write_clip
+            from diffvqa_cache.clip_writer import write_clip
             rng = np.random.default_rng(0)
             clip = write_clip(work / "clip540.mp4", rng.integers(0, 256, (240, 540, 960, 3), dtype=np.uint8), fps=30)
         set_threads(max(args.threads))
