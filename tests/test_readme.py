@@ -1,9 +1,10 @@
 """The README's examples say what the code gives: the doctor output, predict's table and footer (built by
-`format_table` from the README's own numbers) and the run it names, and the `VideoScore` fields and
+`format_table` from the README's own numbers) and the demo's run it comes from, and the `VideoScore` fields and
 `to_pandas` columns of the Python API."""
 
 from __future__ import annotations
 
+import inspect
 import re
 from dataclasses import fields
 from pathlib import Path
@@ -116,21 +117,23 @@ def test_the_predict_example_is_what_predict_prints_for_those_numbers():
     assert format_table(scores).splitlines() == table + footer
 
 
-def test_the_predict_example_comes_from_the_run_it_names():
-    """The note under the example names the fit and predict commands: as many split models as that fit
-    has splits, its run's name and the sample's scale in the footer, at most the sample's videos trained on."""
+def test_the_predict_example_is_the_demos_run():
+    """The note under the example names the predict command: its run is the demo's (`demo-out/run`), so the
+    footer has as many split models as the demo fits, the sample's scale, the run's name, and at most the
+    sample's videos as training videos."""
     from diffvqa_cache.datasets.sample import plan
+    from pipelines.demo import run_demo
 
     scores, models = _scores_from_readme()
     note = README[README.index(PREDICT):]
     note = note[note.index("```") + 3:note.index("\n\n", note.index("```"))]
-    fit = re.search(r"`diffvqa-cache\s+fit\s+--cache\s+\S+\s+--out\s+(\S+)\s+--splits\s+(\d+)[^`]*`", note)
     predict = re.search(r"`diffvqa-cache\s+predict\s[^`]*--run\s+(\S+)`", note)
-    assert fit and predict, note
-    assert models == int(fit.group(2)) and predict.group(1) == fit.group(1)
+    assert predict and predict.group(1) == "demo-out/run", note
+    demo = inspect.signature(run_demo).parameters
+    assert models == demo["splits"].default and demo["out"].default == Path("demo-out")
     assert (scores.scale.low, scores.scale.high, scores.scale.dataset) == (1.0, 5.0, "sample")
     trained, name = re.search(r"the (\d+) training videos of run (\S+) \(sample\)", scores.reference.name).groups()
-    assert name == Path(fit.group(1)).name and 0 < int(trained) <= len(plan())
+    assert name == "run" and 0 < int(trained) <= len(plan())
     assert [s.video for s in scores][-2:] == ["sample_000", "sample_050"]
 
 
