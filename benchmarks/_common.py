@@ -1,11 +1,13 @@
-"""Shared helpers of the benchmark scripts: timing, machine info, tables, and appending to BENCHMARKS.md.
+"""Shared helpers of the benchmark scripts: timing, machine info, tables, and writing BENCHMARKS.md.
 
-Every script prints its table and appends one dated section to BENCHMARKS.md (append only, under an
-exclusive file lock, so sections written by other scripts or people are never rewritten).
+Every script prints its table, appends one dated section to BENCHMARKS.md (the history: append only, so
+sections written by other scripts or people are never rewritten) and then sets its row(s) of the table of
+current figures at the top of the file (`update_current`). Both hold an exclusive lock on the file's folder.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import platform
@@ -22,6 +24,10 @@ BENCHMARKS_MD = ROOT / "BENCHMARKS.md"
 HEADER = ("# Benchmarks\n\nMeasured numbers, appended by the scripts under `benchmarks/` (one dated section per run; "
           "see `docs/performance.md` in the shared docs for what is measured and why). Machines are shared: "
           "each section records the load average; prefer ratios measured in the same run.\n")
+# The table of current figures: one row per benchmark figure, between these lines, set by update_current()
+CURRENT_START = "<!-- current figures: set by the benchmark scripts (benchmarks/_common.py, update_current) -->"
+CURRENT_END = "<!-- end of the current figures; the history (one dated section per run) follows -->"
+CURRENT_HEADER = ["benchmark", "current figure", "measured", "command"]
 
 
 def loadavg() -> str:
@@ -93,31 +99,97 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
 
 
+@contextlib.contextmanager
+def _locked(path: Path):
+    """An exclusive lock on the folder of `path` (a file lock would not survive the file's atomic replacement)."""
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
 def append_section(title: str, body: str, info: dict | None = None, path: Path = BENCHMARKS_MD) -> None:
     """Append one dated section (title, machine info, exact command, body) to BENCHMARKS.md, append-only."""
     info = info or machine_info()
-    git = ""
-    try:
-        git = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                             text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
+    git = _git_commit()
     head = (f"\n## {title} ({time.strftime('%Y-%m-%d %H:%M')})\n\n"
             f"- machine: {info['machine']}, {info['cpus']} cores, {info['ram_gib']} GiB RAM"
             + (f", GPU {info['gpu']}" if info.get("gpu") else ", no GPU")
             + f"; python {info['python']}, torch {info['torch']}, default torch threads {info['torch_threads']} (the tables give the count used)\n"
             f"- load average (1/5/15 min) at the end: {loadavg()} (at the start: {info['load_avg_1_5_15']})\n"
             f"- command: `{command_line()}`" + (f" (git {git}, uncommitted benchmark scripts)" if git else "") + "\n\n")
-    with open(path, "a+") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            f.seek(0, os.SEEK_END)
-            if f.tell() == 0:
-                f.write(HEADER)
-            f.write(head + body.rstrip() + "\n")
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with _locked(path), open(path, "a") as f:
+        if f.tell() == 0:
+            f.write(HEADER)
+        f.write(head + body.rstrip() + "\n")
     print(f"appended '{title}' to {path}")
+
+
+def _cell(text) -> str:
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+def _split_row(line: str) -> list[str]:
+    cells, cell, escaped = [], "", False
+    for ch in line.strip()[1:]:
+        if ch == "|" and not escaped:
+            cells.append(cell.strip())
+            cell = ""
+        else:
+            cell += ch
+        escaped = ch == "\\" and not escaped
+    return cells
+
+
+def read_current(text: str) -> dict[str, list[str]]:
+    """{benchmark: its row's cells} of the current-figures table in BENCHMARKS.md's `text` (in order)."""
+    if CURRENT_START not in text or CURRENT_END not in text:
+        return {}
+    block = text[text.index(CURRENT_START) + len(CURRENT_START):text.index(CURRENT_END)]
+    rows = [_split_row(line) for line in block.splitlines() if line.startswith("|")][2:]  # header, rule
+    return {r[0].replace("\\|", "|"): r for r in rows}
+
+
+def set_current(text: str, benchmark: str, figure: str, measured: str, command: str) -> str:
+    """`text` (BENCHMARKS.md) with the row `benchmark` of the current-figures table set (added at the end
+    when new; the table and its markers made, after the title, when missing); the rest of `text` unchanged."""
+    if CURRENT_START not in text:
+        title, _, rest = text.partition("\n\n")
+        text = f"{title}\n\n{CURRENT_START}\n{CURRENT_END}\n\n{rest}" if rest else f"{text.rstrip()}\n\n{CURRENT_START}\n{CURRENT_END}\n"
+    rows = read_current(text)
+    rows[benchmark] = [_cell(benchmark), _cell(figure), _cell(measured), _cell(command)]
+    lines = ["| " + " | ".join(CURRENT_HEADER) + " |", "| " + " | ".join("---" for _ in CURRENT_HEADER) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows.values()]
+    start, end = text.index(CURRENT_START) + len(CURRENT_START), text.index(CURRENT_END)
+    return text[:start] + "\n" + "\n".join(lines) + "\n" + text[end:]
+
+
+def update_current(benchmark: str, figure: str, command: str | None = None, info: dict | None = None,
+                   path: Path = BENCHMARKS_MD) -> None:
+    """Set row `benchmark` (a fixed name per figure a script measures) of the current-figures table at the
+    top of BENCHMARKS.md: `figure` (one line: the number and what it is compared with), when and where it was
+    measured, and `command` (default: this script's command line). The history below is not touched."""
+    from diffvqa_cache.files import write_text_atomic
+
+    info = info or machine_info()
+    git = _git_commit()
+    where = f"{info['cpus']} cores" + (f", {info['gpu']}" if info.get("gpu") else ", no GPU")
+    measured = f"{time.strftime('%Y-%m-%d %H:%M')}, {where}, load {loadavg().split()[0]}" + (f", git {git}" if git else "")
+    with _locked(path):
+        text = path.read_text() if path.exists() else HEADER
+        write_text_atomic(path, set_current(text, benchmark, figure, measured, f"`{command or command_line()}`"))
+    print(f"set '{benchmark}' in the current figures of {path}")
 
 
 # ---------------------------------------------------------------- the real-size (SD 2.1-base) architecture

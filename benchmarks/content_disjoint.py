@@ -29,7 +29,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, append_section, machine_info, table  # noqa: E402
+from _common import ROOT, append_section, machine_info, table, update_current  # noqa: E402
 
 EXTRACT = ["--model", "tiny", "--steps", "2", "--strength", "0.5", "--frames", "4", "--crops", "1", "--grid", "4",
            "--pixel-size", "64", "--batch-size", "16", "--shard-size", "16"]
@@ -55,7 +55,8 @@ def make_real_groups(videos: Path, out: Path) -> list[Path]:
     import numpy as np
 
     from diffvqa_cache.datasets import sample
-    from diffvqa_cache.extraction.video import load_video_frames, write_clip
+    from diffvqa_cache.clip_writer import write_clip
+    from diffvqa_cache.extraction.video import load_video_frames
     from diffvqa_cache.extraction.views import _resize
 
     clips = sorted(videos.glob("*.mp4"))
@@ -204,6 +205,8 @@ def main() -> None:
     print(body)
     if not args.no_append:
         append_section("Content-disjoint check of stage one", body, info)
+        update_current(f"content-disjoint check of stage one ({args.source} contents): test SRCC, mean over seeds",
+                       ", ".join(f"{label} {mean:.3f}" for label, _, mean in summary), info=info)
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import append_section, loadavg, machine_info, table  # noqa: E402
+from _common import append_section, loadavg, machine_info, table, update_current  # noqa: E402
 
 from diffvqa_cache.extraction import video  # noqa: E402
 
@@ -265,6 +265,14 @@ def main() -> None:
         print(part1, "\n", part2, sep="\n")
         if not args.no_append:
             append_section("Decoding: cost of the sampled frames (PyAV seeking)", part1 + "\n\n" + part2, info)
+            cpu = {(r[0], r[1]): r[7] for r in rows1}
+            update_current("8 sampled frames of a long vs a 10 s clip, CPU time (goal <= 2)",
+                           f"{long_name} vs 10 s, {args.long_size}p H.264: " + "; ".join(
+                               f"GOP {g}: " + ", ".join(f"{h} {cpu[(g, h)]:.2f}" for h in hows if (g, h) in cpu)
+                               for g in args.gops), info=info)
+            update_current("CPU cores to feed one GPU at 100% MFU, 1 / 4 / 50 steps, GOP 60",
+                           "; ".join(f"{r[1]} {r[0]} " + " / ".join(c.split(" / ")[0] for c in r[7:10]) for r in rows2),
+                           info=info)
         print("load at end:", loadavg())
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,7 +28,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table  # noqa: E402
+from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table, update_current  # noqa: E402
 
 
 def mem_available_gb() -> float:
@@ -210,6 +210,11 @@ def main() -> None:
             + t_ep + "\n\n" + t_all)
     if not args.no_append:
         append_section("Stage 2 fit speed (KoNViD-size synthetic cache)", body, info)
+        off = [r for r in ep_rows if not r["tcab"]]
+        if off:
+            update_current("fit epoch / bare forward+backward on tensors in memory",
+                           ", ".join(f"{r['ratio']:.2f} ({r['threads']} torch thread(s))" for r in off)
+                           + f" ({args.videos} SD-size synthetic videos, TCAB off)", info=info)
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import ROOT, append_section, loadavg, machine_info, set_threads, table  # noqa: E402
+from _common import ROOT, append_section, loadavg, machine_info, set_threads, table, update_current  # noqa: E402
 
 TCAB_OFF = {"regressor.use_tcab": False}  # TCAB's Mamba scan on 2 CPU cores would take hours at this size
 SHAPES = "8 frames, S + D (1 crop), grid 8 with SD 2.1-base channels (1280/1280/640/320), latent 4x64x64, pixels 224"
@@ -68,10 +68,12 @@ def evict(files: list[Path]) -> str:
     return f"evicted with posix_fadvise; fincore: {resident / 1e6:.1f} MB of the files still resident"
 
 
-def report(title: str, body: str, args) -> None:
+def report(title: str, body: str, args, benchmark: str, figure: str) -> None:
+    """Print and append the section; set the benchmark's current figure."""
     print(body)
     if not args.no_append:
         append_section(title, body, args.info)
+        update_current(benchmark, figure, info=args.info)
 
 
 # ---------------------------------------------------------------- big: lsvq fit at a budget, peak RSS
@@ -141,7 +143,10 @@ def part_big(root: Path, cache_dir: Path, nbytes: int, gen_s: float, args) -> No
             f"(verify), predicting the training set (MOS scale) and both test sets\n"
             f"- test SRCC {m['test']['srcc']['median']:.3f}, test1080p SRCC {m['test1080p']['srcc']['median']:.3f} "
             f"(the synthetic signal is learnable)")
-    report(f"Stage 2 streamed fit: {nbytes / 1e9:.0f} GB LSVQ-layout cache at memory_gb={args.memory_gb}", body, args)
+    report(f"Stage 2 streamed fit: {nbytes / 1e9:.0f} GB LSVQ-layout cache at memory_gb={args.memory_gb}", body, args,
+           "streamed fit of an LSVQ-layout cache larger than memory_gb: peak RSS",
+           f"{big['peak'] / 1e9:.2f} GB for {nbytes / 1e9:.0f} GB of cache at memory_gb={args.memory_gb} "
+           f"({'<=' if ok else '>'} the budget + the model's {small['peak'] / 1e9:.2f} GB)")
 
 
 # ---------------------------------------------------------------- ratio: streamed vs in-memory epochs
@@ -187,7 +192,9 @@ def part_ratio(cache_dir: Path, nbytes: int, args) -> None:
             f"1-min load average after each training: {' '.join(loads)}.\n\n{t}\n\n"
             f"- streamed / in-memory median epoch time: **{med['stream'] / med['memory']:.3f}** (goal <= 1.25)\n"
             f"- the two trained models are {'bit-identical' if same else 'NOT identical'} (same seed, same batches)")
-    report("Stage 2 streamed fit: streamed vs in-memory epoch time", body, args)
+    report("Stage 2 streamed fit: streamed vs in-memory epoch time", body, args,
+           "streamed / in-memory epoch time (goal <= 1.25)",
+           f"{med['stream'] / med['memory']:.3f}, models {'bit-identical' if same else 'NOT identical'}")
 
 
 # ---------------------------------------------------------------- cold: streamed read rate vs dd
@@ -229,7 +236,8 @@ def part_cold(cache_dir: Path, args) -> None:
             f"counts the rows read. dd: the same "
             f"files one after the other, bs=16M. Page cache emptied before each pass: {notes[0]}.\n\n{t}\n\n"
             f"- streamed / sequential read rate, median: **{ratio:.2f}** (goal >= 0.7)")
-    report("Stage 2 streamed fit: cold-cache read rate vs dd", body, args)
+    report("Stage 2 streamed fit: cold-cache read rate vs dd", body, args,
+           "streamed / dd read rate, cold page cache (goal >= 0.7)", f"{ratio:.2f} (median of {len(rows)} passes)")
 
 
 # ---------------------------------------------------------------- sweep: 2 workers share the budget
@@ -271,7 +279,10 @@ def part_sweep(root: Path, cache_dir: Path, args) -> None:
             f"at the end {loadavg()}.\n\n{tt}\n\n- worker peak RSS (GB): "
             + ", ".join(f"{w.split(':')[-1]}: {p:.2f}" for w, p in per_worker.items())
             + f"; per-worker budget {share:.2f} GB + the model (see the LSVQ section: the fit's model baseline)")
-    report("Stage 2 streamed fit: sweep of 4 configs x 2 splits on 2 workers within the budget", body, args)
+    report("Stage 2 streamed fit: sweep of 4 configs x 2 splits on 2 workers within the budget", body, args,
+           "sweep on 2 workers sharing memory_gb: worker peak RSS",
+           ", ".join(f"{p:.2f}" for p in per_worker.values()) + f" GB at memory_gb={args.memory_gb} "
+           f"({len(result.failed)} of {len(tasks)} tasks failed)")
 
 
 def main() -> None:

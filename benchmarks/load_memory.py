@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, append_section, loadavg, machine_info, table  # noqa: E402
+from _common import ROOT, append_section, loadavg, machine_info, table, update_current  # noqa: E402
 
 CHILD = """
 import json, resource, sys, time, warnings
@@ -104,6 +104,8 @@ def main() -> None:
     print(text)
     if not args.no_append:
         append_section("Model loading: peak memory (SD 2.1-base size, CPU)", body, info)
+        update_current("SD 2.1-base-size model load: peak RSS, low_cpu_mem_usage off / on",
+                       f"{rows[0][2]:.2f} / {rows[1][2]:.2f} GiB ({rows[0][4]:.0f} / {rows[1][4]:.0f} s)", info=info)
     if args.delete:
         shutil.rmtree(args.folder)
 

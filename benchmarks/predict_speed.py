@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_section, loadavg, machine_info, set_threads, table  # noqa: E402
+from _common import append_section, loadavg, machine_info, set_threads, table, update_current  # noqa: E402
 
 
 def main() -> None:
@@ -119,6 +119,9 @@ def main() -> None:
             f"building its model.\n\n" + text + "\n\n" + summary)
     if not args.no_append:
         append_section("Scoring many videos: predict vs extract (tiny model, CPU)", body, info)
+        update_current("predict / extract videos/s, tiny model, CPU (goal >= 0.9)",
+                       f"{med(ratios):.3f} ({n_models} split models; without them {med(stage_one):.3f}), "
+                       f"{n} clips, {args.repeats} runs", info=info)
 
 
 if __name__ == "__main__":

@@ -143,21 +143,24 @@ def main() -> None:
               for stage, what, how, s in rows]
     print("\n".join(table))
     if not args.no_write:
-        cmd = "OMP_NUM_THREADS=1 python benchmarks/scaling.py " + " ".join(sys.argv[1:])
-        section = [f"## Scaling of the dask paths ({time.strftime('%Y-%m-%d %H:%M')})", "",
-                   f"- machine: {_cpu_name()}, {os.cpu_count()} cores, {platform.system()} {platform.release()}, "
-                   f"Python {platform.python_version()}, torch {torch.__version__}",
-                   f"- command: `{cmd.strip()}`",
-                   f"- extraction: tiny model, steps 1, 2 frames, 2 crops, shard_size 2; sweep: 4 configs x 2 splits, "
-                   f"{args.epochs} epochs, TCAB off; workers warmed (imports) before timing; shards checked bit-identical",
-                   f"- load average before the run: {load0:.1f} (other processes share these cores; the "
-                   "control rows show the parallel capacity that was actually available: 2.00x on an idle 2-core machine)",
-                   "", *table, ""]
-        path = ROOT / "BENCHMARKS.md"
-        text = path.read_text() if path.is_file() else "# Benchmarks\n\n"
-        path.write_text(text.rstrip("\n") + "\n\n" + "\n".join(section))
-        print(f"appended to {path}")
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from _common import append_section, machine_info, update_current
 
+        info = machine_info()
+        body = "\n".join([
+            f"- CPU: {_cpu_name()}, {platform.system()} {platform.release()}; torch threads 1 (OMP_NUM_THREADS=1)",
+            f"- extraction: tiny model, steps 1, 2 frames, 2 crops, shard_size 2; sweep: 4 configs x 2 splits, "
+            f"{args.epochs} epochs, TCAB off; workers warmed (imports) before timing; shards checked bit-identical",
+            f"- load average before the run: {load0:.1f} (other processes share these cores; the "
+            "control rows show the parallel capacity that was actually available: 2.00x on an idle 2-core machine)",
+            "", *table])
+        append_section("Scaling of the dask paths", body, info)
+        wall = {(stage, how): s for stage, _, how, s in rows}
+        if ("sweep", "2 worker(s)") in wall and ("sweep", "1 worker(s)") in wall:
+            speed = {st: wall[(st, "1 worker(s)")] / wall[(st, "2 worker(s)")] for st in ("extract", "sweep")}
+            update_current("2 vs 1 dask workers (control: the CPU loop in the same run)",
+                           f"sweep {speed['sweep']:.2f}x, extraction {speed['extract']:.2f}x (control loop "
+                           f"{2 * one / two:.2f}x), {len(index.records)} videos", info=info)
 
 if __name__ == "__main__":
     main()

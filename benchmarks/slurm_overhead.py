@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, append_section, machine_info, table
+from _common import ROOT, append_section, machine_info, table, update_current
 
 sys.path.insert(0, str(ROOT / "tests"))
 from slurm import LocalSlurm  # noqa: E402
@@ -179,6 +179,9 @@ def main() -> None:
                 "SLURM: the tests' one-node conf (tests/slurm.py, batch_sched_delay=0). This machine is shared "
                 "(see the load averages).\n\n")
         append_section("SLURM overhead: job arrays and dask-jobqueue workers vs one local process", note + body, info)
+        update_current("SLURM routes vs one local process, wall time",
+                       ", ".join(f"{r['route']} {r['total'] / local:.2f}x" for r in rows[1:])
+                       + f" ({args.videos} videos, tiny model)", info=info)
 
 
 if __name__ == "__main__":

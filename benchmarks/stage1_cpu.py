@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import append_section, loadavg, machine_info, set_threads, table  # noqa: E402
+from _common import append_section, loadavg, machine_info, set_threads, table, update_current  # noqa: E402
 
 REAL_540P = Path("/work/shared/realdata/videos/KoNViD-1k_3339962845__VSFA_test.mp4")
 
@@ -147,7 +147,7 @@ def main() -> None:
         res = [extract_overhead(args.videos, args.steps, args.batch_size, args.repeats, th, work) for th in args.threads]
         clip = REAL_540P
         if not clip.exists():
-            from diffvqa_cache.extraction.video import write_clip
+            from diffvqa_cache.clip_writer import write_clip
             rng = np.random.default_rng(0)
             clip = write_clip(work / "clip540.mp4", rng.integers(0, 256, (240, 540, 960, 3), dtype=np.uint8), fps=30)
         set_threads(max(args.threads))
@@ -169,6 +169,12 @@ def main() -> None:
             f"thread_type AUTO):\n\n" + t2)
     if not args.no_append:
         append_section("Stage 1 on CPU: pipeline overhead (tiny model) and decoding", body, info)
+        update_current("stage 1, CPU, tiny model: end-to-end extract / model time in the same run",
+                       ", ".join(f"{r['in_run']:.2f} ({r['threads']} torch thread(s))" for r in res), info=info)
+        rate = {(r[0], r[1]): r[5] for r in drows}
+        update_current("decode 8 sampled frames of a 960x540 H.264 clip",
+                       f"PyAV {rate[('8 sampled (extract)', 'pyav')]:.0f} frames/s, decord "
+                       f"{rate[('8 sampled (extract)', 'decord')]:.0f} frames/s", info=info)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,8 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (PEAK_BF16_TFLOPS, append_section, build_sd21_base, loadavg, machine_info, n_params,  # noqa: E402
-                     set_threads, table)
+from _common import (PEAK_BF16_TFLOPS, append_section, build_sd21_base, fmt, loadavg, machine_info, n_params,  # noqa: E402
+                     set_threads, table, update_current)
 
 STEPS = (1, 4, 10, 50)
 
@@ -144,6 +144,12 @@ def main() -> None:
             "the whole view runs at the dense bf16 matmul rate (MFU 100%)." + part3)
     if not args.no_append:
         append_section("Stage 1 FLOPs, SD 2.1-base at 512 px", body, info)
+        update_current("SD 2.1-base, 512 px, FLOPs per view (attention counted)",
+                       f"VAE encode {f['vae_encode'] / T:.2f} T; UNet {f['unet'] / T:.2f} T + Controller "
+                       f"{f['controller'] / T:.2f} T per step", info=info)
+        update_current("stage 1 floor at the peak bf16 rate (H100/H200), views/s",
+                       f"{' / '.join(fmt(r[2]) for r in rows2)} views/s at {' / '.join(str(r[0]) for r in rows2)} "
+                       f"steps ({PEAK_BF16_TFLOPS:.0f} TFLOP/s, MFU 100%)", info=info)
 
 
 if __name__ == "__main__":

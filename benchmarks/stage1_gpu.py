@@ -245,8 +245,13 @@ def main() -> None:
         (args.out / "stage1_gpu.log").write_text("\n".join(LOG) + "\n")
         (args.out / "stage1_gpu_section.md").write_text(section)
     if not dry:
-        from _common import append_section
+        from _common import append_section, update_current
         append_section(f"Stage 1 on GPU ({card})", section, info)
+        best = max((r for r in results["grid"] if "mfu" in r), key=lambda r: r["mfu"], default=None)
+        if best is not None:
+            update_current("GPU views/s, MFU, memory",
+                           f"{card}: best {best['views_per_s']:.3g} views/s at {best['steps']} steps, batch "
+                           f"{best['batch']} (MFU {best['mfu']:.1%}, {best.get('peak_gib', '?')} GiB peak)", info=info)
     print("\n" + section)
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table  # noqa: E402
+from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table, update_current  # noqa: E402
 
 CONFIGS = {  # name: (use_tcab, DIFFVQA_MAMBA_SCAN)
     "TCAB off": (False, "auto"),
@@ -184,6 +184,13 @@ def main() -> None:
         title = ("TCAB on the CPU: this checkout vs a baseline checkout" if args.baseline_tree
                  else "TCAB on the CPU: compiled Mamba scan vs the pure-PyTorch scan")
         append_section(title, body, info)
+        on = [r for r in fit_rows if r[0].startswith("TCAB on")]
+        update_current("TCAB on vs off at 224 px on the CPU: epoch time ratio, peak RSS ratio (goals <= 3, <= 2)",
+                       "; ".join(f"{r[0]}: epoch {r[2]:.2f}, peak RSS {r[5]:.2f}" for r in on), info=info)
+        if scan_rows:
+            update_current("selective scan at TCAB's shapes, compiled vs pure PyTorch",
+                           ", ".join(f"{r[0]} {r[3]:.1f}x faster" for r in scan_rows if r[1].startswith("after")),
+                           info=info)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from clip_helpers import clip_frames, clip_markers
 
-from diffvqa_cache.extraction.video import write_clip
+from diffvqa_cache.clip_writer import write_clip
 
 
 @pytest.fixture(scope="session")

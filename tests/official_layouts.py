@@ -74,7 +74,8 @@ def ytugc(root: Path, clips: list[Path], mos: list[float]) -> Path:
     """<Category>_<Res>P-<hex4>.mkv (VP9) + original_videos_MOS_for_YouTube_UGC_dataset.xlsx (sheet MOS)."""
     import openpyxl
 
-    from diffvqa_cache.extraction.video import probe, read_frames, write_clip
+    from diffvqa_cache.clip_writer import write_clip
+    from diffvqa_cache.extraction.video import probe, read_frames
 
     root.mkdir(parents=True, exist_ok=True)
     vids = [f"{('Gaming', 'Sports', 'Vlog')[i % 3]}_480P-{0x1a2b + 17 * i:04x}" for i in range(len(clips))]

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from diffvqa_cache.clip_writer import write_clip
 from diffvqa_cache.errors import DatasetError
-from diffvqa_cache.extraction.video import write_clip
 from diffvqa_cache.files import atomic_path, remove_leftovers
 
 VERSION = "sample-v3"

@@ -10,7 +10,8 @@ from pathlib import Path
 import av
 import numpy as np
 
-from diffvqa_cache.extraction.video import _one_line, read_frames, write_clip
+from diffvqa_cache.clip_writer import write_clip
+from diffvqa_cache.extraction.video import _one_line, read_frames
 
 # codec -> (encoders to try in order, container); an absent encoder means the codec cannot be tested.
 CLIP_CODECS = {

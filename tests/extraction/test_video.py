@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from clip_helpers import write_audio_only
 
+from diffvqa_cache.clip_writer import write_clip
 from diffvqa_cache.errors import DecodeError, UserInputError
-from diffvqa_cache.extraction.video import load_video_frames, probe, read_frames, sample_indices, write_clip
+from diffvqa_cache.extraction.video import load_video_frames, probe, read_frames, sample_indices
 
 try:
     import decord  # noqa: F401

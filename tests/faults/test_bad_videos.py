@@ -11,8 +11,8 @@ import pytest
 from clip_helpers import clip_frames, write_audio_only
 
 from diffvqa_cache.cache.folder import FeatureCache
+from diffvqa_cache.clip_writer import write_clip
 from diffvqa_cache.datasets import load_dataset
-from diffvqa_cache.extraction.video import write_clip
 from pipelines.extract import run_extract
 
 

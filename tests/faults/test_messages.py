@@ -27,7 +27,7 @@ def one_line_error(args: list[str], code: int = 2) -> str:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory, sample_root):
     """A sample clip, a one-frame clip and a file that is not a video."""
-    from diffvqa_cache.extraction.video import write_clip
+    from diffvqa_cache.clip_writer import write_clip
 
     folder = tmp_path_factory.mktemp("clips")
     shutil.copy(sample_root / "videos" / "sample_003.mp4", folder / "good.mp4")

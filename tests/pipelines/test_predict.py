@@ -52,7 +52,7 @@ def scorer(run_dir):
 @pytest.fixture(scope="module")
 def odd_clips(tmp_path_factory):
     """A solid black clip (nothing like the sample's textured scenes) and a file that is not a video."""
-    from diffvqa_cache.extraction.video import write_clip
+    from diffvqa_cache.clip_writer import write_clip
 
     folder = tmp_path_factory.mktemp("odd")
     write_clip(folder / "black.mp4", np.zeros((16, 120, 160, 3), np.uint8), fps=24)
