@@ -24,17 +24,17 @@ PACKAGE = ROOT / "diffvqa_cache"
 LAYERS = {
     0: ("config", "errors", "files", "seeds", "devices", "progress", "clip_writer"),  # shared
     1: ("datasets", "cluster"),
-    2: ("cache", "run"),  # between the stages: the cache, the run folder
+    2: ("cache",),  # between the stages: the feature cache
     3: ("extraction", "training"),  # stage one, stage two
-    4: ("scoring",),  # a fitted run in use
-    5: ("doctor", "synthetic"),  # tools on top
+    4: ("run",),  # what stage two writes: the run folder (its record holds training's settings)
+    5: ("scoring",),  # a fitted run in use
+    6: ("doctor", "synthetic"),  # tools on top
 }
 APART = [("extraction", "training")]  # same layer, but they never import each other
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}
 
-# Import cycles that an open change removes (issue 21 point 2: one feature-source interface above data and
-# stream). Delete the entry once merged; the test then holds the tree to no cycle at all.
-KNOWN_CYCLES = [{"diffvqa_cache.training.data", "diffvqa_cache.training.stream"}]
+# Import cycles tolerated while a change that removes them is open (none: the tree has no cycle).
+KNOWN_CYCLES: list[set[str]] = []
 
 
 def _module_name(path: Path) -> str:
@@ -158,7 +158,7 @@ def test_the_import_graph_is_read(tmp_path):
     graph = _graph()
     assert "diffvqa_cache.cache.folder" in graph["diffvqa_cache.training.data"]
     assert "diffvqa_cache.errors" in graph["diffvqa_cache.cache.folder"]
-    assert "diffvqa_cache.training.stream" in graph["diffvqa_cache.training.data"]  # inside a function
+    assert "diffvqa_cache.extraction.backbone" in graph["diffvqa_cache.extraction.per_video"]  # inside a function
     text = "from .settings import X\nfrom ..errors import E\ndef f():\n    import diffvqa_cache.cache.pooling\n"
     assert _imports("diffvqa_cache.cache.folder", _write(tmp_path, text)) == [
         ("diffvqa_cache.cache.settings", 1), ("diffvqa_cache.errors", 2), ("diffvqa_cache.cache.pooling", 4)]
@@ -211,7 +211,7 @@ def test_the_layer_rule_catches_what_it_should(tmp_path):
     assert "add newpkg to LAYERS" in _layer_problems("diffvqa_cache.cache.folder",
                                                      [("diffvqa_cache.newpkg.x", 5)])[0]
     assert "add it to LAYERS" in _layer_problems("diffvqa_cache.newpkg.x", [])[0]
-    assert "layer 4, higher" in _layer_problems("diffvqa_cache.cache.folder", _imports(
+    assert "layer 5, higher" in _layer_problems("diffvqa_cache.cache.folder", _imports(
         "diffvqa_cache.cache.folder", _write(tmp_path, "from diffvqa_cache import Scorer, __version__\n")))[0]
     assert _layer_problems("diffvqa_cache.scoring.scorer", [("diffvqa_cache.extraction.backbone", 9),
                                                            ("diffvqa_cache.scoring.familiarity", 10)]) == []
