@@ -57,7 +57,7 @@ def fit_split(table: FeatureSource, split: Split, cfg: FitConfig, seed: int,
     (test set `name` is looked up in `test_tables[name]` when there is one, else in `table`). Tables are
     any `FeatureSource` (in memory or streamed); `state_dir`: save the training state there every epoch and
     continue from one found there."""
-    device = device or resolve_device(cfg.train.device)
+    device = resolve_device(device or cfg.train.device)
     row_of = {k: i for i, k in enumerate(table.keys)}
     train_keys, val_keys = carve_validation(split.train, cfg.train.val_fraction, seed)
     train_t = table.subset(np.array([row_of[k] for k in train_keys]))

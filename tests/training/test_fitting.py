@@ -12,10 +12,12 @@ import torch
 
 from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.errors import UserInputError
+from diffvqa_cache.scoring.cached import score_cached, score_cached_per_model
 from diffvqa_cache.synthetic import write_synthetic_cache
 from diffvqa_cache.training.data import load_table
-from diffvqa_cache.training.fitting import FitConfig, fit_split, score_cached, score_cached_per_model
+from diffvqa_cache.training.fitting import fit_split
 from diffvqa_cache.training.protocols import Split
+from diffvqa_cache.training.settings import FitConfig
 
 CPU = torch.device("cpu")  # fit_split takes a torch.device
 SMALL = {"regressor.dff_channels": 8, "regressor.fff_dim": 16, "regressor.head_hidden": 16,
