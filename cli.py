@@ -4,89 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
-import logging
-import os
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from diffvqa_cache.cache.settings import PAPER_PRESET, RECONSTRUCT_DEFAULTS, ExtractConfig
+from diffvqa_cache.cli_options import (
+    DEBUG,
+    Typer,
+    known_errors,
+    load_checked_dataset,
+    options_from,
+    parse_sets,
+    setup_logging,
+)
 from diffvqa_cache.cluster.jobs import ClusterJobs
-from diffvqa_cache.config import Config
 from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.training.regressor.config import RegressorConfig
 from diffvqa_cache.training.settings import FitConfig, TrainConfig
-
-
-class _PlainHelp:
-    """`--help` as click writes it: option names in full, each description wrapped beside them (at most 30
-    columns in) or below them, 80 columns at most. (Typer's rich tables cut option names with "…" and
-    squeeze descriptions beside the `--no-X` forms in an 80-column terminal.) Errors keep typer's look."""
-
-    def format_help(self, ctx, formatter):
-        mode, self.rich_markup_mode = self.rich_markup_mode, None
-        try:
-            return super().format_help(ctx, formatter)
-        finally:
-            self.rich_markup_mode = mode
-
-
-def _section(formatter, heading: str, rows: list[tuple[str, str]]) -> None:
-    """A titled list of (name, description) rows; a long title wraps like any text."""
-    import textwrap
-
-    formatter.write_paragraph()
-    formatter.write("\n".join(textwrap.wrap(heading + ":", formatter.width - formatter.current_indent,
-                                             initial_indent=" " * formatter.current_indent,
-                                             subsequent_indent=" " * (formatter.current_indent + 2))) + "\n")
-    with formatter.indentation():
-        formatter.write_dl(rows)
-
-
-class HelpCommand(_PlainHelp, typer.core.TyperCommand):
-    def format_options(self, ctx, formatter):
-        """Arguments, then the options, one section per panel (`rich_help_panel`)."""
-        sections: dict[str, list] = {}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record:
-                name = "Arguments" if param.param_type_name == "argument" else \
-                    getattr(param, "rich_help_panel", None) or "Options"
-                sections.setdefault(name, []).append(record)
-        for name in sorted(sections, key=lambda n: n != "Arguments"):
-            _section(formatter, name, sections[name])
-
-
-class HelpGroup(_PlainHelp, typer.core.TyperGroup):
-    def format_commands(self, ctx, formatter):
-        """Each command with the first sentence of its help, wrapped (not cut to the line)."""
-        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
-                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
-        if rows:
-            _section(formatter, "Commands", rows)
-
-
-class Typer(typer.Typer):
-    """typer.Typer whose commands and groups write plain `--help` (`HelpCommand`, `HelpGroup`)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(cls=HelpGroup, **kwargs)
-
-    def command(self, *args, cls=None, **kwargs):
-        return super().command(*args, cls=cls or HelpCommand, **kwargs)
 
 
 app = Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
             no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-_DEBUG = {"on": bool(os.environ.get("DIFFVQA_DEBUG"))}
 
 # Shared option types, declared once.
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="kvd, lvqc, ytugc, lsvq, csv, labels_txt or sample.")]
@@ -105,122 +48,10 @@ DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on 
 JOBS_PANEL = "Worker jobs (--cluster slurm|pbs --jobs N: submitted by this command, cancelled at its end)"
 
 
-def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None,
-                 arg: str = "cfg", overrides: str | None = None):
-    """Give a command one option per field of the config dataclass `cls` (help text from the field's
-    declaration; default from the field or `defaults`) and pass them to it built into `arg` (by `build`,
-    else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass.
-
-    `overrides` (a key prefix such as "train."): the options show the field's default but are None unless
-    given, and `arg` is the dict of the given ones ({"train.epochs": 5}), to apply over a config file."""
-
-    def optional(kind):
-        args = typing.get_args(kind)
-        if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
-            return Optional[next(a for a in args if a is not type(None))]
-        return kind
-
-    def decorate(fn):
-        own = inspect.signature(fn, eval_str=True)
-        hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters
-                  and not (isinstance(f.default_factory, type) and issubclass(f.default_factory, Config))]
-        defaults_ = {f.name: f.default for f in fields} | (defaults or {})
-        helps = {f.name: f.metadata.get("help") for f in fields}
-        if overrides is not None:  # the option is None unless given; its help says the setting's default
-            helps = {f.name: helps[f.name] + _shown_default(f.name, defaults_[f.name]) for f in fields}
-            defaults_ = {f.name: None for f in fields}
-        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults_[f.name],
-                                   annotation=Annotated[optional(hints[f.name]) if overrides is None
-                                                        else Optional[optional(hints[f.name])], typer.Option(
-                                       help=helps[f.name], rich_help_panel=panel)])
-                 for f in fields]
-        make = build or getattr(cls, "from_options", cls)
-        if overrides is not None:
-            make = functools.partial(_given, overrides)
-
-        @functools.wraps(fn)
-        def command(**kwargs):
-            from diffvqa_cache.errors import UserInputError
-
-            values = {f.name: kwargs.pop(f.name) for f in fields}
-            try:
-                cfg = make(**values)
-            except UserInputError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise UserInputError(str(exc)) from None
-            return fn(**{arg: cfg}, **kwargs)
-
-        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != arg] + added)
-        return command
-
-    return decorate
-
-
-def _given(prefix: str, **values) -> dict:
-    """The options given on the command line, as overrides ({"train.epochs": 5})."""
-    return {prefix + k: v for k, v in values.items() if v is not None}
-
-
-def _shown_default(name: str, value) -> str:
-    """"  [default: X]" for a default the option itself does not carry, as typer writes its own ("" for None:
-    the help text says what then happens)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        value = name.replace("_", "-") if value else "no-" + name.replace("_", "-")
-    return f"  [default: {value}]"
-
-
-def known_errors(fn):
-    """Known errors become one line on stderr and an exit code; tracebacks only with --debug."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from diffvqa_cache.errors import DiffVQAError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DiffVQAError, FileNotFoundError) as exc:
-            if _DEBUG["on"]:
-                raise
-            code = getattr(exc, "exit_code", 2)
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code) from None
-
-    return wrapper
-
-
 @app.callback()
 def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False) -> None:
-    _DEBUG["on"] = _DEBUG["on"] or debug
-    if not verbose:  # dask's own logging config (read at import, also by its worker processes)
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "distributed", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], limit: Optional[int],
-                  video_column: Optional[str] = None, mos_column: Optional[str] = None, allow_problems: bool = False):
-    from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.progress import err
-
-    data = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
-    data.check(allow_problems)
-    err.print(data.summary())
-    err.print(data.describe_labels(), highlight=False, markup=False)
-    for line in data.problems[:20]:
-        err.print(f"[yellow]problem[/] {line}")
-    if len(data.problems) > 20:
-        err.print(f"[yellow]... and {len(data.problems) - 20} more problems[/]")
-    for line in data.warnings[:20]:
-        err.print(f"[yellow]warning[/] {line}")
-    if len(data.warnings) > 20:
-        err.print(f"[yellow]... and {len(data.warnings) - 20} more warnings[/]")
-    return data
+    setup_logging(debug, verbose)
 
 
 @app.command()
@@ -257,7 +88,7 @@ def extract(
     if cluster_jobs.cluster and cfg.device.startswith("cuda") and not cluster_jobs.gpus_per_job:
         raise UserInputError(f"--device {cfg.device} needs GPU worker jobs: --gpus-per-job 1 (or --device auto)")
     part = resolve_part(num_parts, part)
-    data = _load_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
+    data = load_checked_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
     with dask_client(workers, dask_scheduler, resolve_device(cfg.device).type == "cuda", cluster_jobs) as client:
         result = run_extract(data, cfg, out, num_parts=num_parts, part=part, retry_failed=retry_failed, client=client,
                              verify=verify)
@@ -445,7 +276,7 @@ def adapt(
     """Stage zero: train the Controller so SD reconstructs a dataset's frames (only the Controller learns)."""
     from pipelines.adapt import run_adapt
 
-    data = _load_dataset(dataset, root, labels, None, video_column, mos_column, allow_problems)
+    data = load_checked_dataset(dataset, root, labels, None, video_column, mos_column, allow_problems)
     result = run_adapt(data, cfg, out, resume=resume)
     typer.echo(str(result.out))
     typer.echo(result.summary(), err=True)
@@ -478,22 +309,6 @@ def reconstruct(
         result = run_reconstruct(video, out, cache=cache, key=key, **given)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
-
-
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def _parse_sets(items: Optional[list[str]]) -> dict:
-    overrides = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
-        name, value = item.split("=", 1)
-        overrides[name.strip()] = _parse_value(value)
-    return overrides
 
 
 @app.command()
@@ -534,7 +349,7 @@ def fit(
         finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
         given_train = {(k.replace("train.", "finetune.", 1) if k.removeprefix("train.") in finetune else k): v
                        for k, v in given_train.items()}
-    overrides = _parse_sets(set_) | given | given_train | given_regressor
+    overrides = parse_sets(set_) | given | given_train | given_regressor
     cfg = load_fit_config(config, overrides)
     result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume,
                      scale=scale if scale and None not in scale else None)
@@ -640,7 +455,7 @@ def sweep(
     """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
     from pipelines.sweep import format_summary, run_sweep
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     for name, value in (("splits", splits), ("seed", seed)):
         if value is not None:
             overrides[name] = value
@@ -702,7 +517,7 @@ def cluster(
     from diffvqa_cache.cluster.submit import submit_array
     from pipelines.submit import missing_parts
 
-    data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
+    data = load_checked_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
                          params["mos_column"], params["allow_problems"])
     gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(spec.batch.gpus_per_job))  # where parts run
     parts = missing_parts(data, cfg, out, spec.batch.jobs, retry_failed=params["retry_failed"], gpu=gpu)
@@ -740,7 +555,7 @@ def reproduce(
     from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
-    fit = _parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
+    fit = parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
     FitConfig().with_overrides(fit)  # a wrong setting fails now, not after hours of extraction
     rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
                            adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
@@ -763,7 +578,7 @@ def doctor(
     """
     from diffvqa_cache.doctor import format_report, run_doctor
 
-    report = run_doctor(cache, model, debug=_DEBUG["on"])
+    report = run_doctor(cache, model, debug=DEBUG["on"])
     typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
     raise typer.Exit(report.exit_code)
 
