@@ -103,40 +103,10 @@ def extract(
 def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")],
                as_json: JsonOpt = False) -> None:
     """What a cache holds: fingerprint, settings, videos done, failed and missing, feature shapes."""
-    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache, format_info
 
     cache = FeatureCache(path)
-    info = cache.info()
-    if as_json:
-        typer.echo(json.dumps(info, indent=1, default=str))
-        return
-    config, ex = cache.config, cache.config.extract
-    ts = config.timesteps
-    chain = (f"{len(ts)} UNet calls at t={', '.join(map(str, ts)) if len(ts) <= 6 else f'{ts[0]}, {ts[1]}, ..., {ts[-1]}'}"
-             f"; F_MS and F_Latent ({ex.latent}) from the call at t={ts[-1]}"
-             + ("" if ts[-1] == 0 else " (the authors' features are at t=0)") if ts else
-             "timesteps not recorded (cache of 0.1)")
-    decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
-    from diffvqa_cache.cache.settings import EXTRACTOR_VERSION
-
-    version = config.extractor + ("" if config.is_current else f" (this version extracts {EXTRACTOR_VERSION}: its "
-                                  "features differ; re-extract before combining with new caches or predicting)")
-    typer.echo(f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
-               f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
-               f"extractor    version {version}\n"
-               f"settings     steps={ex.steps} sampler={ex.sampler} spacing={ex.timestep_spacing} strength={ex.strength} "
-               f"latent={ex.latent} frames={ex.frames} fps={ex.fps} crops={ex.crops} grid={ex.grid} "
-               f"ms_pool={ex.ms_pool} view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
-               f"chain        {chain}\n"
-               f"decoded      {decoders}\n"
-               f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
-               f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB")
-    if info["stale"]:
-        typer.echo(f"stale        {info['stale']}; re-extract it with this version before scoring new videos")
-    for name, f in info["features"].items():
-        typer.echo(f"  {name:16s} {tuple(f['shape'])} {f['dtype']}")
-    for f in info["failed"][:10]:
-        typer.echo(f"  failed {f['video']}: {f['reason']}")
+    typer.echo(json.dumps(cache.info(), indent=1, default=str) if as_json else format_info(cache))
 
 
 @cache_app.command("verify")
@@ -170,22 +140,11 @@ def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or
     """Score a cache's videos with a fitted run, without extracting them again: CSV of video, score (MOS
     scale, the split models' mean) and the split models' min and max; bounded memory at any cache size.
     The run's files and the shards read are checked against their checksums first."""
-    import csv
-    import sys
+    from diffvqa_cache.scoring.cached import write_cached_scores
 
-    from diffvqa_cache.files import write_csv_atomic
-    from diffvqa_cache.scoring.cached import score_cached_per_model
-
-    keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb, verify)
-    header = ["video", "score", "score_min", "score_max"]
-    rows = [(k, f"{s.mean():.6f}", f"{s.min():.6f}", f"{s.max():.6f}") for k, s in zip(keys, scores.T)]
-    if output is None:
-        w = csv.writer(sys.stdout)
-        w.writerow(header)
-        w.writerows(rows)
-        return
-    write_csv_atomic(output, header, rows)
-    typer.echo(f"wrote {output} ({len(rows)} videos, {len(scores)} split models)", err=True)
+    said = write_cached_scores(run, path, output, video or None, device, memory_gb, verify)
+    if said:
+        typer.echo(said, err=True)
 
 
 @cache_app.command("merge")
@@ -218,45 +177,9 @@ def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and
             as_json: JsonOpt = False) -> None:
     """SRCC, KRCC, PLCC (4-parameter logistic fit and raw) and RMSE of any CSV of predictions; a run's
     predictions.csv per split and their median, as fit reports them."""
-    import pandas as pd
+    from diffvqa_cache.training.metrics import metrics_report
 
-    from diffvqa_cache.training.metrics import (
-        format_label_check,
-        format_metrics,
-        format_per_split,
-        metrics_against_labels,
-        metrics_from_csv,
-        metrics_per_split,
-        read_predictions,
-    )
-
-    if pred is None:
-        try:
-            header = [str(c).strip() for c in pd.read_csv(file, nrows=0).columns]
-        except Exception:  # noqa: BLE001 - read_predictions below says what is wrong with the file
-            header = []
-        pred = "score" if "pred" not in header and "score" in header else "pred"
-    if labels is not None:
-        from diffvqa_cache.datasets import read_labels
-
-        table = read_labels(labels, video_column, mos_column)
-        df, values = read_predictions(file, (pred,), (pred,))
-        name = "path" if "path" in df.columns else "video" if "video" in df.columns else None
-        if name is None:
-            from diffvqa_cache.errors import UserInputError
-
-            raise UserInputError(f"{file} has no video or path column to match with {labels}; add one")
-        m, unmatched = metrics_against_labels(df[name].tolist(), values[pred].tolist(), table)
-        typer.echo(json.dumps({**m, "labels": str(table.file), "not_listed": unmatched}) if as_json
-                   else format_label_check(m, unmatched, table))
-        return
-    by_split = None if pooled else metrics_per_split(file, pred_col=pred, mos_col=mos)
-    if by_split is not None:
-        typer.echo(json.dumps(by_split) if as_json else format_per_split(by_split)
-                   + "\n(--pooled: one set of metrics over all splits' rows)")
-        return
-    m = metrics_from_csv(file, pred_col=pred, mos_col=mos)
-    typer.echo(json.dumps(m) if as_json else format_metrics(m))
+    typer.echo(metrics_report(file, pred, mos, labels, video_column, mos_column, pooled, as_json))
 
 
 @app.command()
@@ -402,7 +325,8 @@ def predict(
 ) -> None:
     """Score videos with a fitted run: MOS-scale and 0-1 scores, where each falls among the training videos
     (or --reference), the split models' range, an unfamiliar-content flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
-    from pipelines.predict import check_against_labels, format_table, run_predict, shown, to_json
+    from diffvqa_cache.scoring.results import check_against_labels, format_table, predict_json, scored_line
+    from pipelines.predict import run_predict
 
     table = None
     if labels is not None:
@@ -412,23 +336,13 @@ def predict(
     results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
                           output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile,
                           labels=table, reference=reference)
-    if as_json:
-        data = to_json(shown(results), run.resolve(), per_frame)
-        if table is not None:
-            for v in data["videos"]:
-                v["mos"] = table.match(v["path"])
-        typer.echo(json.dumps(data, indent=1))
-    else:
-        typer.echo(format_table(results, table))
+    typer.echo(json.dumps(predict_json(results, run.resolve(), per_frame, table), indent=1) if as_json
+               else format_table(results, table))
     if table is not None:
         typer.echo(check_against_labels(results, table), err=as_json)
-    failed = sum(r.error is not None for r in results)
-    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "") \
-        + (f", {len(results.earlier)} read from {output}" if getattr(results, "earlier", None) else "")
-    if output is not None:
-        typer.echo(f"wrote {output}: {done}", err=True)
-    elif failed:
-        typer.echo(done, err=True)
+    failed = any(r.error is not None for r in results)
+    if output is not None or failed:
+        typer.echo(scored_line(results, output), err=True)
     if failed:
         raise typer.Exit(1)
 
@@ -491,8 +405,9 @@ def cluster(
     Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
     folder and in this command's Python environment (unless --setup).
     """
-    from diffvqa_cache.cluster.scripts import job_script, render, submit_line, write_scripts
+    from diffvqa_cache.cluster.scripts import render
     from diffvqa_cache.errors import UserInputError
+    from pipelines.submit import cluster_script, submit_missing, write_cluster_script
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
     with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
@@ -500,28 +415,19 @@ def cluster(
     if params["num_parts"] != 1 or params["part"] is not None:
         raise UserInputError("cluster sets --num-parts (= --jobs) and --part itself; leave them out")
     cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
-    if submit and (kind, mode) != ("slurm", "array"):
-        raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
-    spec = job_script(kind, mode, batch, extract_args=args, scheduler_address=scheduler_address)
-    Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
+    spec = cluster_script(kind, mode, batch, args, scheduler_address, submit)
     if print_:
         typer.echo(render(spec), nl=False)
         return
     path = output or Path(f"diffvqa-{kind}-{mode}.sh")
-    written = write_scripts(spec, path)
+    said = write_cluster_script(spec, path)
     if not submit:
         typer.echo(str(path))
-        typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
-                   f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
+        typer.echo(said, err=True)
         return
-    from diffvqa_cache.cluster.submit import submit_array
-    from pipelines.submit import missing_parts
-
-    data = load_checked_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
-                         params["mos_column"], params["allow_problems"])
-    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(spec.batch.gpus_per_job))  # where parts run
-    parts = missing_parts(data, cfg, out, spec.batch.jobs, retry_failed=params["retry_failed"], gpu=gpu)
-    typer.echo(submit_array(spec, path, parts).describe())
+    data = load_checked_dataset(params["dataset"], params["root"], params["labels"], params["limit"],
+                                params["video_column"], params["mos_column"], params["allow_problems"])
+    typer.echo(submit_missing(spec, path, data, cfg, out, params["retry_failed"]).describe())
 
 
 @app.command()
@@ -551,14 +457,12 @@ def reproduce(
     """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
     from diffvqa_cache.cluster.dask_client import dask_client
     from diffvqa_cache.devices import resolve_device
-    from diffvqa_cache.training.settings import FitConfig
-    from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
+    from diffvqa_cache.scoring.reproduction import ReproduceConfig, format_table
+    from pipelines.reproduce import run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
     fit = parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
-    FitConfig().with_overrides(fit)  # a wrong setting fails now, not after hours of extraction
-    rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
-                           adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
+    rcfg = ReproduceConfig.from_command(roots, cfg, controller, splits, limit, fit, adapt_steps, adapt_limit)
     with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
         typer.echo(format_table(run_reproduce(rcfg, out, client=client)))
 
