@@ -4,89 +4,32 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
-import logging
-import os
-import types
-import typing
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from diffvqa_cache.cache.settings import PAPER_PRESET, RECONSTRUCT_DEFAULTS, ExtractConfig
+from diffvqa_cache.cli_options import (
+    DEBUG,
+    Typer,
+    known_errors,
+    load_checked_dataset,
+    options_from,
+    parse_sets,
+    setup_logging,
+)
 from diffvqa_cache.cluster.jobs import ClusterJobs
-from diffvqa_cache.config import Config
 from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.training.regressor.config import RegressorConfig
 from diffvqa_cache.training.settings import FitConfig, TrainConfig
-
-
-class _PlainHelp:
-    """`--help` as click writes it: option names in full, each description wrapped beside them (at most 30
-    columns in) or below them, 80 columns at most. (Typer's rich tables cut option names with "…" and
-    squeeze descriptions beside the `--no-X` forms in an 80-column terminal.) Errors keep typer's look."""
-
-    def format_help(self, ctx, formatter):
-        mode, self.rich_markup_mode = self.rich_markup_mode, None
-        try:
-            return super().format_help(ctx, formatter)
-        finally:
-            self.rich_markup_mode = mode
-
-
-def _section(formatter, heading: str, rows: list[tuple[str, str]]) -> None:
-    """A titled list of (name, description) rows; a long title wraps like any text."""
-    import textwrap
-
-    formatter.write_paragraph()
-    formatter.write("\n".join(textwrap.wrap(heading + ":", formatter.width - formatter.current_indent,
-                                             initial_indent=" " * formatter.current_indent,
-                                             subsequent_indent=" " * (formatter.current_indent + 2))) + "\n")
-    with formatter.indentation():
-        formatter.write_dl(rows)
-
-
-class HelpCommand(_PlainHelp, typer.core.TyperCommand):
-    def format_options(self, ctx, formatter):
-        """Arguments, then the options, one section per panel (`rich_help_panel`)."""
-        sections: dict[str, list] = {}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record:
-                name = "Arguments" if param.param_type_name == "argument" else \
-                    getattr(param, "rich_help_panel", None) or "Options"
-                sections.setdefault(name, []).append(record)
-        for name in sorted(sections, key=lambda n: n != "Arguments"):
-            _section(formatter, name, sections[name])
-
-
-class HelpGroup(_PlainHelp, typer.core.TyperGroup):
-    def format_commands(self, ctx, formatter):
-        """Each command with the first sentence of its help, wrapped (not cut to the line)."""
-        rows = [(name, cmd.get_short_help_str(limit=1000)) for name in self.list_commands(ctx)
-                if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden]
-        if rows:
-            _section(formatter, "Commands", rows)
-
-
-class Typer(typer.Typer):
-    """typer.Typer whose commands and groups write plain `--help` (`HelpCommand`, `HelpGroup`)."""
-
-    def __init__(self, **kwargs):
-        super().__init__(cls=HelpGroup, **kwargs)
-
-    def command(self, *args, cls=None, **kwargs):
-        return super().command(*args, cls=cls or HelpCommand, **kwargs)
 
 
 app = Typer(help="DiffVQA video quality assessment: extract diffusion features once, fit fast many times.",
             no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False)
 cache_app = Typer(help="Inspect and check a feature cache.", no_args_is_help=True)
 app.add_typer(cache_app, name="cache")
-
-_DEBUG = {"on": bool(os.environ.get("DIFFVQA_DEBUG"))}
 
 # Shared option types, declared once.
 DatasetOpt = Annotated[str, typer.Option("--dataset", "-d", help="kvd, lvqc, ytugc, lsvq, csv, labels_txt or sample.")]
@@ -105,122 +48,10 @@ DaskSchedulerOpt = Annotated[Optional[str], typer.Option(help="Run the tasks on 
 JOBS_PANEL = "Worker jobs (--cluster slurm|pbs --jobs N: submitted by this command, cancelled at its end)"
 
 
-def options_from(cls, panel: str, skip: tuple[str, ...] = (), defaults: dict | None = None, build=None,
-                 arg: str = "cfg", overrides: str | None = None):
-    """Give a command one option per field of the config dataclass `cls` (help text from the field's
-    declaration; default from the field or `defaults`) and pass them to it built into `arg` (by `build`,
-    else `cls.from_options` when defined, else `cls`), so a new setting is declared once, in the dataclass.
-
-    `overrides` (a key prefix such as "train."): the options show the field's default but are None unless
-    given, and `arg` is the dict of the given ones ({"train.epochs": 5}), to apply over a config file."""
-
-    def optional(kind):
-        args = typing.get_args(kind)
-        if typing.get_origin(kind) in (typing.Union, types.UnionType) and type(None) in args:
-            return Optional[next(a for a in args if a is not type(None))]
-        return kind
-
-    def decorate(fn):
-        own = inspect.signature(fn, eval_str=True)
-        hints = typing.get_type_hints(cls)
-        fields = [f for f in dataclasses.fields(cls) if f.name not in skip and f.name not in own.parameters
-                  and not (isinstance(f.default_factory, type) and issubclass(f.default_factory, Config))]
-        defaults_ = {f.name: f.default for f in fields} | (defaults or {})
-        helps = {f.name: f.metadata.get("help") for f in fields}
-        if overrides is not None:  # the option is None unless given; its help says the setting's default
-            helps = {f.name: helps[f.name] + _shown_default(f.name, defaults_[f.name]) for f in fields}
-            defaults_ = {f.name: None for f in fields}
-        added = [inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=defaults_[f.name],
-                                   annotation=Annotated[optional(hints[f.name]) if overrides is None
-                                                        else Optional[optional(hints[f.name])], typer.Option(
-                                       help=helps[f.name], rich_help_panel=panel)])
-                 for f in fields]
-        make = build or getattr(cls, "from_options", cls)
-        if overrides is not None:
-            make = functools.partial(_given, overrides)
-
-        @functools.wraps(fn)
-        def command(**kwargs):
-            from diffvqa_cache.errors import UserInputError
-
-            values = {f.name: kwargs.pop(f.name) for f in fields}
-            try:
-                cfg = make(**values)
-            except UserInputError:
-                raise
-            except (TypeError, ValueError) as exc:
-                raise UserInputError(str(exc)) from None
-            return fn(**{arg: cfg}, **kwargs)
-
-        command.__signature__ = own.replace(parameters=[p for p in own.parameters.values() if p.name != arg] + added)
-        return command
-
-    return decorate
-
-
-def _given(prefix: str, **values) -> dict:
-    """The options given on the command line, as overrides ({"train.epochs": 5})."""
-    return {prefix + k: v for k, v in values.items() if v is not None}
-
-
-def _shown_default(name: str, value) -> str:
-    """"  [default: X]" for a default the option itself does not carry, as typer writes its own ("" for None:
-    the help text says what then happens)."""
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        value = name.replace("_", "-") if value else "no-" + name.replace("_", "-")
-    return f"  [default: {value}]"
-
-
-def known_errors(fn):
-    """Known errors become one line on stderr and an exit code; tracebacks only with --debug."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from diffvqa_cache.errors import DiffVQAError
-
-        try:
-            return fn(*args, **kwargs)
-        except (DiffVQAError, FileNotFoundError) as exc:
-            if _DEBUG["on"]:
-                raise
-            code = getattr(exc, "exit_code", 2)
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(code) from None
-
-    return wrapper
-
-
 @app.callback()
 def root(debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks.")] = False,
          verbose: Annotated[bool, typer.Option("--verbose", "-v", help="More log output.")] = False) -> None:
-    _DEBUG["on"] = _DEBUG["on"] or debug
-    if not verbose:  # dask's own logging config (read at import, also by its worker processes)
-        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "error")
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s: %(message)s")
-    for noisy in ("diffusers", "transformers", "distributed", "h5py"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
-
-
-def _load_dataset(dataset: str, root: Optional[Path], labels: Optional[Path], limit: Optional[int],
-                  video_column: Optional[str] = None, mos_column: Optional[str] = None, allow_problems: bool = False):
-    from diffvqa_cache.datasets import load_dataset
-    from diffvqa_cache.progress import err
-
-    data = load_dataset(dataset, root, labels=labels, limit=limit, video_column=video_column, mos_column=mos_column)
-    data.check(allow_problems)
-    err.print(data.summary())
-    err.print(data.describe_labels(), highlight=False, markup=False)
-    for line in data.problems[:20]:
-        err.print(f"[yellow]problem[/] {line}")
-    if len(data.problems) > 20:
-        err.print(f"[yellow]... and {len(data.problems) - 20} more problems[/]")
-    for line in data.warnings[:20]:
-        err.print(f"[yellow]warning[/] {line}")
-    if len(data.warnings) > 20:
-        err.print(f"[yellow]... and {len(data.warnings) - 20} more warnings[/]")
-    return data
+    setup_logging(debug, verbose)
 
 
 @app.command()
@@ -257,7 +88,7 @@ def extract(
     if cluster_jobs.cluster and cfg.device.startswith("cuda") and not cluster_jobs.gpus_per_job:
         raise UserInputError(f"--device {cfg.device} needs GPU worker jobs: --gpus-per-job 1 (or --device auto)")
     part = resolve_part(num_parts, part)
-    data = _load_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
+    data = load_checked_dataset(dataset, root, labels, limit, video_column, mos_column, allow_problems)
     with dask_client(workers, dask_scheduler, resolve_device(cfg.device).type == "cuda", cluster_jobs) as client:
         result = run_extract(data, cfg, out, num_parts=num_parts, part=part, retry_failed=retry_failed, client=client,
                              verify=verify)
@@ -272,40 +103,10 @@ def extract(
 def cache_info(path: Annotated[Path, typer.Argument(help="A cache directory, or an --out folder holding one.")],
                as_json: JsonOpt = False) -> None:
     """What a cache holds: fingerprint, settings, videos done, failed and missing, feature shapes."""
-    from diffvqa_cache.cache.folder import FeatureCache
+    from diffvqa_cache.cache.folder import FeatureCache, format_info
 
     cache = FeatureCache(path)
-    info = cache.info()
-    if as_json:
-        typer.echo(json.dumps(info, indent=1, default=str))
-        return
-    config, ex = cache.config, cache.config.extract
-    ts = config.timesteps
-    chain = (f"{len(ts)} UNet calls at t={', '.join(map(str, ts)) if len(ts) <= 6 else f'{ts[0]}, {ts[1]}, ..., {ts[-1]}'}"
-             f"; F_MS and F_Latent ({ex.latent}) from the call at t={ts[-1]}"
-             + ("" if ts[-1] == 0 else " (the authors' features are at t=0)") if ts else
-             "timesteps not recorded (cache of 0.1)")
-    decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
-    from diffvqa_cache.cache.settings import EXTRACTOR_VERSION
-
-    version = config.extractor + ("" if config.is_current else f" (this version extracts {EXTRACTOR_VERSION}: its "
-                                  "features differ; re-extract before combining with new caches or predicting)")
-    typer.echo(f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
-               f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
-               f"extractor    version {version}\n"
-               f"settings     steps={ex.steps} sampler={ex.sampler} spacing={ex.timestep_spacing} strength={ex.strength} "
-               f"latent={ex.latent} frames={ex.frames} fps={ex.fps} crops={ex.crops} grid={ex.grid} "
-               f"ms_pool={ex.ms_pool} view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
-               f"chain        {chain}\n"
-               f"decoded      {decoders}\n"
-               f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
-               f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB")
-    if info["stale"]:
-        typer.echo(f"stale        {info['stale']}; re-extract it with this version before scoring new videos")
-    for name, f in info["features"].items():
-        typer.echo(f"  {name:16s} {tuple(f['shape'])} {f['dtype']}")
-    for f in info["failed"][:10]:
-        typer.echo(f"  failed {f['video']}: {f['reason']}")
+    typer.echo(json.dumps(cache.info(), indent=1, default=str) if as_json else format_info(cache))
 
 
 @cache_app.command("verify")
@@ -339,22 +140,11 @@ def cache_score(path: Annotated[Path, typer.Argument(help="A cache directory, or
     """Score a cache's videos with a fitted run, without extracting them again: CSV of video, score (MOS
     scale, the split models' mean) and the split models' min and max; bounded memory at any cache size.
     The run's files and the shards read are checked against their checksums first."""
-    import csv
-    import sys
+    from diffvqa_cache.scoring.cached import write_cached_scores
 
-    from diffvqa_cache.files import write_csv_atomic
-    from diffvqa_cache.scoring.cached import score_cached_per_model
-
-    keys, scores = score_cached_per_model(run, path, video or None, device, memory_gb, verify)
-    header = ["video", "score", "score_min", "score_max"]
-    rows = [(k, f"{s.mean():.6f}", f"{s.min():.6f}", f"{s.max():.6f}") for k, s in zip(keys, scores.T)]
-    if output is None:
-        w = csv.writer(sys.stdout)
-        w.writerow(header)
-        w.writerows(rows)
-        return
-    write_csv_atomic(output, header, rows)
-    typer.echo(f"wrote {output} ({len(rows)} videos, {len(scores)} split models)", err=True)
+    said = write_cached_scores(run, path, output, video or None, device, memory_gb, verify)
+    if said:
+        typer.echo(said, err=True)
 
 
 @cache_app.command("merge")
@@ -387,45 +177,9 @@ def metrics(file: Annotated[Path, typer.Argument(help="CSV with a prediction and
             as_json: JsonOpt = False) -> None:
     """SRCC, KRCC, PLCC (4-parameter logistic fit and raw) and RMSE of any CSV of predictions; a run's
     predictions.csv per split and their median, as fit reports them."""
-    import pandas as pd
+    from diffvqa_cache.training.metrics import metrics_report
 
-    from diffvqa_cache.training.metrics import (
-        format_label_check,
-        format_metrics,
-        format_per_split,
-        metrics_against_labels,
-        metrics_from_csv,
-        metrics_per_split,
-        read_predictions,
-    )
-
-    if pred is None:
-        try:
-            header = [str(c).strip() for c in pd.read_csv(file, nrows=0).columns]
-        except Exception:  # noqa: BLE001 - read_predictions below says what is wrong with the file
-            header = []
-        pred = "score" if "pred" not in header and "score" in header else "pred"
-    if labels is not None:
-        from diffvqa_cache.datasets import read_labels
-
-        table = read_labels(labels, video_column, mos_column)
-        df, values = read_predictions(file, (pred,), (pred,))
-        name = "path" if "path" in df.columns else "video" if "video" in df.columns else None
-        if name is None:
-            from diffvqa_cache.errors import UserInputError
-
-            raise UserInputError(f"{file} has no video or path column to match with {labels}; add one")
-        m, unmatched = metrics_against_labels(df[name].tolist(), values[pred].tolist(), table)
-        typer.echo(json.dumps({**m, "labels": str(table.file), "not_listed": unmatched}) if as_json
-                   else format_label_check(m, unmatched, table))
-        return
-    by_split = None if pooled else metrics_per_split(file, pred_col=pred, mos_col=mos)
-    if by_split is not None:
-        typer.echo(json.dumps(by_split) if as_json else format_per_split(by_split)
-                   + "\n(--pooled: one set of metrics over all splits' rows)")
-        return
-    m = metrics_from_csv(file, pred_col=pred, mos_col=mos)
-    typer.echo(json.dumps(m) if as_json else format_metrics(m))
+    typer.echo(metrics_report(file, pred, mos, labels, video_column, mos_column, pooled, as_json))
 
 
 @app.command()
@@ -445,7 +199,7 @@ def adapt(
     """Stage zero: train the Controller so SD reconstructs a dataset's frames (only the Controller learns)."""
     from pipelines.adapt import run_adapt
 
-    data = _load_dataset(dataset, root, labels, None, video_column, mos_column, allow_problems)
+    data = load_checked_dataset(dataset, root, labels, None, video_column, mos_column, allow_problems)
     result = run_adapt(data, cfg, out, resume=resume)
     typer.echo(str(result.out))
     typer.echo(result.summary(), err=True)
@@ -478,22 +232,6 @@ def reconstruct(
         result = run_reconstruct(video, out, cache=cache, key=key, **given)
     typer.echo(result.summary())
     typer.echo(f"wrote {result.png} and {result.json}", err=True)
-
-
-def _parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
-
-def _parse_sets(items: Optional[list[str]]) -> dict:
-    overrides = {}
-    for item in items or []:
-        if "=" not in item:
-            raise typer.BadParameter(f"--set {item!r}: expected NAME=VALUE")
-        name, value = item.split("=", 1)
-        overrides[name.strip()] = _parse_value(value)
-    return overrides
 
 
 @app.command()
@@ -534,7 +272,7 @@ def fit(
         finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
         given_train = {(k.replace("train.", "finetune.", 1) if k.removeprefix("train.") in finetune else k): v
                        for k, v in given_train.items()}
-    overrides = _parse_sets(set_) | given | given_train | given_regressor
+    overrides = parse_sets(set_) | given | given_train | given_regressor
     cfg = load_fit_config(config, overrides)
     result = run_fit(cache, out, cfg, test_cache_paths=test_cache or [], init=init, resume=resume,
                      scale=scale if scale and None not in scale else None)
@@ -587,7 +325,8 @@ def predict(
 ) -> None:
     """Score videos with a fitted run: MOS-scale and 0-1 scores, where each falls among the training videos
     (or --reference), the split models' range, an unfamiliar-content flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
-    from pipelines.predict import check_against_labels, format_table, run_predict, shown, to_json
+    from diffvqa_cache.scoring.results import check_against_labels, format_table, predict_json, scored_line
+    from pipelines.predict import run_predict
 
     table = None
     if labels is not None:
@@ -597,23 +336,13 @@ def predict(
     results = run_predict(videos, run, model=model, controller=controller, device=device, batch_size=batch_size,
                           output=output, per_frame=per_frame, plot_dir=plot, unfamiliar_percentile=unfamiliar_percentile,
                           labels=table, reference=reference)
-    if as_json:
-        data = to_json(shown(results), run.resolve(), per_frame)
-        if table is not None:
-            for v in data["videos"]:
-                v["mos"] = table.match(v["path"])
-        typer.echo(json.dumps(data, indent=1))
-    else:
-        typer.echo(format_table(results, table))
+    typer.echo(json.dumps(predict_json(results, run.resolve(), per_frame, table), indent=1) if as_json
+               else format_table(results, table))
     if table is not None:
         typer.echo(check_against_labels(results, table), err=as_json)
-    failed = sum(r.error is not None for r in results)
-    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "") \
-        + (f", {len(results.earlier)} read from {output}" if getattr(results, "earlier", None) else "")
-    if output is not None:
-        typer.echo(f"wrote {output}: {done}", err=True)
-    elif failed:
-        typer.echo(done, err=True)
+    failed = any(r.error is not None for r in results)
+    if output is not None or failed:
+        typer.echo(scored_line(results, output), err=True)
     if failed:
         raise typer.Exit(1)
 
@@ -640,7 +369,7 @@ def sweep(
     """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
     from pipelines.sweep import format_summary, run_sweep
 
-    overrides = _parse_sets(set_)
+    overrides = parse_sets(set_)
     for name, value in (("splits", splits), ("seed", seed)):
         if value is not None:
             overrides[name] = value
@@ -676,8 +405,9 @@ def cluster(
     Extra options are passed to `diffvqa-cache extract` (e.g. --model, --frames, --labels). Jobs run in this
     folder and in this command's Python environment (unless --setup).
     """
-    from diffvqa_cache.cluster.scripts import job_script, render, submit_line, write_scripts
+    from diffvqa_cache.cluster.scripts import render
     from diffvqa_cache.errors import UserInputError
+    from pipelines.submit import cluster_script, submit_missing, write_cluster_script
 
     args = ["--dataset", dataset] + (["--root", str(root)] if root else []) + ["--out", str(out)] + list(ctx.args)
     with typer.main.get_command(app).commands["extract"].make_context("diffvqa-cache extract", list(args)) as extract_ctx:
@@ -685,28 +415,19 @@ def cluster(
     if params["num_parts"] != 1 or params["part"] is not None:
         raise UserInputError("cluster sets --num-parts (= --jobs) and --part itself; leave them out")
     cfg = ExtractConfig.from_options(**{f.name: params[f.name] for f in dataclasses.fields(ExtractConfig)})
-    if submit and (kind, mode) != ("slurm", "array"):
-        raise UserInputError("--submit sends SLURM job arrays (sbatch); submit other scripts by hand")
-    spec = job_script(kind, mode, batch, extract_args=args, scheduler_address=scheduler_address)
-    Path(spec.log_dir).mkdir(parents=True, exist_ok=True)
+    spec = cluster_script(kind, mode, batch, args, scheduler_address, submit)
     if print_:
         typer.echo(render(spec), nl=False)
         return
     path = output or Path(f"diffvqa-{kind}-{mode}.sh")
-    written = write_scripts(spec, path)
+    said = write_cluster_script(spec, path)
     if not submit:
         typer.echo(str(path))
-        typer.echo(f"wrote {' and '.join(map(str, written))}; submit with: {submit_line(spec, path)}"
-                   f"{' (or add --submit)' if (kind, mode) == ('slurm', 'array') else ''}", err=True)
+        typer.echo(said, err=True)
         return
-    from diffvqa_cache.cluster.submit import submit_array
-    from pipelines.submit import missing_parts
-
-    data = _load_dataset(params["dataset"], params["root"], params["labels"], params["limit"], params["video_column"],
-                         params["mos_column"], params["allow_problems"])
-    gpu = cfg.device.startswith("cuda") or (cfg.device == "auto" and bool(spec.batch.gpus_per_job))  # where parts run
-    parts = missing_parts(data, cfg, out, spec.batch.jobs, retry_failed=params["retry_failed"], gpu=gpu)
-    typer.echo(submit_array(spec, path, parts).describe())
+    data = load_checked_dataset(params["dataset"], params["root"], params["labels"], params["limit"],
+                                params["video_column"], params["mos_column"], params["allow_problems"])
+    typer.echo(submit_missing(spec, path, data, cfg, out, params["retry_failed"]).describe())
 
 
 @app.command()
@@ -736,14 +457,12 @@ def reproduce(
     """The paper's tables in one command: adapt on LSVQ-train, extract, LSVQ protocol, fine-tune, cross-dataset."""
     from diffvqa_cache.cluster.dask_client import dask_client
     from diffvqa_cache.devices import resolve_device
-    from diffvqa_cache.training.settings import FitConfig
-    from pipelines.reproduce import ReproduceConfig, format_table, run_reproduce
+    from diffvqa_cache.scoring.reproduction import ReproduceConfig, format_table
+    from pipelines.reproduce import run_reproduce
 
     roots = {name: str(root) for name, root in (("lsvq", lsvq), ("kvd", kvd), ("lvqc", lvqc), ("ytugc", ytugc)) if root}
-    fit = _parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
-    FitConfig().with_overrides(fit)  # a wrong setting fails now, not after hours of extraction
-    rcfg = ReproduceConfig(roots=roots, extract=cfg.replace(controller=controller), splits=splits, limit=limit, fit=fit,
-                           adapt=AdaptConfig(max_steps=adapt_steps, limit=adapt_limit, device=cfg.device))
+    fit = parse_sets(set_) | ({"train.epochs": epochs, "finetune.epochs": epochs} if epochs is not None else {})
+    rcfg = ReproduceConfig.from_command(roots, cfg, controller, splits, limit, fit, adapt_steps, adapt_limit)
     with dask_client(workers, dask_scheduler, gpu=resolve_device(cfg.device).type == "cuda") as client:
         typer.echo(format_table(run_reproduce(rcfg, out, client=client)))
 
@@ -763,7 +482,7 @@ def doctor(
     """
     from diffvqa_cache.doctor import format_report, run_doctor
 
-    report = run_doctor(cache, model, debug=_DEBUG["on"])
+    report = run_doctor(cache, model, debug=DEBUG["on"])
     typer.echo(json.dumps(report.to_dict(), indent=1) if as_json else format_report(report))
     raise typer.Exit(report.exit_code)
 

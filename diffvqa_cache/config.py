@@ -4,7 +4,7 @@ The settings themselves live with what they configure: `cache.settings` (extract
 `extraction.settings` (adapt), `training.settings` (fit, training), `training.regressor.config` (the model).
 
 Each setting is declared once, with its help text and its role (`setting(default, help, numbers=False)`):
-the CLI builds its options from these declarations (`cli.options_from`), every artifact saves the
+the CLI builds its options from these declarations (`cli_options.options_from`), every artifact saves the
 dataclass beside itself, and fingerprints, resume checks and sweep task ids take the settings that change
 the numbers from them (`Config.fields_where`, `Config.numbers`). This module imports no torch, so `--help`
 stays fast.

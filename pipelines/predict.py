@@ -1,7 +1,7 @@
 """Score new videos end to end with a fitted run (no cache needed): `diffvqa_cache.scoring.scorer.Scorer`
 does the work, `diffvqa_cache.scoring.results.ResultsFile` writes the results file as it goes and skips what
-an earlier run of the same command already scored into it, and `format_table` is the table `predict`
-prints. This module puts them together.
+an earlier run of the same command already scored into it (its `format_table` is the table `predict`
+prints). This module puts them together.
 """
 
 from __future__ import annotations
@@ -9,10 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from diffvqa_cache.run.folder import RunConfig
-from diffvqa_cache.scoring.results import ResultsFile, check_against_labels, format_table, shown, to_json
+from diffvqa_cache.scoring.results import ResultsFile
 from diffvqa_cache.scoring.scorer import Reference, Scale, Scorer, Scores, expand_inputs
-
-__all__ = ["run_predict", "check_against_labels", "format_table", "shown", "to_json"]  # what `predict` uses
 
 
 def run_predict(paths: list[Path], run: Path, model: str | None = None, controller: str | None = None,

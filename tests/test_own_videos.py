@@ -22,10 +22,10 @@ def _folder(root: Path, names=("clip01.mp4", "clip02.mp4", "clip03.mp4"), csv_na
 
 
 def test_any_one_label_table_is_found_and_what_was_read_is_said(tmp_path, capsys):
-    import cli
+    from diffvqa_cache.cli_options import load_checked_dataset
 
     root = _folder(tmp_path / "clips")
-    cli._load_dataset("csv", root, None, None)
+    load_checked_dataset("csv", root, None, None)
     said = capsys.readouterr().err
     assert f"labels: {root / 'my scores.csv'}" in said
     assert "video column 'filename', MOS column 'score'" in said and "MOS 1.5-3.5 over 3 videos" in said

@@ -93,7 +93,8 @@ def test_unknown_roles_are_refused():
 
 
 def test_reproduce_resumes_across_placement_only(tmp_path):
-    from pipelines.reproduce import ReproduceConfig, _record
+    from diffvqa_cache.scoring.reproduction import ReproduceConfig
+    from diffvqa_cache.scoring.reproduction import record_settings as _record
 
     cfg = ReproduceConfig(roots={"kvd": "/data/kvd"}, fit={"train.epochs": 2})
     _record(cfg, tmp_path)

@@ -582,3 +582,33 @@ def merge_caches(parts: list[Path | str], out: Path | str, move: bool = False) -
                 with atomic_path(dest.shards / p.name) as tmp:
                     (shutil.move if move else shutil.copy2)(p, tmp)
     return target, dest.write_manifest(config, plan, missing)
+
+
+def format_info(cache: FeatureCache) -> str:
+    """What `cache info` prints: fingerprint, settings, the UNet chain, decoders, videos done, failed and
+    missing, feature shapes."""
+    info = cache.info()
+    config, ex = cache.config, cache.config.extract
+    ts = config.timesteps
+    chain = (f"{len(ts)} UNet calls at t={', '.join(map(str, ts)) if len(ts) <= 6 else f'{ts[0]}, {ts[1]}, ..., {ts[-1]}'}"
+             f"; F_MS and F_Latent ({ex.latent}) from the call at t={ts[-1]}"
+             + ("" if ts[-1] == 0 else " (the authors' features are at t=0)") if ts else
+             "timesteps not recorded (cache of 0.1)")
+    decoders = ", ".join(f"{codec} by {dec}" for codec, dec in cache.decoders().items()) or "not recorded (cache of 0.1)"
+    version = config.extractor + ("" if config.is_current else f" (this version extracts {EXTRACTOR_VERSION}: its "
+                                  "features differ; re-extract before combining with new caches or predicting)")
+    lines = [f"cache        {info['path']}\nfingerprint  {info['fingerprint']}\n"
+             f"model        {ex.model} ({config.model_id}), controller {config.controller_id}\n"
+             f"extractor    version {version}\n"
+             f"settings     steps={ex.steps} sampler={ex.sampler} spacing={ex.timestep_spacing} strength={ex.strength} "
+             f"latent={ex.latent} frames={ex.frames} fps={ex.fps} crops={ex.crops} grid={ex.grid} "
+             f"ms_pool={ex.ms_pool} view={config.view_size} seed={ex.seed} noise={ex.noise} dtype={ex.dtype}\n"
+             f"chain        {chain}\n"
+             f"decoded      {decoders}\n"
+             f"videos       {info['videos']} done, {len(info['failed'])} failed, {len(info['missing'])} missing; "
+             f"{info['shards']}/{info['shards_planned']} shards, {info['bytes'] / 1e6:.1f} MB"]
+    if info["stale"]:
+        lines.append(f"stale        {info['stale']}; re-extract it with this version before scoring new videos")
+    lines += [f"  {name:16s} {tuple(f['shape'])} {f['dtype']}" for name, f in info["features"].items()]
+    lines += [f"  failed {f['video']}: {f['reason']}" for f in info["failed"][:10]]
+    return "\n".join(lines)

@@ -48,3 +48,27 @@ def score_cached_per_model(run: Path | str, cache_path: Path | str, keys: list[s
         table = table.subset(np.array([row_of[k] for k in keys], dtype=np.int64))
     raw = predict_raw_many([m for m, _ in models], table, TrainConfig(device=str(dev)), dev)
     return list(table.keys), np.stack([r * meta.scale[0] + meta.scale[1] for r, (_, meta) in zip(raw, models)])
+
+
+CSV_HEADER = ["video", "score", "score_min", "score_max"]
+
+
+def write_cached_scores(run: Path | str, cache_path: Path | str, output: Path | str | None = None,
+                        keys: list[str] | None = None, device="auto", memory_gb: float | None = None,
+                        verify: bool = True) -> str | None:
+    """`cache score`: the CSV of video, score (the split models' mean) and the split models' min and max,
+    written to `output` (atomically; returns what was written, in words) or, without one, to stdout."""
+    import csv
+    import sys
+
+    from diffvqa_cache.files import write_csv_atomic
+
+    keys, scores = score_cached_per_model(run, cache_path, keys, device, memory_gb, verify)
+    rows = [(k, f"{s.mean():.6f}", f"{s.min():.6f}", f"{s.max():.6f}") for k, s in zip(keys, scores.T)]
+    if output is None:
+        w = csv.writer(sys.stdout)
+        w.writerow(CSV_HEADER)
+        w.writerows(rows)
+        return None
+    write_csv_atomic(output, CSV_HEADER, rows)
+    return f"wrote {output} ({len(rows)} videos, {len(scores)} split models)"

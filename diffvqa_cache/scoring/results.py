@@ -201,3 +201,21 @@ def format_table(results: Scores, labels=None) -> str:
     lines.append(f"{SPREAD_NOTE.replace('split models', f'{models} split models')};"
                  f" novelty: percentile among the training videos' own distances, UNFAMILIAR above {percentile:g}")
     return "\n".join(line.rstrip() for line in lines)
+
+
+def predict_json(results: Scores, run: Path | str, per_frame: bool, labels=None) -> dict:
+    """What `predict --json` prints: the videos read from the results file and this run's (with `labels`,
+    a datasets.LabelTable: each video's MOS)."""
+    data = to_json(shown(results), run, per_frame)
+    if labels is not None:
+        for v in data["videos"]:
+            v["mos"] = labels.match(v["path"])
+    return data
+
+
+def scored_line(results: Scores, output: Path | str | None) -> str:
+    """`predict`'s last line on stderr: how many videos were scored, failed and read from `output`."""
+    failed = sum(r.error is not None for r in results)
+    done = f"{len(results) - failed} videos scored in this run" + (f", {failed} failed (reasons above)" if failed else "") \
+        + (f", {len(results.earlier)} read from {output}" if getattr(results, "earlier", None) else "")
+    return done if output is None else f"wrote {output}: {done}"

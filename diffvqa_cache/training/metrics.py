@@ -283,3 +283,35 @@ def format_metrics(m: dict) -> str:
         if v is not None:
             parts.append(f"{key.upper()}={v:.4f}" if math.isfinite(v) else f"{key.upper()}=nan")
     return "  ".join(parts)
+
+
+def metrics_report(file, pred: str | None = None, mos: str = "mos", labels=None, video_column: str | None = None,
+                   mos_column: str | None = None, pooled: bool = False, as_json: bool = False) -> str:
+    """What `metrics` prints for a CSV of predictions (text or JSON): against a label file's MOS (`labels`),
+    per split and their median as fit reports them (a run's predictions.csv, unless `pooled`), else one set.
+    `pred`: the prediction column (default: pred, else score)."""
+    import json
+
+    if pred is None:
+        try:
+            header = [str(c).strip() for c in pd.read_csv(file, nrows=0).columns]
+        except Exception:  # noqa: BLE001 - read_predictions below says what is wrong with the file
+            header = []
+        pred = "score" if "pred" not in header and "score" in header else "pred"
+    if labels is not None:
+        from diffvqa_cache.datasets import read_labels
+
+        table = read_labels(labels, video_column, mos_column)
+        df, values = read_predictions(file, (pred,), (pred,))
+        name = "path" if "path" in df.columns else "video" if "video" in df.columns else None
+        if name is None:
+            raise UserInputError(f"{file} has no video or path column to match with {labels}; add one")
+        m, unmatched = metrics_against_labels(df[name].tolist(), values[pred].tolist(), table)
+        return json.dumps({**m, "labels": str(table.file), "not_listed": unmatched}) if as_json \
+            else format_label_check(m, unmatched, table)
+    by_split = None if pooled else metrics_per_split(file, pred_col=pred, mos_col=mos)
+    if by_split is not None:
+        return json.dumps(by_split) if as_json else format_per_split(by_split) \
+            + "\n(--pooled: one set of metrics over all splits' rows)"
+    m = metrics_from_csv(file, pred_col=pred, mos_col=mos)
+    return json.dumps(m) if as_json else format_metrics(m)

@@ -222,7 +222,7 @@ def test_non_ascii_and_repeated_file_names_keep_unique_readable_ids(run_dir, sam
 
 
 def test_a_finished_rerun_shows_the_table_from_the_results_file(run_dir, scorer, sample_root, tmp_path):
-    from pipelines.predict import format_table
+    from diffvqa_cache.scoring.results import format_table
 
     for name in ("scores.csv", "scores.json"):
         out = tmp_path / name
@@ -263,7 +263,7 @@ def test_predict_reads_scores_on_the_scale_the_fit_recorded(run_dir, sample_root
 
 def test_each_score_is_ranked_among_the_training_videos(run_dir, scorer, sample_root):
     from diffvqa_cache.run.folder import RunConfig
-    from pipelines.predict import format_table
+    from diffvqa_cache.scoring.results import format_table
 
     train_mos = RunConfig.read(run_dir).train_mos
     trained = {k for s in json.loads((run_dir / "splits.json").read_text()) for k in s["train"]}

@@ -245,7 +245,7 @@ def test_sweep_report_lists_each_configuration_with_its_splits_and_the_chart(tmp
 
 
 def test_reproduce_table_has_a_self_contained_html_twin(tmp_path):
-    from pipelines.reproduce import write_table
+    from diffvqa_cache.scoring.reproduction import write_table
 
     rows = [{"trained_on": "lsvq", "tested_on": "kvd", "kind": "lsvq", "protocol": "cross-dataset from LSVQ-train",
              "srcc": 0.81, "plcc": 0.82, "plcc_raw": 0.8, "n_splits": 1, "init": None, "paper_srcc": 0.905,
