@@ -28,7 +28,7 @@ LAYERS = {
     3: ("extraction", "training"),  # stage one, stage two
     4: ("run",),  # what stage two writes: the run folder (its record holds training's settings)
     5: ("scoring",),  # a fitted run in use
-    6: ("doctor", "synthetic"),  # tools on top
+    6: ("doctor", "synthetic", "cli_options"),  # tools on top
 }
 APART = [("extraction", "training")]  # same layer, but they never import each other
 RANK = {name: rank for rank, names in LAYERS.items() for name in names}

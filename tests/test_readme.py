@@ -110,7 +110,7 @@ def _scores_from_readme():
 
 
 def test_the_predict_example_is_what_predict_prints_for_those_numbers():
-    from pipelines.predict import format_table
+    from diffvqa_cache.scoring.results import format_table
 
     scores, _ = _scores_from_readme()
     table, footer = _readme_predict()

@@ -3,6 +3,7 @@ and the same defaults reaching every command that submits jobs."""
 
 from __future__ import annotations
 
+import itertools
 import sys
 from pathlib import Path
 
@@ -25,9 +26,11 @@ def test_one_set_of_defaults():
 
 def test_the_commands_show_the_same_defaults_but_sweep_asks_for_no_gpu():
     def default(command: list[str], option: str) -> str:
-        help_text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).stdout
-        line = next(ln for ln in help_text.splitlines() if f" {option} " in ln)
-        return line.split("[default: ")[1].split("]")[0]
+        lines = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "200"}).stdout.splitlines()
+        start = next(i for i, ln in enumerate(lines) if f" {option} " in ln)
+        entry = " ".join([lines[start]] + list(itertools.takewhile(  # the option's text, wrapped or not
+            lambda ln: ln.strip() and not ln.lstrip().startswith("-"), lines[start + 1:])))
+        return " ".join(entry.split()).split("[default: ")[1].split("]")[0]
 
     for command in (["extract"], ["sweep"], ["cluster"]):
         assert [default(command, o) for o in ("--cpus-per-job", "--mem", "--walltime", "--logs")] == [
