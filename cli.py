@@ -528,7 +528,8 @@ def fit(
 
     Settings: the defaults, then --config, then --set, then the options given here."""
     from diffvqa_cache.training.settings import FinetuneConfig, load_fit_config
-    from pipelines.fit import format_summary, run_fit
+    from diffvqa_cache.run.summary import format_summary
+    from pipelines.fit import run_fit
 
     if init:  # a fine-tuning trains with finetune's epochs, lr and warm-up: the options set those
         finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
