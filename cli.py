@@ -639,7 +639,8 @@ def sweep(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of every configuration.")] = None,
 ) -> None:
     """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
-    from pipelines.sweep import format_summary, run_sweep
+    from diffvqa_cache.training.sweep_results import format_summary
+    from pipelines.sweep import run_sweep
 
     overrides = _parse_sets(set_)
     for name, value in (("splits", splits), ("seed", seed)):
