@@ -266,7 +266,8 @@ def fit(
 
     Settings: the defaults, then --config, then --set, then the options given here."""
     from diffvqa_cache.training.settings import FinetuneConfig, load_fit_config
-    from pipelines.fit import format_summary, run_fit
+    from diffvqa_cache.run.summary import format_summary
+    from pipelines.fit import run_fit
 
     if init:  # a fine-tuning trains with finetune's epochs, lr and warm-up: the options set those
         finetune = {f.name for f in dataclasses.fields(FinetuneConfig)}
@@ -367,7 +368,8 @@ def sweep(
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a setting of every configuration.")] = None,
 ) -> None:
     """Ablations: fit every configuration of a grid on every split, one dask task each; summarize."""
-    from pipelines.sweep import format_summary, run_sweep
+    from diffvqa_cache.training.sweep_results import format_summary
+    from pipelines.sweep import run_sweep
 
     overrides = parse_sets(set_)
     for name, value in (("splits", splits), ("seed", seed)):

@@ -112,7 +112,8 @@ def main() -> None:
     from diffvqa_cache.training.regressor import RegressorConfig
     from diffvqa_cache.training.rules import LoadSpec
     from diffvqa_cache.training.settings import FitConfig, TrainConfig
-    from pipelines.fit import load_fit_inputs, run_fit
+    from diffvqa_cache.training.inputs import load_fit_inputs
+    from pipelines.fit import run_fit
 
     root = args.keep or Path(tempfile.mkdtemp(prefix="fitspeed-"))
     rows = []

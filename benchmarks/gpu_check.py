@@ -253,7 +253,7 @@ def step_fit_epoch(args) -> dict:
     from diffvqa_cache.training.protocols import random_splits
     from diffvqa_cache.training.regressor import DiffVQARegressor, RegressorConfig, mamba
     from diffvqa_cache.training.settings import FitConfig, TrainConfig
-    from pipelines.fit import load_fit_inputs
+    from diffvqa_cache.training.inputs import load_fit_inputs
 
     device = "cpu" if args.dry_run else "cuda"
     work = Path(args.work) / "fit"

@@ -9,66 +9,22 @@ only ever used for reporting.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from diffvqa_cache.cache.folder import FeatureCache
 from diffvqa_cache.devices import resolve_device
-from diffvqa_cache.errors import CacheError, UserInputError
 from diffvqa_cache.files import folder_lock, reporting_disk_full
 from diffvqa_cache.progress import bar, err
-from diffvqa_cache.run.folder import FitResult, RunConfig, RunFolder
+from diffvqa_cache.run.folder import FitResult, RunConfig, RunFolder, check_resumable
+from diffvqa_cache.run.summary import format_plan
 from diffvqa_cache.scoring.familiarity import write_reference
 from diffvqa_cache.training.checkpoint import CheckpointMeta, save_checkpoint
+from diffvqa_cache.training.clock import EpochClock
 from diffvqa_cache.training.fitting import choose_scale, fit_split
-from diffvqa_cache.training.metrics import METRIC_KEYS, METRIC_LABELS, SHORT_LABELS, summarize
-from diffvqa_cache.training.protocols import Split, check_plan, plan_splits, test_set_names
-from diffvqa_cache.training.rules import LoadSpec
+from diffvqa_cache.training.inputs import load_fit_inputs
+from diffvqa_cache.training.metrics import METRIC_LABELS, summarize
 from diffvqa_cache.training.settings import FitConfig
-from diffvqa_cache.training.source import FeatureSource, open_features
-
-
-@dataclass
-class FitInputs:
-    cache: FeatureCache
-    test_caches: list[FeatureCache]
-    protocol: str
-    splits: list[Split]
-    spec: LoadSpec  # what was taken from the caches
-    table: FeatureSource
-    test_tables: dict[str, FeatureSource]  # test-set name -> the features of a --test-cache
-    data: dict  # the data path chosen, for the run's record
-
-
-def load_fit_inputs(cache_path: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
-                    progress: bool = False, device=None) -> FitInputs:
-    """Open and check the caches, plan the protocol's splits, and open the selected features: loaded
-    once into memory when they fit the budget (`cfg.data`, `cfg.memory_gb`), else streamed."""
-    cache = FeatureCache(cache_path)
-    cache.check_complete(cfg.verify)
-    if cache.config.stale_note():
-        err.print(f"[yellow]{cache.path}: {cache.config.stale_note()}; `predict` will refuse this run: "
-                  "re-extract the cache with this version[/]")
-    test_caches = [FeatureCache(p) for p in test_cache_paths]
-    for test_cache in test_caches:
-        test_cache.check_complete(cfg.verify)
-        if test_cache.fingerprint != cache.fingerprint:
-            versions = ("" if test_cache.config.extractor == cache.config.extractor else
-                        f" (extractor versions {test_cache.config.extractor} and {cache.config.extractor})")
-            raise CacheError(f"--test-cache {test_cache.path} has fingerprint {test_cache.fingerprint}, the training "
-                             f"cache {cache.fingerprint}{versions}: extract both with the same settings")
-    protocol, splits = plan_splits(cfg.protocol, cache, test_caches, cfg.splits, cfg.test_fraction, cfg.seed,
-                                   cfg.cross_train)
-    names = test_set_names(test_caches, ("test", "test1080p"))
-    spec = cfg.load_spec(cache.config.pixel_size)
-    features = open_features([cache, *test_caches], spec, cfg.data, cfg.budget_gb(), device, progress)
-    table, test_tables = features.sources[0], dict(zip(names, features.sources[1:]))
-    # the features' own checks (NaN/Inf, where loaded into memory) first, then the plan: all before any training
-    check_plan(protocol, splits, cache.path, cfg.test_fraction, cfg.train.val_fraction,
-               {name: str(c.path) for name, c in zip(names, test_caches)})
-    return FitInputs(cache, test_caches, protocol, splits, spec, table, test_tables, features.record())
 
 
 def run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list[Path] = (),
@@ -179,90 +135,3 @@ def _run_fit(cache_path: Path, out: Path, cfg: FitConfig, test_cache_paths: list
     write_run_report(out)  # a view of the files below, rewritten by `report`: not in the manifest
     run.complete([s.name for s in splits])
     return result
-
-
-# TCAB on the CPU, measured (BENCHMARKS.md, "TCAB on the CPU", 2026-12-05, 2 shared cores): an epoch of 16
-# videos took 62.6 s with TCAB on 224 px views, 23.5 s with TCAB off (2.7x); doctor quotes the same figure
-TCAB_CPU_FIGURE = "TCAB on 224 px views on the CPU: 62.6 s an epoch for 16 videos vs 23.5 s with TCAB off (BENCHMARKS.md)"
-CHEAPER = "--set pixel_size=64 (TCAB on 64 px views) or --set regressor.use_tcab=false"
-
-
-def format_plan(run_cfg: RunConfig, splits: list[Split], n_videos: int, device) -> str:
-    """The line fit prints before training: splits x epochs, videos, TCAB, device, the scale."""
-    t, r = run_cfg.training or run_cfg.fit.train, run_cfg.fit.regressor
-    px = run_cfg.fit.pixel_size or run_cfg.cache.pixel_size
-    low, high = run_cfg.score_scale
-    fix = "" if run_cfg.scale_source != "the observed range of the training labels" else \
-        "; pass --scale LOW HIGH for your scale's limits"
-    return (f"plan: {len(splits)} split(s) x {t.epochs} epochs over {n_videos} training videos "
-            f"({len(splits[0].train)} per split), TCAB {f'on ({px} px views)' if r.use_tcab else 'off'}, device "
-            f"{device}\nscale: MOS {low:g}-{high:g} ({run_cfg.scale_source}{fix})")
-
-
-class EpochClock:
-    """After the first epoch trained in this process: the estimate for the whole run (all splits), and the
-    cheaper settings when TCAB on the CPU is what costs."""
-
-    def __init__(self, n_splits: int, epochs: int, cfg: FitConfig, device, progress: bool, pixel_size: int):
-        self.n_splits, self.epochs, self.cfg, self.device, self.progress = n_splits, epochs, cfg, device, progress
-        self.pixel_size, self.line = pixel_size, None
-        self.split, self.t0, self.said = 0, None, False
-
-    def start(self, split_index: int) -> None:
-        self.split, self.t0 = split_index, time.perf_counter()
-
-    def epoch_done(self, row: dict) -> None:
-        if self.said or self.t0 is None:
-            return
-        self.said = True
-        seconds = time.perf_counter() - self.t0
-        done = int(row.get("epoch", 0)) + 1  # a resumed split continues after its saved epochs
-        left = (self.n_splits - self.split) * self.epochs - done  # epochs still to train
-        total = left * seconds
-        line = (f"first epoch: {_duration(seconds)}; the whole fit ({self.n_splits} split(s) x {self.epochs} epochs) "
-                f"needs about {_duration(total)} more")
-        tcab_cpu = self.cfg.regressor.use_tcab and getattr(self.device, "type", str(self.device)) == "cpu"
-        if tcab_cpu and self.pixel_size > 64:
-            line += (f"\nTCAB on {self.pixel_size} px views on the CPU costs most of this time ({TCAB_CPU_FIGURE}); "
-                     f"cheaper: {CHEAPER}")
-        if self.progress:
-            err.print(line)
-        self.line = line
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
-
-
-def check_resumable(out: Path, new: RunConfig) -> None:
-    """Refuse to resume a run directory written with other settings (or not by `fit`)."""
-    if not RunFolder(out).has_config():
-        return  # nothing to resume: a fresh run
-    old = RunConfig.read(out, "--out")
-    a, b = old.to_dict(), new.to_dict()
-    for d, run in ((a, old), (b, new)):
-        d.pop("data", None), d.pop("package_version", None), d.pop("scale", None), d.pop("scale_source", None)
-        d.pop("train_mos", None)  # derived from the cache and the splits (compared); absent in older runs
-        # a resumed run may change the settings declared `numbers=False` (data, memory_gb, verify, train.device ...)
-        d["fit"] = run.fit.numbers()
-        # written before fine-tuning had settings of its own: it trained with fit.train
-        d["training"] = (run.training or run.fit.train).numbers()
-    changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \
-        + [f"fit.{k}" for k in sorted(a["fit"].keys() | b["fit"].keys()) if a["fit"].get(k) != b["fit"].get(k)]
-    if changed:
-        raise UserInputError(f"--resume: {out} holds a run with other settings ({', '.join(changed)}); "
-                             "rerun with its settings, use another --out, or drop --resume to start over")
-
-
-def format_summary(result: FitResult, out: Path) -> str:
-    lines = [f"protocol {result.protocol}, {len(result.splits)} split(s), {result.seconds:.1f} s; run: {out}"]
-    for test, s in result.summary.items():
-        lines.append(f"  {test:10s} " + "  ".join(f"{SHORT_LABELS[k]} {s[k]['median']:.4f}" for k in METRIC_KEYS)
-                     + f"   (median of {s['n_splits']}; std SRCC {s['srcc']['std']:.4f})")
-    lines.append("  PLCC(logistic): Pearson after the 4-parameter logistic fit (the paper's); PLCC(raw): plain Pearson")
-    lines.append("  files: " + " ".join(RunFolder(out).files_listed()))
-    return "\n".join(lines)

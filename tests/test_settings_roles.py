@@ -14,7 +14,8 @@ from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.training.protocols import Split
 from diffvqa_cache.training.regressor import RegressorConfig
 from diffvqa_cache.training.settings import FinetuneConfig, FitConfig, TrainConfig
-from pipelines.sweep import SweepTask, load_grid
+from diffvqa_cache.training.sweep_grid import load_grid
+from diffvqa_cache.training.sweeps import SweepTask
 
 SETTINGS = [ExtractConfig, AdaptConfig, FitConfig, TrainConfig, RegressorConfig, FinetuneConfig]
 IDENTITY = ("sd-0123456789abcdef", "ctrl-fedcba9876543210", 512)

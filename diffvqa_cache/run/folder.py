@@ -1,5 +1,6 @@
 """A fitted run's folder (`RunFolder`): its layout, its record (`RunConfig`), its metrics (`FitResult`),
-its manifest (`RunManifest`), reading and writing its files, and the checks before any of them is used.
+its manifest (`RunManifest`), reading and writing its files, and the checks before any of them is used
+(`check_resumable`: may `fit --resume` continue the run in a folder).
 
     RUN/config.json                  RunConfig: fit settings, protocol, the cache trained on (written first)
     RUN/splits.json                  the protocol's splits
@@ -75,6 +76,26 @@ class RunConfig(Config):
     def read(cls, run: Path | str, flag: str = "--run") -> "RunConfig":
         """The config.json of run folder `run` (`flag`: the option that named it)."""
         return RunFolder.open(run, flag).config(flag, named=run)
+
+
+def check_resumable(out: Path, new: RunConfig) -> None:
+    """Refuse to resume a run directory written with other settings (or not by `fit`)."""
+    if not RunFolder(out).has_config():
+        return  # nothing to resume: a fresh run
+    old = RunConfig.read(out, "--out")
+    a, b = old.to_dict(), new.to_dict()
+    for d, run in ((a, old), (b, new)):
+        d.pop("data", None), d.pop("package_version", None), d.pop("scale", None), d.pop("scale_source", None)
+        d.pop("train_mos", None)  # derived from the cache and the splits (compared); absent in older runs
+        # a resumed run may change the settings declared `numbers=False` (data, memory_gb, verify, train.device ...)
+        d["fit"] = run.fit.numbers()
+        # written before fine-tuning had settings of its own: it trained with fit.train
+        d["training"] = (run.training or run.fit.train).numbers()
+    changed = [k for k in sorted(a.keys() | b.keys()) if k != "fit" and a.get(k) != b.get(k)] \
+        + [f"fit.{k}" for k in sorted(a["fit"].keys() | b["fit"].keys()) if a["fit"].get(k) != b["fit"].get(k)]
+    if changed:
+        raise UserInputError(f"--resume: {out} holds a run with other settings ({', '.join(changed)}); "
+                             "rerun with its settings, use another --out, or drop --resume to start over")
 
 
 @dataclass

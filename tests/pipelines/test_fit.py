@@ -144,7 +144,7 @@ def test_fine_tuning_has_its_own_recorded_settings(fast_run, whole_sample, fast_
 def test_resuming_a_run_written_before_fine_tuning_settings(fast_run, tmp_path):
     """A run directory without `training` (earlier versions) trained with fit.train: resuming it from scratch
     is fine; resuming it as a fine-tuning (which would now train with other settings) is refused."""
-    from pipelines.fit import check_resumable
+    from diffvqa_cache.run.folder import check_resumable
 
     _, out = fast_run
     old = json.loads((out / "config.json").read_text())
@@ -173,7 +173,7 @@ def test_fine_tuning_epochs_on_the_command_line(fast_run, whole_sample, tmp_path
 
 
 def test_both_plccs_are_reported_and_labelled(fast_run):
-    from pipelines.fit import format_summary
+    from diffvqa_cache.run.summary import format_summary
 
     result, out = fast_run
     metrics = json.loads((out / "metrics.json").read_text())
@@ -306,7 +306,7 @@ def test_known_datasets_have_their_scale_and_a_bad_scale_is_refused():
 def test_the_first_epoch_gives_an_estimate_for_the_whole_run(monkeypatch, changes, hint):
     import torch
 
-    import pipelines.fit as fit
+    import diffvqa_cache.training.clock as fit
 
     clock_times = iter([100.0, 160.0])  # the first epoch of split 1 of 10 takes 60 s
     monkeypatch.setattr(fit.time, "perf_counter", lambda: next(clock_times))
@@ -339,7 +339,7 @@ def test_cli_fit_scale_is_recorded(sample_cache, fast_fit, tmp_path):
 def test_resuming_may_move_the_run_but_not_change_its_numbers(fast_run):
     """The settings declared `numbers=False` (data, memory_gb, verify, train.device, train.eval_batch_size)
     may change on --resume, as adapt's device may; a setting that changes the numbers may not."""
-    from pipelines.fit import check_resumable
+    from diffvqa_cache.run.folder import check_resumable
 
     _, out = fast_run
     run = RunConfig.read(out)

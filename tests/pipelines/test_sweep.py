@@ -11,7 +11,8 @@ import pytest
 import pipelines.sweep as sweep
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.training.settings import FitConfig
-from pipelines.sweep import load_grid, run_sweep
+from diffvqa_cache.training.sweep_grid import load_grid
+from pipelines.sweep import run_sweep
 
 pytestmark = pytest.mark.filterwarnings("ignore:4-parameter logistic fit failed")
 GRID = """
