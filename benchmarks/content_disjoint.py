@@ -241,6 +241,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=None, help="working folder (default: a temp folder, removed)")
     ap.add_argument("--fit-set", nargs="*", default=[], help="further fit --set overrides")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--report-only", action="store_true",
+                    help="extract and fit nothing: report the cases every tree has finished (a run cut short)")
     ap.add_argument("--compare", type=Path, nargs=2, metavar=("CACHE_A", "CACHE_B"),
                     help="only compare two caches' arrays bit for bit (bisection steps) and exit")
     args = ap.parse_args()
@@ -271,12 +273,14 @@ def main() -> None:
         runs = {(label, case): work / f"runs{fit_tag}" / label / f"seed{seed}" / f"{name(case[0])}_to_{name(case[1])}"
                 for label, _ in trees for case in cases}
         caches = {label: [work / "caches" / label / f"seed{seed}" / g.name for g in groups] for label, _ in trees}
+        if args.report_only:
+            done = [case for case in cases if all((runs[(label, case)] / "metrics.json").is_file() for label in labels)]
         for label, tree in trees:
-            if not all((runs[(label, case)] / "metrics.json").is_file() for case in cases):
+            if not args.report_only and not all((runs[(label, case)] / "metrics.json").is_file() for case in cases):
                 for g, out in zip(groups, caches[label]):  # a complete cache is found and kept by extract itself
                     cli(tree, ["extract", "--dataset", "csv", "--root", str(g), "--out", str(out), *EXTRACT,
                                "--seed", str(seed), *tree_args.get(label, [])], log)
-        for case in cases:
+        for case in (done if args.report_only else cases):
             srcc = []
             for label, _ in trees:
                 run = runs[(label, case)]
@@ -291,21 +295,24 @@ def main() -> None:
                 results.setdefault((label, seed), []).append(srcc[-1])
             rows.append([seed, f"{name(case[0])}->{name(case[1])}", *srcc])
             print(table(["seed", "train->test", *labels], rows[-1:]), flush=True)
-    summary = [[label, " ".join(f"{statistics.mean(results[(label, s)]):.3f}" for s in args.seeds),
-                statistics.mean(statistics.mean(results[(label, s)]) for s in args.seeds)] for label in labels]
+    seeds = [s for s in args.seeds if (labels[0], s) in results]
+    summary = [[label, " ".join(f"{statistics.mean(results[(label, s)]):.3f} ({len(results[(label, s)])})" for s in seeds),
+                statistics.mean(statistics.mean(results[(label, s)]) for s in seeds),
+                statistics.mean(x for s in seeds for x in results[(label, s)])] for label in labels]
     body = (f"Content-disjoint check ({args.source} contents: 6 contents x 16 conditions, {len(splits)} split(s) into "
             f"two groups of 3, each trained on one group and tested on the other; extract `{' '.join(EXTRACT)} "
             f"--seed S` by each tree"
             + "".join(f" (+ `{' '.join(a)}` for {t})" for t, a in tree_args.items())
             + f"; today's fit, protocol cross, TCAB on, `--set {' '.join(['pixel_size=64', *args.fit_set])}`, "
-            f"fit seed = S). Test SRCC per case (48 test clips each):\n\n"
+            f"fit seed = S). Test SRCC per case (48 test clips each)"
+            + (", the cases every tree finished" if args.report_only else "") + ":\n\n"
             + table(["seed", "train->test", *labels], rows) + "\n\n"
-            + table(["extraction", "mean SRCC per seed", "mean over seeds"], summary) + "\n")
+            + table(["extraction", "mean SRCC per seed (cases)", "mean over seeds", "mean over cases"], summary) + "\n")
     if len(trees) > 1:
         body += ("\nPaired, case by case (same seed, split and direction): difference "
                  f"{trees[0][0]} - other\n\n"
                  + table(["other", "cases", "mean difference", "SE over cases", "SE over seeds", f"{labels[0]} higher"],
-                         [paired(results, labels[0], label, args.seeds) for label in labels[1:]]) + "\n")
+                         [paired(results, labels[0], label, seeds) for label in labels[1:]]) + "\n")
     print(body)
     if not args.no_append:
         append_section("Content-disjoint check of stage one", body, info)
