@@ -180,12 +180,14 @@ def regroup(sources: list[Path], contents: tuple[int, ...], out: Path) -> Path:
 
 
 def paired(results: dict, first: str, other: str, seeds: list[int]) -> list:
-    """[other, n cases, mean difference first - other, SE over cases, SE over seeds' means, first wins/cases]."""
+    """[other, n cases, mean difference first - other, SE over cases, SE over seeds' means, first higher in
+    cases, first higher in seeds' means]."""
     by_seed = {s: [a - b for a, b in zip(results[(first, s)], results[(other, s)])] for s in seeds}
     diffs = [d for s in seeds for d in by_seed[s]]
     se = lambda xs: statistics.stdev(xs) / math.sqrt(len(xs)) if len(xs) > 1 else float("nan")  # noqa: E731
     return [other, len(diffs), statistics.mean(diffs), se(diffs), se([statistics.mean(by_seed[s]) for s in seeds]),
-            f"{sum(d > 0 for d in diffs)}/{len(diffs)}"]
+            f"{sum(d > 0 for d in diffs)}/{len(diffs)}",
+            f"{sum(statistics.mean(by_seed[s]) > 0 for s in seeds)}/{len(seeds)}"]
 
 
 def test_srcc(run: Path) -> float:
@@ -311,7 +313,8 @@ def main() -> None:
     if len(trees) > 1:
         body += ("\nPaired, case by case (same seed, split and direction): difference "
                  f"{trees[0][0]} - other\n\n"
-                 + table(["other", "cases", "mean difference", "SE over cases", "SE over seeds", f"{labels[0]} higher"],
+                 + table(["other", "cases", "mean difference", "SE over cases", "SE over seeds",
+                                f"{labels[0]} higher (cases)", f"{labels[0]} higher (seeds)"],
                          [paired(results, labels[0], label, seeds) for label in labels[1:]]) + "\n")
     print(body)
     if not args.no_append:
