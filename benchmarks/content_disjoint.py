@@ -23,7 +23,9 @@ depend on the folder it is extracted from: crops and noise are seeded by the cli
 seed), so each tree extracts once per seed. With two or more trees, the first is compared case by case
 with each other one (same seed, split and direction, so same fit seed): the mean paired difference, its
 standard error over cases and over seeds (cases of one seed share its caches and contents), and how many
-cases it wins. `--tree-args LABEL=ARGS` adds extract options for one tree (e.g. to pin today's chain to
+cases it wins. Which crop places a seed draws moves the SRCC more than the split does (the sign of a
+difference held across a seed's splits in 2026-12 runs), so more seeds inform more than more splits.
+`--tree-args LABEL=ARGS` adds extract options for one tree (e.g. to pin today's chain to
 an old tree's: `--tree-args "today=--timestep-spacing trailing --latent chain"`).
 
     python benchmarks/content_disjoint.py --tree today=. --tree c6a38e2=../old --partitions all --seeds 0 1
