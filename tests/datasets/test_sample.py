@@ -42,7 +42,9 @@ def test_layout_and_labels(two_roots):
 
 def test_deterministic(two_roots):
     """Labels and the frames before encoding are identical; the encoded clips decode to nearly identical
-    frames (libx264 as bundled with PyAV 18 is not always bit-reproducible, even on one thread)."""
+    frames (libx264 as bundled with PyAV 18 is not bit-reproducible, even on one thread with no thread type
+    and frames converted before encoding: 10-13 of 18 re-encodes of a clip differed, measured 2026-12-05;
+    the decoded frames then differ by up to about 1.4 grey levels on average)."""
     a, b = two_roots
     assert (a / "labels.csv").read_bytes() == (b / "labels.csv").read_bytes()
     spec = plan()[16]
@@ -52,7 +54,7 @@ def test_deterministic(two_roots):
     for name in ("videos/sample_000.mp4", "videos/sample_016.mp4", "videos/sample_095.mp4"):
         fa, ia, _, _ = load_video_frames(a / name, n_frames=4)
         fb, ib, _, _ = load_video_frames(b / name, n_frames=4)
-        assert ia.tolist() == ib.tolist() and np.abs(fa.astype(int) - fb.astype(int)).mean() < 1.0
+        assert ia.tolist() == ib.tolist() and np.abs(fa.astype(int) - fb.astype(int)).mean() < 2.5
 
 
 def test_content_varies_and_moves(two_roots):
