@@ -96,7 +96,7 @@ def main() -> None:
                     t0 = time.perf_counter()  # the Scorer is built inside the timed call, as run_predict does
                     scorer = Scorer(run, device="cpu", batch_size=args.batch_size, model_threads=model_threads)
                     out = run_predict(paths, run, device="cpu", batch_size=args.batch_size,
-                                      output=work / f"p{r}-{len(pred[name])}.csv", progress=False, scorer=scorer)
+                                      output=work / f"p{r}-{list(variants).index(name)}.csv", progress=False, scorer=scorer)
                     pred[name].append(time.perf_counter() - t0)
                 finally:
                     Scorer._score_videos = plain
