@@ -5,8 +5,8 @@ model, groups of `shard_size` videos); `extract` then writes HDF5 shards, `predi
 models and the unfamiliar-content check per video and writes its CSV as it goes. Each timed call includes
 building its model (the tiny model: well under a second). The run is fitted once, untimed, on the
 extracted clips with the fit defaults (10 splits, TCAB on) except 2 epochs: a realistic number of models
-per video. Runs alternate extract / predict / predict as before (the split models at torch's threads)
-so that load changes hit all; medians.
+per video. Runs alternate extract / predict / predict with the split models at 1 thread (`--only-default`
+skips it) so that load changes hit all; medians.
 
     python benchmarks/predict_speed.py                   # 24 sample clips, 10 steps, 3 repeats
     python benchmarks/predict_speed.py --videos 48 --steps 20 --repeats 5
@@ -39,8 +39,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--run", help="score with this existing run (fitted on these clips' cache with the fit "
                                    "defaults) instead of fitting one first")
-    ap.add_argument("--no-before", action="store_true", help="skip predict with the split models at torch's "
-                                                              "threads (the previous behaviour)")
+    ap.add_argument("--only-default", action="store_true", help="skip predict with the split models at 1 thread "
+                                                              "(Scorer(model_threads=1))")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
 
@@ -68,9 +68,9 @@ def main() -> None:
             run_fit(cache, run, FitConfig().with_overrides({"train.epochs": 2}), progress=False)
         n_models = len(list((run / "models").glob("*.safetensors")))
         run_predict(paths[:2], run, device="cpu", batch_size=args.batch_size, progress=False)
-        variants = {"predict": 1, "predict, before (split models at torch's threads)": None}
-        if args.no_before:
-            variants.pop("predict, before (split models at torch's threads)")
+        variants = {"predict": None, "predict, split models at 1 thread (model_threads=1)": 1}
+        if args.only_default:
+            variants.pop("predict, split models at 1 thread (model_threads=1)")
         ext, pred, regress = [], {v: [] for v in variants}, {v: [] for v in variants}
         ratios = {v: [] for v in variants}
         for r in range(args.repeats):
@@ -128,9 +128,8 @@ def main() -> None:
             f"{args.steps} DDIM steps, strength 0.5, batch {args.batch_size} views, groups (shards) of "
             f"{args.shard_size} videos, 2 decode threads, torch threads {threads}, {args.repeats} alternating "
             f"rounds (extract, then each predict); the run has {n_models} split models (fit defaults, TCAB on, 2 epochs"
-            f"{'; an existing run, ' + args.run if args.run else ''}). `predict` = this code (split models at "
-            f"1 torch thread beside stage one, `Scorer(model_threads=1)`, the default); `before` = the split "
-            f"models at torch's threads (`model_threads=None`, the previous behaviour). Each timed call includes "
+            f"{'; an existing run, ' + args.run if args.run else ''}). `predict` = the default (split models at "
+            f"torch's threads); the other row: `Scorer(model_threads=1)`. Each timed call includes "
             f"building its model. Load average at the start: {load_start}.\n\n" + text + "\n\n" + summary)
     if not args.no_append:
         append_section("Scoring many videos: predict vs extract (tiny model, CPU)", body, info)

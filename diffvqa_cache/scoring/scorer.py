@@ -262,16 +262,16 @@ class Scorer:
     `group_size`: videos whose views share batches (default: the run's shard size, as extraction).
     `reference`: what each score's `percentile` ranks against: a run folder, a CSV of scores or a
     `Reference` (default: this run's training videos' MOS).
-    `model_threads`: torch intra-op threads of the split models on the CPU (None: torch's setting, as stage
-    one). Default 1: they run beside stage one, and their ops are small, so more threads mostly wait on
-    each other (measured: BENCHMARKS.md, "predict vs extract", 2026-12-05); scores move by float rounding
-    only (~1e-8 relative) against torch's setting.
+    `model_threads`: torch intra-op threads of the split models on the CPU (default None: torch's setting,
+    as stage one). Their ops are small: on a busy CPU, 1 thread scored a group of 8 videos 2-7x faster when
+    they ran alone, but predict (where they run beside stage one) was not measurably faster (BENCHMARKS.md,
+    2026-12-05); another count moves the scores by float rounding (~1e-8 relative).
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
                  controller: str | None = None, batch_size: int = 8, group_size: int | None = None,
                  unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
-                 reference: "Path | str | Reference | None" = None, model_threads: int | None = 1):
+                 reference: "Path | str | Reference | None" = None, model_threads: int | None = None):
         from diffvqa_cache.cache.settings import EXTRACTOR_VERSION, CacheConfig
         from diffvqa_cache.extraction.backbone import identify
         from diffvqa_cache.extraction.per_video import ViewEncoder

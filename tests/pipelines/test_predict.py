@@ -345,9 +345,9 @@ def test_a_results_file_written_before_the_percentile_is_read_and_extended(run_d
     assert "percentile" in out.read_text().splitlines()[0]
 
 
-def test_split_models_run_at_one_thread_beside_stage_one_and_score_as_at_torchs_threads(run_dir, scorer, sample_root):
-    """The split models run at `model_threads` torch threads (default 1) in their own thread, which leaves
-    the caller's setting alone; at torch's setting (None) the scores differ by float rounding only."""
+def test_split_models_run_at_model_threads_and_score_as_at_torchs_threads(run_dir, scorer, sample_root):
+    """`model_threads=1`: the split models run at one torch thread in their own thread, which leaves the
+    caller's setting alone; the scores differ from torch's setting (the default) by float rounding only."""
     import threading
 
     import torch
@@ -366,8 +366,8 @@ def test_split_models_run_at_one_thread_beside_stage_one_and_score_as_at_torchs_
     videos = _videos(sample_root, 1, 7)
     try:
         scorer_module.Scorer._score_videos = spy
-        ours = scorer.score(videos)
-        theirs = Scorer(run_dir, device="cpu", model_threads=None).score(videos)
+        ours = Scorer(run_dir, device="cpu", model_threads=1).score(videos)
+        theirs = scorer.score(videos)
     finally:
         scorer_module.Scorer._score_videos = plain
     assert seen == [(False, 1), (False, before)] and torch.get_num_threads() == before
