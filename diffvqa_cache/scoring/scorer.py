@@ -263,9 +263,10 @@ class Scorer:
     `reference`: what each score's `percentile` ranks against: a run folder, a CSV of scores or a
     `Reference` (default: this run's training videos' MOS).
     `model_threads`: torch intra-op threads of the split models on the CPU (default None: torch's setting,
-    as stage one). Their ops are small: on a busy CPU, 1 thread scored a group of 8 videos 2-7x faster when
-    they ran alone, but predict (where they run beside stage one) was not measurably faster (BENCHMARKS.md,
-    2026-12-05); another count moves the scores by float rounding (~1e-8 relative).
+    as stage one). Their ops are small: on a busy 2-core CPU, 1 thread scored a group of 8 videos 2-7x
+    faster when they ran alone, and predict / extract went 0.649 -> 0.717 (median of 3 noisy pairs;
+    BENCHMARKS.md, 2026-12-05); another count moves the scores by float rounding (~1e-8 relative), hence
+    not the default.
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
