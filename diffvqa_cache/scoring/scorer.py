@@ -263,10 +263,10 @@ class Scorer:
     `reference`: what each score's `percentile` ranks against: a run folder, a CSV of scores or a
     `Reference` (default: this run's training videos' MOS).
     `model_threads`: torch intra-op threads of the split models on the CPU (default None: torch's setting,
-    as stage one). Their ops are small: on a busy 2-core CPU, 1 thread scored a group of 8 videos 2-7x
-    faster when they ran alone, and predict / extract went 0.649 -> 0.717 (median of 3 noisy pairs;
-    BENCHMARKS.md, 2026-12-05); another count moves the scores by float rounding (~1e-8 relative), hence
-    not the default.
+    as stage one). Their ops are small: on a heavily loaded 2-core CPU (load 6-9), 1 thread scored a group
+    of 8 videos 2-7x faster when they ran alone and predict / extract went 0.649 -> 0.717, but on a quiet
+    one (load 1.5) 0.989 -> 0.824 (medians of 3 pairs; BENCHMARKS.md, 2026-12-05). Another count moves the
+    scores by float rounding (~1e-8 relative).
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
