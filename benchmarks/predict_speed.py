@@ -5,7 +5,8 @@ model, groups of `shard_size` videos); `extract` then writes HDF5 shards, `predi
 models and the unfamiliar-content check per video and writes its CSV as it goes. Each timed call includes
 building its model (the tiny model: well under a second). The run is fitted once, untimed, on the
 extracted clips with the fit defaults (10 splits, TCAB on) except 2 epochs: a realistic number of models
-per video. Runs alternate extract / predict so that load changes hit both; medians.
+per video. Runs alternate extract / predict / predict with the split models at 1 thread (`--only-default`
+skips it) so that load changes hit all; medians.
 
     python benchmarks/predict_speed.py                   # 24 sample clips, 10 steps, 3 repeats
     python benchmarks/predict_speed.py --videos 48 --steps 20 --repeats 5
@@ -38,6 +39,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--run", help="score with this existing run (fitted on these clips' cache with the fit "
                                    "defaults) instead of fitting one first")
+    ap.add_argument("--only-default", action="store_true", help="skip predict with the split models at 1 thread "
+                                                              "(Scorer(model_threads=1))")
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
 
@@ -50,13 +53,13 @@ def main() -> None:
     from pipelines.predict import run_predict
 
     info = machine_info()
+    load_start = loadavg()
     threads = set_threads(args.threads)
     data = load_dataset("sample", None, limit=args.videos)
     paths = [r.path for r in data.records]
     cfg = ExtractConfig(model="tiny", steps=args.steps, strength=0.5, frames=args.frames, crops=args.crops,
                         batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
     work = Path(tempfile.mkdtemp(prefix="predict-speed-"))
-    rows, ratios = [], []
     try:
         # untimed: imports, the run (fit defaults, 2 epochs), one predict to warm the scoring path
         cache = run_extract(data, cfg, work / "cache", progress=False).cache_dir
@@ -65,58 +68,69 @@ def main() -> None:
             run_fit(cache, run, FitConfig().with_overrides({"train.epochs": 2}), progress=False)
         n_models = len(list((run / "models").glob("*.safetensors")))
         run_predict(paths[:2], run, device="cpu", batch_size=args.batch_size, progress=False)
-        ext, pred, regress = [], [], []
+        variants = {"predict": None, "predict, split models at 1 thread (model_threads=1)": 1}
+        if args.only_default:
+            variants.pop("predict, split models at 1 thread (model_threads=1)")
+        ext, pred, regress = [], {v: [] for v in variants}, {v: [] for v in variants}
+        ratios = {v: [] for v in variants}
         for r in range(args.repeats):
             t0 = time.perf_counter()
             res = run_extract(data, cfg, work / f"e{r}", progress=False)
             ext.append(time.perf_counter() - t0)
             assert res.videos == len(paths), res.summary()
-            # time spent after stage one (split models, familiarity), measured inside the same predict
-            inside = [0.0]
-            plain = Scorer._score_videos
-
-            def timed(self, *a, _plain=plain):
-                t = time.perf_counter()
-                try:
-                    return _plain(self, *a)
-                finally:
-                    inside[0] += time.perf_counter() - t
-
-            Scorer._score_videos = timed
-            try:
-                t0 = time.perf_counter()
-                out = run_predict(paths, run, device="cpu", batch_size=args.batch_size, output=work / f"p{r}.csv",
-                                  progress=False)
-                pred.append(time.perf_counter() - t0)
-            finally:
-                Scorer._score_videos = plain
-            assert all(v.error is None for v in out) and len(out) == len(paths)
-            regress.append(inside[0])
-            ratios.append(ext[-1] / pred[-1])
-            print(f"  run {r}: extract {len(paths) / ext[-1]:.2f} videos/s, predict {len(paths) / pred[-1]:.2f} "
-                  f"videos/s (of which split models + familiarity {inside[0]:.2f} s), ratio {ratios[-1]:.3f}, "
-                  f"load {loadavg()}", flush=True)
             shutil.rmtree(work / f"e{r}", ignore_errors=True)
+            for name, model_threads in variants.items():
+                # time spent after stage one (split models, familiarity), measured inside the same predict
+                inside = [0.0]
+                plain = Scorer._score_videos
+
+                def timed(self, *a, _plain=plain):
+                    t = time.perf_counter()
+                    try:
+                        return _plain(self, *a)
+                    finally:
+                        inside[0] += time.perf_counter() - t
+
+                Scorer._score_videos = timed
+                try:
+                    t0 = time.perf_counter()  # the Scorer is built inside the timed call, as run_predict does
+                    scorer = Scorer(run, device="cpu", batch_size=args.batch_size, model_threads=model_threads)
+                    out = run_predict(paths, run, device="cpu", batch_size=args.batch_size,
+                                      output=work / f"p{r}-{list(variants).index(name)}.csv", progress=False, scorer=scorer)
+                    pred[name].append(time.perf_counter() - t0)
+                finally:
+                    Scorer._score_videos = plain
+                assert all(v.error is None for v in out) and len(out) == len(paths)
+                regress[name].append(inside[0])
+                ratios[name].append(ext[-1] / pred[name][-1])
+                print(f"  run {r}: extract {len(paths) / ext[-1]:.2f} videos/s, {name} {len(paths) / pred[name][-1]:.2f} "
+                      f"videos/s (of which split models + familiarity {inside[0]:.2f} s), ratio {ratios[name][-1]:.3f}, "
+                      f"load {loadavg()}", flush=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     med = statistics.median
     n = len(paths)
-    rows = [["extract", n / med(ext), med(ext), "-", " ".join(f"{n / t:.2f}" for t in ext)],
-            ["predict", n / med(pred), med(pred), med(regress), " ".join(f"{n / t:.2f}" for t in pred)]]
+    rows = [["extract", n / med(ext), med(ext), "-", "-", " ".join(f"{n / t:.2f}" for t in ext)]]
+    rows += [[name, n / med(pred[name]), med(pred[name]), med(regress[name]), med(ratios[name]),
+              " ".join(f"{n / t:.2f}" for t in pred[name])] for name in variants]
     text = table(["command", "videos/s (median)", "seconds (median)", "of which split models + familiarity s",
-                  "videos/s, each run"], rows)
-    stage_one = [e / (p - r) for e, p, r in zip(ext, pred, regress)]
-    summary = (f"predict / extract videos/s: median of the per-pair ratios {med(ratios):.3f} "
-               f"(each pair: {' '.join(f'{x:.3f}' for x in ratios)}); goal >= 0.9. Without the split models' "
-               f"time (predict's stage one and files alone): {med(stage_one):.3f} "
-               f"(each pair: {' '.join(f'{x:.3f}' for x in stage_one)})")
+                  "predict / extract (median of pairs)", "videos/s, each run"], rows)
+    lines = []
+    for name in variants:
+        stage_one = [e / (p - r) for e, p, r in zip(ext, pred[name], regress[name])]
+        lines.append(f"{name} / extract videos/s: median of the per-pair ratios {med(ratios[name]):.3f} (each pair: "
+                     f"{' '.join(f'{x:.3f}' for x in ratios[name])}); goal >= 0.9. Without the split models' time "
+                     f"(stage one and files alone): {med(stage_one):.3f} (each pair: "
+                     f"{' '.join(f'{x:.3f}' for x in stage_one)})")
+    summary = "\n\n".join(lines)
     print(text, summary, sep="\n")
     body = (f"Tiny model, the first {n} sample clips (160x120), {args.frames} frames, {args.crops} crop(s), "
             f"{args.steps} DDIM steps, strength 0.5, batch {args.batch_size} views, groups (shards) of "
             f"{args.shard_size} videos, 2 decode threads, torch threads {threads}, {args.repeats} alternating "
-            f"runs; the run has {n_models} split models (fit defaults, TCAB on, 2 epochs"
-            f"{'; an existing run, ' + args.run if args.run else ''}). Each timed call includes "
-            f"building its model.\n\n" + text + "\n\n" + summary)
+            f"rounds (extract, then each predict); the run has {n_models} split models (fit defaults, TCAB on, 2 epochs"
+            f"{'; an existing run, ' + args.run if args.run else ''}). `predict` = the default (split models at "
+            f"torch's threads); the other row: `Scorer(model_threads=1)`. Each timed call includes "
+            f"building its model. Load average at the start: {load_start}.\n\n" + text + "\n\n" + summary)
     if not args.no_append:
         append_section("Scoring many videos: predict vs extract (tiny model, CPU)", body, info)
         update_current("predict / extract videos/s, tiny model, CPU (goal >= 0.9)",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable
@@ -262,12 +263,17 @@ class Scorer:
     `group_size`: videos whose views share batches (default: the run's shard size, as extraction).
     `reference`: what each score's `percentile` ranks against: a run folder, a CSV of scores or a
     `Reference` (default: this run's training videos' MOS).
+    `model_threads`: torch intra-op threads of the split models on the CPU (default None: torch's setting,
+    as stage one). Their ops are small: on a heavily loaded 2-core CPU (load 6-9), 1 thread scored a group
+    of 8 videos 2-7x faster when they ran alone and predict / extract went 0.649 -> 0.717, but on a quiet
+    one (load 1.5) 0.989 -> 0.824 (medians of 3 pairs; BENCHMARKS.md, 2026-12-05). Another count moves the
+    scores by float rounding (~1e-8 relative).
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
                  controller: str | None = None, batch_size: int = 8, group_size: int | None = None,
                  unfamiliar_percentile: float = DEFAULT_PERCENTILE, progress: bool = False,
-                 reference: "Path | str | Reference | None" = None):
+                 reference: "Path | str | Reference | None" = None, model_threads: int | None = None):
         from diffvqa_cache.cache.settings import EXTRACTOR_VERSION, CacheConfig
         from diffvqa_cache.extraction.backbone import identify
         from diffvqa_cache.extraction.per_video import ViewEncoder
@@ -278,6 +284,9 @@ class Scorer:
         folder.verify()  # every file of the run against its manifest, before any of them is used
         if not 0 < unfamiliar_percentile <= 100:
             raise UserInputError(f"unfamiliar percentile must be in (0, 100], got {unfamiliar_percentile}")
+        if model_threads is not None and (not isinstance(model_threads, int) or model_threads < 1):
+            raise UserInputError(f"model_threads must be a positive number of threads or None, got {model_threads!r}")
+        self.model_threads = model_threads
         # 1. the extraction settings the run was trained on; the model files must be the same ones
         recorded = run_cfg.cache
         if not recorded.is_current:
@@ -407,6 +416,10 @@ class Scorer:
 
     def _score_group(self, group: list, results: list[VideoScore], tensors: dict) -> None:
         """Every split model over the group's videos in one batch; on a failure, each video alone."""
+        with intra_op_threads(self.model_threads if self.device.type == "cpu" else None):
+            self._score_each(group, results, tensors)
+
+    def _score_each(self, group: list, results: list[VideoScore], tensors: dict) -> None:
         try:
             self._score_videos([group[i] for i in tensors], list(tensors.values()), [results[i] for i in tensors])
         except Exception:  # find the video that breaks the batch: each alone
@@ -473,6 +486,22 @@ class Scorer:
         path.parent.mkdir(parents=True, exist_ok=True)
         timeline(path, result, self.scale.describe(), decoded.views["S"][rows[best]], decoded.views["S"][rows[worst]],
                  best, worst, decoded.frame_hw, self.unfamiliar_percentile, (self.scale.low, self.scale.high))
+
+
+@contextmanager
+def intra_op_threads(n: int | None):
+    """torch's intra-op threads set to `n` in the calling thread for the block (None: unchanged). torch keeps
+    the setting per thread, but `torch.set_num_threads` also changes the default that a thread takes on its
+    first parallel op; both are restored on exit."""
+    before = torch.get_num_threads()  # (also gives this thread its own setting first)
+    if n is None or n == before:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _unique_names(keys: list[str]) -> list[str]:

@@ -343,3 +343,61 @@ def test_a_results_file_written_before_the_percentile_is_read_and_extended(run_d
     again = run_predict([video], run_dir, output=out, progress=False)
     assert len(again) == 0 and again.earlier[0].percentile == first[0].percentile
     assert "percentile" in out.read_text().splitlines()[0]
+
+
+def test_split_models_run_at_model_threads_and_score_as_at_torchs_threads(run_dir, scorer, sample_root):
+    """`model_threads=1`: the split models run at one torch thread in their own thread, which leaves the
+    caller's setting alone; the scores differ from torch's setting (the default) by float rounding only."""
+    import threading
+
+    import torch
+
+    from diffvqa_cache import Scorer
+    from diffvqa_cache.scoring import scorer as scorer_module
+
+    seen = []
+    plain = scorer_module.Scorer._score_videos
+
+    def spy(self, *a):
+        seen.append((threading.current_thread() is threading.main_thread(), torch.get_num_threads()))
+        return plain(self, *a)
+
+    before = torch.get_num_threads()
+    videos = _videos(sample_root, 1, 7)
+    try:
+        scorer_module.Scorer._score_videos = spy
+        ours = Scorer(run_dir, device="cpu", model_threads=1).score(videos)
+        theirs = scorer.score(videos)
+    finally:
+        scorer_module.Scorer._score_videos = plain
+    assert seen == [(False, 1), (False, before)] and torch.get_num_threads() == before
+    assert [r.score for r in ours] == pytest.approx([r.score for r in theirs], rel=1e-6)
+    for bad in (0, -1, 1.5):
+        with pytest.raises(UserInputError, match="model_threads must be a positive number of threads or None"):
+            Scorer(run_dir, device="cpu", model_threads=bad)
+
+
+def test_intra_op_threads_restores_the_setting_and_the_default_of_new_threads():
+    import threading
+
+    import torch
+
+    from diffvqa_cache.scoring.scorer import intra_op_threads
+
+    before = torch.get_num_threads()
+    inside, fresh = [], []
+
+    def work():
+        with intra_op_threads(1):
+            inside.append(torch.get_num_threads())
+        inside.append(torch.get_num_threads())
+
+    t = threading.Thread(target=work)
+    t.start()
+    t.join()
+    t = threading.Thread(target=lambda: fresh.append(torch.get_num_threads()))  # takes the default on first use
+    t.start()
+    t.join()
+    assert inside == [1, before] and fresh == [before] and torch.get_num_threads() == before
+    with intra_op_threads(None):
+        assert torch.get_num_threads() == before
