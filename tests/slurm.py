@@ -28,6 +28,15 @@ class SlurmUnavailable(RuntimeError):
     """SLURM cannot run here; the message says why (the tests skip with it)."""
 
 
+def _end_with_parent() -> None:
+    """In a daemon before it starts: end it when the process that started it ends, however it ends (a test
+    run killed by a timeout runs no teardown, and would leave the daemons running)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -122,7 +131,8 @@ class LocalSlurm:
     def _spawn(self, name: str, *args: str) -> None:
         log = open(self.folder / "log" / f"{name}.out", "wb")
         self.procs.append(subprocess.Popen([shutil.which(name, path=PATH), *args], stdout=log,
-                                           stderr=subprocess.STDOUT, env=self.env, start_new_session=True))
+                                           stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+                                           preexec_fn=_end_with_parent))
         log.close()
 
     def _wait(self, ready, timeout: float, what: str) -> None:
