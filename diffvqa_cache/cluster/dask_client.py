@@ -161,9 +161,15 @@ def _wait_for_first_worker(client, cluster, spec: ClusterJobs, refused: list[str
             told = True
         try:
             client.wait_for_workers(1, timeout=1)
-            return
         except TimeoutError:
             pass
+        else:  # a worker came: name the jobs first (a worker can come before every job has its id)
+            if not told and time.monotonic() - t0 > 10:
+                err.print(f"submitted {spec.cluster} worker job(s) {','.join(ids)} (logs: {logs})")
+            elif not told:
+                time.sleep(0.1)
+                continue
+            return
         ended = told and spec.cluster == "slurm" and _slurm_jobs_left(ids) is False
         if ended or time.monotonic() - t0 > spec.start_timeout:
             why = "ended" if ended else f"started none within --start-timeout {spec.start_timeout:.0f} s"
