@@ -10,9 +10,9 @@ from diffvqa_cache.cache.settings import CacheConfig, ExtractConfig, ModelIdenti
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.extraction.settings import AdaptConfig
 from diffvqa_cache.run.folder import RunConfig
-from diffvqa_cache.training.data import LoadSpec
 from diffvqa_cache.training.protocols import Split
 from diffvqa_cache.training.regressor import RegressorConfig
+from diffvqa_cache.training.rules import LoadSpec
 from diffvqa_cache.training.settings import FitConfig, TrainConfig
 
 ALL = [ExtractConfig(), AdaptConfig(), FitConfig(), TrainConfig(), RegressorConfig(ms_levels=(1, 3)),

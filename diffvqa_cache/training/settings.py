@@ -19,7 +19,7 @@ from diffvqa_cache.training.regressor.config import RegressorConfig
 DATA_PATHS = ("auto", "memory", "stream")  # where stage two reads features from (`data`)
 
 if TYPE_CHECKING:
-    from diffvqa_cache.training.data import LoadSpec
+    from diffvqa_cache.training.rules import LoadSpec
 
 SECTIONS = ("regressor", "train", "finetune")
 BARE_SECTIONS = ("regressor", "train")  # where a bare --set name is looked up (finetune.* is always spelled out)
@@ -131,7 +131,7 @@ class FitConfig(Config):
 
     def load_spec(self, cached_pixel_size: int) -> LoadSpec:
         """What to load from a cache whose view copies are `cached_pixel_size` wide."""
-        from diffvqa_cache.training.data import LoadSpec
+        from diffvqa_cache.training.rules import LoadSpec
 
         if self.pixel_size is not None and self.pixel_size > cached_pixel_size:
             raise UserInputError(f"pixel_size {self.pixel_size} is larger than the cache's {cached_pixel_size} px view "
