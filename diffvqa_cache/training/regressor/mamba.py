@@ -30,6 +30,7 @@ from mambapy.pscan import pscan
 from torch.utils.checkpoint import checkpoint
 
 from diffvqa_cache.training.regressor import scan_cpu
+from diffvqa_cache.training.regressor.mamba_cpu import mamba_layer
 
 
 @functools.lru_cache(maxsize=None)
@@ -158,18 +159,27 @@ SCAN_ENV = "DIFFVQA_MAMBA_SCAN"
 SCAN_CHOICES = ("auto", "compiled", "torch")
 
 
-def cpu_selective_scan(dtype: torch.dtype, grad: bool):
-    """The scan for a non-CUDA forward, chosen by $DIFFVQA_MAMBA_SCAN: `auto` (default) = the compiled
-    kernel of `scan_cpu` for float32/float64 when it builds here, else the pure-PyTorch scans; `torch` = the
-    pure-PyTorch scans (parallel scan with gradients, in-place sequential scan without); `compiled` = the
-    kernel or an error."""
+def _scan_choice() -> str:
     choice = os.environ.get(SCAN_ENV, "auto").strip().lower() or "auto"
     if choice not in SCAN_CHOICES:
         raise ValueError(f"${SCAN_ENV}={choice!r} is not one of {', '.join(SCAN_CHOICES)}; unset it or pick one")
     if choice == "compiled" and not scan_cpu.available():
         raise RuntimeError(f"${SCAN_ENV}=compiled but the compiled CPU scan is unavailable: {scan_cpu._library()}; "
                            f"install a C compiler (cc) or set {SCAN_ENV}=auto")
-    if choice != "torch" and dtype in (torch.float32, torch.float64) and scan_cpu.available():
+    return choice
+
+
+def cpu_kernels(dtype: torch.dtype) -> bool:
+    """Whether a non-CUDA forward runs on the compiled kernels of `scan_cpu` (token-major), chosen by
+    $DIFFVQA_MAMBA_SCAN: `auto` (default) = for float32/float64 when they build here; `torch` = never (the
+    pure-PyTorch path); `compiled` = always, or an error."""
+    return _scan_choice() != "torch" and dtype in (torch.float32, torch.float64) and scan_cpu.available()
+
+
+def cpu_selective_scan(dtype: torch.dtype, grad: bool):
+    """The channels-first scan for a non-CUDA forward: the compiled kernel when `cpu_kernels(dtype)`, else the
+    pure-PyTorch scans (parallel scan with gradients, in-place sequential scan without)."""
+    if cpu_kernels(dtype):
         return scan_cpu.selective_scan_compiled
     return selective_scan_parallel if grad else selective_scan_inference
 
@@ -206,8 +216,11 @@ class Mamba(nn.Module):
         self.dt_proj.bias._no_reinit = True
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        if not hidden_states.is_cuda and cpu_kernels(hidden_states.dtype):
+            # the compiled CPU kernels, with a backward that keeps only this input and the scan's chunk states
+            return mamba_layer(self, hidden_states)
         if not hidden_states.is_cuda and torch.is_grad_enabled():
-            # CPU training: keep only this layer's input for backward and recompute the rest there (the
+            # pure-PyTorch training: keep only this layer's input for backward and recompute the rest there (the
             # layer's activations are ~20 (B, d_inner, L) tensors: GBs at TCAB's 1568 tokens; ~+30% time)
             return checkpoint(self._forward, hidden_states, use_reentrant=False)
         return self._forward(hidden_states)

@@ -40,143 +40,7 @@ from diffvqa_cache.files import atomic_path
 
 log = logging.getLogger(__name__)
 
-_SOURCE = r"""
-#include <math.h>
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
-/* u, dtr (delta before bias/softplus), z, y, dy, du, ddt, dz: (batch, d_inner, L); A: (d_inner, N);
-   Bt, Ct, dB, dC: (batch, L, N); bias, Dv: (d_inner) or NULL; z: NULL for no gate; dA: (batch, d_inner, N);
-   dD, dbias: (batch * d_inner) per work item. Work items i in [start, end) are (b, d) = (i / d_inner, i % d_inner).
-   delta = softplus(dtr + bias) (torch's threshold 20) when sp, else dtr + bias;
-   y = (C . h + Dv u) * silu(z). */
-#define W 16
-#define DEFINE(T, SUF, EXP, LOG1P)                                                                       \
-static inline T delta_of_##SUF(T raw, int sp, T* slope) {                                               \
-  if (!sp) { *slope = 1; return raw; }                                                                   \
-  if (raw > (T)20) { *slope = 1; return raw; }                                                           \
-  const T e = EXP(raw);                                                                                  \
-  *slope = e / (e + (T)1);                                                                               \
-  return LOG1P(e);                                                                                       \
-}                                                                                                        \
-                                                                                                         \
-/* forward: work items are (b, block of W channels), the W channels in SIMD lanes (no horizontal sums) */ \
-void scan_fwd_##SUF(const T* restrict u, const T* restrict dtr, const T* restrict A,                     \
-                    const T* restrict Bt, const T* restrict Ct, const T* restrict bias,                  \
-                    const T* restrict Dv, const T* restrict z, T* restrict y, int64_t sp,                \
-                    int64_t D, int64_t L, int64_t N, int64_t start, int64_t end) {                       \
-  const int64_t blocks = (D + W - 1) / W;                                                                \
-  T* buf = (T*)malloc(sizeof(T) * (3 * L * W + 2 * N * W));                                              \
-  T* us = buf; T* ds = us + L * W; T* zs = ds + L * W; T* h = zs + L * W; T* Ab = h + N * W;             \
-  for (int64_t i = start; i < end; ++i) {                                                                \
-    const int64_t b = i / blocks, d0 = (i % blocks) * W, cw = D - d0 < W ? D - d0 : W;                   \
-    T bd[W], Dd[W];                                                                                      \
-    for (int64_t c = 0; c < W; ++c) {                                                                    \
-      bd[c] = c < cw && bias ? bias[d0 + c] : (T)0; Dd[c] = c < cw && Dv ? Dv[d0 + c] : (T)0;            \
-      for (int64_t n = 0; n < N; ++n) Ab[n * W + c] = c < cw ? A[(d0 + c) * N + n] : (T)0;              \
-    }                                                                                                    \
-    /* this block's channels, time-major (L x W), the lanes past the last channel zero */               \
-    memset(buf, 0, sizeof(T) * 3 * L * W);                                                               \
-    for (int64_t c = 0; c < cw; ++c) {                                                                   \
-      const int64_t row = (b * D + d0 + c) * L;                                                          \
-      for (int64_t t = 0; t < L; ++t) {                                                                  \
-        us[t * W + c] = u[row + t]; ds[t * W + c] = dtr[row + t]; if (z) zs[t * W + c] = z[row + t];     \
-      }                                                                                                  \
-    }                                                                                                    \
-    memset(h, 0, sizeof(T) * N * W);                                                                     \
-    const T* Bp = Bt + b * L * N; const T* Cp = Ct + b * L * N;                                          \
-    for (int64_t t = 0; t < L; ++t) {                                                                    \
-      T dl[W], du[W], acc[W];                                                                            \
-      for (int64_t c = 0; c < W; ++c) {                                                                  \
-        const T raw = ds[t * W + c] + bd[c];                                                             \
-        dl[c] = !sp || raw > (T)20 ? raw : LOG1P(EXP(raw));                                              \
-        du[c] = dl[c] * us[t * W + c]; acc[c] = Dd[c] * us[t * W + c];                                   \
-      }                                                                                                  \
-      for (int64_t n = 0; n < N; ++n) {                                                                  \
-        const T Bn = Bp[t * N + n], Cn = Cp[t * N + n];                                                  \
-        T* hn = h + n * W; const T* An = Ab + n * W;                                                     \
-        for (int64_t c = 0; c < W; ++c) { hn[c] = EXP(dl[c] * An[c]) * hn[c] + du[c] * Bn; acc[c] += Cn * hn[c]; } \
-      }                                                                                                  \
-      if (z) for (int64_t c = 0; c < W; ++c) { const T zt = zs[t * W + c]; acc[c] *= zt / ((T)1 + EXP(-zt)); } \
-      for (int64_t c = 0; c < W; ++c) us[t * W + c] = acc[c];  /* y, time-major, in u's scratch */      \
-    }                                                                                                    \
-    for (int64_t c = 0; c < cw; ++c) {                                                                   \
-      T* yp = y + (b * D + d0 + c) * L;                                                                  \
-      for (int64_t t = 0; t < L; ++t) yp[t] = us[t * W + c];                                             \
-    }                                                                                                    \
-  }                                                                                                      \
-  free(buf);                                                                                             \
-}                                                                                                        \
-                                                                                                         \
-void scan_bwd_##SUF(const T* restrict u, const T* restrict dtr, const T* restrict A,                     \
-                    const T* restrict Bt, const T* restrict Ct, const T* restrict bias,                  \
-                    const T* restrict Dv, const T* restrict z, const T* restrict dy, int64_t sp,         \
-                    T* restrict du_out, T* restrict ddt_out, T* restrict dz_out, T* restrict dA,         \
-                    T* restrict dB, T* restrict dC, T* restrict dD, T* restrict dbias,                   \
-                    int64_t D, int64_t L, int64_t N, int64_t start, int64_t end) {                       \
-  T* hs = (T*)malloc(sizeof(T) * (2 * L * N + 3 * L + 2 * N));                                           \
-  T* as = hs + L * N; T* dls = as + L * N; T* slopes = dls + L; T* dys = slopes + L;                     \
-  T* g = dys + L; T* gA = g + N;                                                                         \
-  for (int64_t i = start; i < end; ++i) {                                                                \
-    const int64_t b = i / D, d = i % D;                                                                  \
-    const T* up = u + i * L; const T* dp = dtr + i * L; const T* Ap = A + d * N;                         \
-    const T* Bp = Bt + b * L * N; const T* Cp = Ct + b * L * N; const T* dyp = dy + i * L;               \
-    T* dBp = dB + b * L * N; T* dCp = dC + b * L * N;                                                    \
-    const T bd = bias ? bias[d] : (T)0, Dd = Dv ? Dv[d] : (T)0;                                          \
-    T sum_D = 0, sum_bias = 0;                                                                           \
-    /* forward again, keeping every state and decay of this channel; the gate's gradient on the way */   \
-    for (int64_t t = 0; t < L; ++t) {                                                                    \
-      const T dl = delta_of_##SUF(dp[t] + bd, (int)sp, slopes + t), du = dl * up[t];                     \
-      const T* Bq = Bp + t * N; const T* Cq = Cp + t * N; T* hq = hs + t * N; T* aq = as + t * N;        \
-      const T* hp = t ? hq - N : NULL;                                                                   \
-      dls[t] = dl;                                                                                       \
-      for (int64_t n = 0; n < N; ++n) aq[n] = EXP(dl * Ap[n]);                                           \
-      if (hp) { for (int64_t n = 0; n < N; ++n) hq[n] = aq[n] * hp[n] + du * Bq[n]; }                    \
-      else { for (int64_t n = 0; n < N; ++n) hq[n] = du * Bq[n]; }                                       \
-      T dyt = dyp[t];                                                                                    \
-      if (z) {                                                                                           \
-        T s = Dd * up[t];                                                                                \
-        for (int64_t n = 0; n < N; ++n) s += Cq[n] * hq[n];                                              \
-        const T zt = z[i * L + t], sg = (T)1 / ((T)1 + EXP(-zt));                                        \
-        dz_out[i * L + t] = dyt * s * sg * ((T)1 + zt * ((T)1 - sg));                                    \
-        dyt *= zt * sg;                                                                                  \
-      }                                                                                                  \
-      dys[t] = dyt;                                                                                      \
-      sum_D += dyt * up[t];                                                                              \
-    }                                                                                                    \
-    /* adjoint, backwards in time */                                                                     \
-    memset(g, 0, sizeof(T) * 2 * N);                                                                     \
-    for (int64_t t = L - 1; t >= 0; --t) {                                                               \
-      const T dl = dls[t], ut = up[t], dyt = dys[t];                                                     \
-      const T* Bq = Bp + t * N; const T* Cq = Cp + t * N; const T* hq = hs + t * N;                      \
-      const T* aq = as + t * N; T* dBq = dBp + t * N; T* dCq = dCp + t * N;                              \
-      T s_ddt = 0, s_du = 0;                                                                             \
-      for (int64_t n = 0; n < N; ++n) {                                                                  \
-        const T gn = g[n] + dyt * Cq[n];                                                                 \
-        const T hprev = t ? hq[n - N] : (T)0;                                                            \
-        const T ga = gn * hprev * aq[n];                                                                 \
-        dCq[n] += dyt * hq[n];                                                                           \
-        dBq[n] += gn * dl * ut;                                                                          \
-        gA[n] += ga * dl;                                                                                \
-        s_ddt += ga * Ap[n] + gn * ut * Bq[n];                                                           \
-        s_du += gn * Bq[n];                                                                              \
-        g[n] = gn * aq[n];                                                                               \
-      }                                                                                                  \
-      const T draw = s_ddt * slopes[t];                                                                  \
-      ddt_out[i * L + t] = draw;                                                                         \
-      sum_bias += draw;                                                                                  \
-      du_out[i * L + t] = s_du * dl + Dd * dyt;                                                          \
-    }                                                                                                    \
-    memcpy(dA + i * N, gA, sizeof(T) * N);                                                               \
-    dD[i] = sum_D; dbias[i] = sum_bias;                                                                  \
-  }                                                                                                      \
-  free(hs);                                                                                              \
-}
-
-DEFINE(float, f32, expf, log1pf)
-DEFINE(double, f64, exp, log1p)
-"""
+_SOURCE = (Path(__file__).parent / "cpu_kernels.c").read_text()
 
 # -ffast-math lets gcc/clang vectorise exp with glibc's libmvec; compiling and linking in two steps keeps
 # crtfastmath.o (which would flush denormals to zero for the whole process) out of the library.
@@ -238,8 +102,11 @@ def _library():
         return f"building or loading the CPU scan failed: {e}"
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suf in ("f32", "f64"):
-        getattr(lib, f"scan_fwd_{suf}").argtypes = [ptr] * 9 + [i64] * 6
-        getattr(lib, f"scan_bwd_{suf}").argtypes = [ptr] * 9 + [i64] + [ptr] * 8 + [i64] * 5
+        getattr(lib, f"scan_fwd_{suf}").argtypes = [ptr] * 10 + [i64] * 6
+        getattr(lib, f"scan_bwd_{suf}").argtypes = [ptr] * 10 + [i64] + [ptr] * 9 + [i64] * 5
+        getattr(lib, f"conv_fwd_{suf}").argtypes = [ptr] * 4 + [i64] * 5
+        getattr(lib, f"conv_bwd_{suf}").argtypes = [ptr] * 8 + [i64] * 5
+    lib.chunk_tokens.restype = i64
     return lib
 
 
@@ -263,9 +130,10 @@ def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mamba-scan")
 
 
-def _run_split(fn, items: int, args_of) -> None:
-    """Call fn(*args_of(part), start, end) over `items` work items split in torch.get_num_threads() parts."""
-    parts = max(1, min(torch.get_num_threads(), items))
+def _run_split(fn, items: int, args_of, parts: int | None = None) -> None:
+    """Call fn(*args_of(part), start, end) over `items` work items split in `parts` (default
+    torch.get_num_threads()) parts."""
+    parts = parts or max(1, min(torch.get_num_threads(), items))
     bounds = [items * p // parts for p in range(parts + 1)]
     if parts == 1:
         fn(*args_of(0), 0, items)
@@ -290,53 +158,126 @@ def _contiguous(t):
     return None if t is None else t.contiguous()
 
 
-class _CompiledScan(torch.autograd.Function):
-    """The whole `selective_scan_reference` in the kernel: delta = softplus(delta + delta_bias), the
-    recurrence, y = (C . h + D u) * silu(z); B and C as (batch, L, N). D, z, delta_bias may be None."""
+def _kernel(name: str, dtype: torch.dtype):
+    return getattr(_library(), f"{name}_{'f32' if dtype == torch.float32 else 'f64'}")
+
+
+def _work_items(batch: int, d_inner: int) -> int:
+    return batch * -(-d_inner // _LANES)
+
+
+def scan_forward(u, delta, A, Bt, Ct, D, z, delta_bias, softplus: bool, keep_states: bool):
+    """The scan kernel's forward, token-major (u, delta, z: (batch, L, d_inner); Bt, Ct: (batch, L, N); D, z,
+    delta_bias may be None) -> (y, states): states = the state at the start of every chunk of tokens (what
+    `scan_backward` needs besides the inputs) when keep_states, else None."""
+    u, delta, A, Bt, Ct, D, z, delta_bias = map(_contiguous, (u, delta, A, Bt, Ct, D, z, delta_bias))
+    _check(u, delta, A, Bt, Ct, D, z, delta_bias)
+    batch, length, d_inner = u.shape
+    n = A.shape[1]
+    y = torch.empty_like(u)
+    states = u.new_empty(batch, -(-length // _library().chunk_tokens()), n, d_inner) if keep_states else None
+    _run_split(_kernel("scan_fwd", u.dtype), _work_items(batch, d_inner),
+               lambda p: (_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(delta_bias), _ptr(D), _ptr(z),
+                          _ptr(y), _ptr(states), int(softplus), d_inner, length, n))
+    return y, states
+
+
+def scan_backward(u, delta, A, Bt, Ct, D, z, delta_bias, softplus: bool, states, dy, want_y: bool = False):
+    """Gradients of `scan_forward` (same contiguous inputs, its states) for dy: (du, ddelta, dA, dB, dC, dD,
+    dz, ddelta_bias, y), each None where its input is None; y = the forward's output again when want_y."""
+    dy = dy.contiguous()
+    batch, length, d_inner = u.shape
+    n = A.shape[1]
+    items = _work_items(batch, d_inner)
+    parts = max(1, min(torch.get_num_threads(), items))
+    du, ddelta = torch.empty_like(u), torch.empty_like(u)
+    dz = torch.empty_like(u) if z is not None else None
+    y = torch.empty_like(u) if want_y else None
+    dA = u.new_empty(batch, d_inner, n)
+    dD, dbias = u.new_empty(batch, d_inner), u.new_empty(batch, d_inner)
+    # dB and dC sum over channels: one zeroed buffer per thread, added up at the end
+    dB = u.new_zeros(parts, batch, length, n)
+    dC = u.new_zeros(parts, batch, length, n)
+    _run_split(_kernel("scan_bwd", u.dtype), items,
+               lambda p: (_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(delta_bias), _ptr(D), _ptr(z),
+                          _ptr(dy), _ptr(states), int(softplus), _ptr(y), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA),
+                          _ptr(dB[p]), _ptr(dC[p]), _ptr(dD), _ptr(dbias), d_inner, length, n), parts)
+    return (du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0) if D is not None else None, dz,
+            dbias.sum(0) if delta_bias is not None else None, y)
+
+
+class _TokenScan(torch.autograd.Function):
+    """`scan_forward` / `scan_backward` for autograd. Saved for backward: the inputs and the chunk states."""
 
     @staticmethod
     def forward(ctx, u, delta, A, Bt, Ct, D, z, delta_bias, softplus):
-        lib = _library()
-        u, delta, A, Bt, Ct, D, z, delta_bias = map(_contiguous, (u, delta, A, Bt, Ct, D, z, delta_bias))
-        _check(u, delta, A, Bt, Ct, D, z, delta_bias)
-        batch, d_inner, length = u.shape
-        n = A.shape[1]
-        y = torch.empty_like(u)
-        fn = lib.scan_fwd_f32 if u.dtype == torch.float32 else lib.scan_fwd_f64
-        _run_split(fn, batch * -(-d_inner // _LANES),
-                   lambda p: (_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(delta_bias), _ptr(D), _ptr(z),
-                              _ptr(y), int(softplus), d_inner, length, n))
-        ctx.save_for_backward(u, delta, A, Bt, Ct, D, z, delta_bias)
+        inputs = tuple(map(_contiguous, (u, delta, A, Bt, Ct, D, z, delta_bias)))
+        y, states = scan_forward(*inputs, softplus, keep_states=any(ctx.needs_input_grad))  # (grad mode is off here)
+        ctx.save_for_backward(*inputs, states)
         ctx.softplus = bool(softplus)
         return y
 
     @staticmethod
     def backward(ctx, dy):
-        lib = _library()
-        u, delta, A, Bt, Ct, D, z, delta_bias = ctx.saved_tensors
-        dy = dy.contiguous()
-        batch, d_inner, length = u.shape
-        n = A.shape[1]
-        parts = max(1, min(torch.get_num_threads(), batch * d_inner))
-        du, ddelta = torch.empty_like(u), torch.empty_like(u)
-        dz = torch.empty_like(u) if z is not None else None
-        dA = u.new_empty(batch, d_inner, n)
-        dD, dbias = u.new_empty(batch, d_inner), u.new_empty(batch, d_inner)
-        # dB and dC sum over channels: one zeroed buffer per thread, added up at the end
-        dB = u.new_zeros(parts, batch, length, n)
-        dC = u.new_zeros(parts, batch, length, n)
-        fn = lib.scan_bwd_f32 if u.dtype == torch.float32 else lib.scan_bwd_f64
-        _run_split(fn, batch * d_inner,
-                   lambda p: (_ptr(u), _ptr(delta), _ptr(A), _ptr(Bt), _ptr(Ct), _ptr(delta_bias), _ptr(D), _ptr(z),
-                              _ptr(dy), int(ctx.softplus), _ptr(du), _ptr(ddelta), _ptr(dz), _ptr(dA), _ptr(dB[p]),
-                              _ptr(dC[p]), _ptr(dD), _ptr(dbias), d_inner, length, n))
-        return (du, ddelta, dA.sum(0), dB.sum(0), dC.sum(0), dD.sum(0) if D is not None else None, dz,
-                dbias.sum(0) if delta_bias is not None else None, None)
+        *inputs, states = ctx.saved_tensors
+        return (*scan_backward(*inputs, ctx.softplus, states, dy)[:-1], None)
+
+
+def selective_scan_tokens(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
+    """`mamba.selective_scan_reference` token-major: u, delta, z and the result (batch, L, d_inner); B, C
+    (batch, L, d_state); on the compiled kernels (softplus, D skip and silu(z) gate included), differentiable
+    in every input. Call `available()` first."""
+    return _TokenScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
 def selective_scan_compiled(u, delta, A, B, C, D, z=None, delta_bias=None, delta_softplus=True):
-    """Same contract as `mamba.selective_scan_reference` (B, C: (batch, d_state, L)), on the compiled kernel
-    (softplus, D skip and silu(z) gate included: autograd keeps only the inputs); differentiable in every
-    input. Call `available()` first."""
-    return _CompiledScan.apply(u, delta, A, B.transpose(1, 2), C.transpose(1, 2), D, z, delta_bias,
-                               delta_softplus)
+    """Same contract and layout as `mamba.selective_scan_reference` (u, delta, z: (batch, d_inner, L); B, C:
+    (batch, d_state, L)), on the compiled kernels."""
+    u_t, delta_t, B_t, C_t, z_t = (None if t is None else t.transpose(1, 2) for t in (u, delta, B, C, z))
+    return selective_scan_tokens(u_t, delta_t, A, B_t, C_t, D, z_t, delta_bias, delta_softplus).transpose(1, 2)
+
+
+def conv_forward(x, weight, bias):
+    """silu(causal depthwise conv) of token-major x (batch, L, d); weight (d, 1, k) as nn.Conv1d's; bias (d) or
+    None."""
+    x, bias = x.contiguous(), _contiguous(bias)
+    w = weight[:, 0].t().contiguous()  # (k, d)
+    _check(x, x, w, x, x, bias)
+    batch, length, d = x.shape
+    out = torch.empty_like(x)
+    _run_split(_kernel("conv_fwd", x.dtype), batch,
+               lambda p: (_ptr(x), _ptr(w), _ptr(bias), _ptr(out), d, length, w.shape[0]))
+    return out
+
+
+def conv_backward(x, weight, bias, dout):
+    """Gradients of `conv_forward` for dout: (dx, dweight, dbias (None without bias)); the conv is redone here."""
+    x, bias, dout = x.contiguous(), _contiguous(bias), dout.contiguous()
+    w = weight[:, 0].t().contiguous()
+    batch, length, d = x.shape
+    k = w.shape[0]
+    dx, dpre = torch.empty_like(x), torch.empty_like(x)
+    dw, dbias = x.new_empty(batch, k, d), x.new_empty(batch, d)
+    _run_split(_kernel("conv_bwd", x.dtype), batch,
+               lambda p: (_ptr(x), _ptr(w), _ptr(bias), _ptr(dout), _ptr(dpre), _ptr(dx), _ptr(dw), _ptr(dbias),
+                          d, length, k))
+    return dx, dw.sum(0).t().unsqueeze(1), dbias.sum(0) if bias is not None else None
+
+
+class _TokenConvSilu(torch.autograd.Function):
+    """`conv_forward` / `conv_backward` for autograd; saves only x."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight, bias)
+        return conv_forward(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, dout):
+        return conv_backward(*ctx.saved_tensors, dout)
+
+
+def causal_conv_silu_tokens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """`silu(nn.Conv1d(d, d, k, groups=d, padding=k - 1)(x^T)[..., :L])^T` for token-major x (batch, L, d),
+    weight (d, 1, k), on the compiled kernels; saves only x for backward. Call `available()` first."""
+    return _TokenConvSilu.apply(x, weight, bias)

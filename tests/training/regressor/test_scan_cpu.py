@@ -41,8 +41,8 @@ def test_the_compiled_scan_builds_here():
     assert scan_cpu.available(), scan_cpu._library()
 
 
-@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-11), (torch.float32, 2e-5)])
-@pytest.mark.parametrize("shape", [(2, 6, 4, 1), (2, 6, 4, 11), (3, 5, 16, 97), (1, 1, 3, 40)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 2e-5)])
+@pytest.mark.parametrize("shape", [(2, 6, 4, 1), (2, 6, 4, 11), (3, 5, 16, 97), (1, 1, 3, 40), (3, 37, 16, 70)])
 @pytest.mark.parametrize("gate", ["z and D", "no z", "no D"])
 def test_compiled_scan_values_and_gradients_equal_the_reference(dtype, tol, shape, gate, threads):
     inputs = _scan_inputs(*shape, dtype)
@@ -89,16 +89,21 @@ def test_fused_delta_and_gate_equal_the_reference(case, threads):
         torch.testing.assert_close(g_fast, g_ref, atol=1e-10, rtol=1e-10, msg=f"gradient wrt {name}")
 
 
-def test_compiled_scan_keeps_only_its_inputs_for_backward():
-    # the fused kernel saves u, delta, z (and the small A, B, C, D, bias): no softplus, skip or gate tensors
-    inputs = _scan_inputs(2, 6, 4, 50, torch.float32)
+def test_compiled_scan_keeps_only_its_inputs_and_chunk_states_for_backward():
+    # the fused kernel saves u, delta, z (and the small A, B, C, D, bias) and the state at the start of each chunk
+    # of tokens: no softplus, skip, gate or per-token state tensors
+    inputs = _scan_inputs(2, 6, 4, 70, torch.float32)
+    tokens = {k: v.transpose(1, 2).contiguous() if v.dim() == 3 else v for k, v in inputs.items()}
     for name in ALL_INPUTS:
-        inputs[name].requires_grad_(True)
+        tokens[name].requires_grad_(True)
     saved = []
     with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
-        scan_cpu.selective_scan_compiled(**inputs)
-    big = [t for t in saved if t.dim() == 3 and t.shape[1] == 6]
-    assert len(big) == 3 and {t.data_ptr() for t in big} == {inputs[k].data_ptr() for k in ("u", "delta", "z")}
+        scan_cpu.selective_scan_tokens(**tokens)
+    big = [t for t in saved if t.dim() == 3 and t.shape[-1] == 6]
+    assert {t.data_ptr() for t in big} == {tokens[k].data_ptr() for k in ("u", "delta", "z")}
+    chunks = -(-70 // scan_cpu._library().chunk_tokens())
+    assert [tuple(t.shape) for t in saved if t.dim() == 4] == [(2, chunks, 4, 6)]
+    assert sum(t.numel() for t in saved) == sum(t.numel() for t in tokens.values()) + 2 * chunks * 4 * 6
 
 
 def test_compiled_scan_passes_gradcheck():
@@ -131,10 +136,13 @@ def _module_grads(module, x, scan, monkeypatch):
 
 
 @pytest.mark.parametrize("block", [Mamba, BiMamba])
-def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, monkeypatch, threads):
+@pytest.mark.parametrize("shape", [(3, 29, 16), (3, 75, 20)], ids=["one chunk, 2 lane blocks", "3 chunks, 40 channels"])
+def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, shape, monkeypatch, threads):
+    # (3, 75, 20): d_inner 40 = two full lane blocks and a partial one, 75 tokens = 3 chunks (the last partial),
+    # 3 batch rows split over 2 threads mid-row
     torch.manual_seed(0)
-    module = block(16, d_state=4).double()
-    x = torch.randn(3, 29, 16, dtype=torch.float64)
+    module = block(shape[2], d_state=4).double()
+    x = torch.randn(*shape, dtype=torch.float64)
     fast = _module_grads(module, x, "compiled", monkeypatch)
     slow = _module_grads(module, x, "torch", monkeypatch)
     for what, a, b in zip(["output", "inference output", "input gradient"], fast[:3], slow[:3]):
@@ -257,22 +265,28 @@ def test_fused_causal_conv_silu_equals_the_conv1d_layer_and_keeps_only_its_input
                                                                  conv.bias[:2].detach().requires_grad_(True)))
 
 
-def test_cpu_training_recomputes_each_layer_with_the_same_gradients():
-    # Mamba.forward on the CPU with gradients = a checkpoint of _forward: same output and gradients
+def test_cpu_training_keeps_only_each_layers_input_and_chunk_states(monkeypatch):
+    # pure-PyTorch training: Mamba.forward = a checkpoint of _forward (same output and gradients), which keeps
+    # the layer's input only; on the compiled kernels: the input and the scan's chunk states
     torch.manual_seed(0)
     layer = Mamba(16, d_state=4).double()
     x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
+    params = {p.data_ptr() for p in layer.parameters()}
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "torch")
     grads = []
     for fn in (layer, layer._forward):
         y = fn(x)
         grads.append((y.detach(), *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
-    # and what autograd keeps for backward is the layer's input, not its (B, d_inner, L) activations
-    saved = []
-    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
-        layer(x)
-    assert sum(saved) <= x.numel() * 2
+    for scan, extra in (("torch", []), ("compiled", [(2, 1, 4, 32)])):
+        monkeypatch.setenv(mamba_mod.SCAN_ENV, scan)
+        saved = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+            layer(x)
+        activations = [t for t in saved if t.data_ptr() not in params]
+        assert [t.data_ptr() for t in activations if t.dim() == 3] == [x.data_ptr()], scan
+        assert [tuple(t.shape) for t in activations if t.dim() != 3] == extra, scan
 
 
 def test_compiled_scan_works_in_a_forked_child_after_the_parent_used_it(threads):
