@@ -2,10 +2,11 @@
 
 Our choice (measured in `benchmarks/tcab_cpu.py`): autograd over the layer's ops would keep about six
 (B, L, d_inner) activations per layer (GBs at TCAB's 1568 tokens), and a torch checkpoint of the layer runs the
-whole forward again, scan included. This function keeps the layer's input and the scan's chunk states only; its
-backward recomputes the projections and the conv (a few small matmuls) and lets the scan's backward kernel rebuild
-the scan's states chunk by chunk, which also gives back the scan's output for out_proj's weight gradient. Same
-parameters, values and gradients as `Mamba._forward` (tested against the pure-PyTorch path).
+whole forward again, scan included. This function keeps the layer's input, in_proj's two outputs (x before the
+conv and the gate z) and the scan's chunk states; its backward recomputes the conv and the small x_proj / dt_proj
+matmuls and lets the scan's backward kernel rebuild the scan's states chunk by chunk, which also gives back the
+scan's output for out_proj's weight gradient. Same parameters, values and gradients as `Mamba._forward` (tested
+against the pure-PyTorch path).
 """
 
 from __future__ import annotations
@@ -16,31 +17,32 @@ import torch.nn.functional as F
 from diffvqa_cache.training.regressor import scan_cpu
 
 
-def _inner(hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, sizes):
-    """hidden (B, L, d_model) -> x before the conv, z, x, dt before its bias, dt's low-rank input, B, C."""
-    d_inner, dt_rank, d_state = sizes
-    x_pre = F.linear(hidden, in_w[:d_inner])
-    z = F.linear(hidden, in_w[d_inner:])
+def _projected(x_pre, conv_w, conv_b, xproj_w, dtproj_w, sizes):
+    """x before the conv -> x, dt before its bias, dt's low-rank input, B, C."""
+    _, dt_rank, d_state = sizes
     x = scan_cpu.conv_forward(x_pre, conv_w, conv_b)
     dt_low, B, C = torch.split(F.linear(x, xproj_w), [dt_rank, d_state, d_state], dim=-1)
-    return x_pre, z, x, F.linear(dt_low, dtproj_w), dt_low, B.contiguous(), C.contiguous()
+    return x, F.linear(dt_low, dtproj_w), dt_low, B.contiguous(), C.contiguous()
 
 
 class _MambaLayer(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w, sizes):
-        _, z, x, dt, _, B, C = _inner(hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, sizes)
+        d_inner = sizes[0]
+        x_pre, z = F.linear(hidden, in_w[:d_inner]), F.linear(hidden, in_w[d_inner:])
+        x, dt, _, B, C = _projected(x_pre, conv_w, conv_b, xproj_w, dtproj_w, sizes)
         y, states = scan_cpu.scan_forward(x, dt, -torch.exp(A_log), B, C, D, z, dtproj_b, softplus=True,
                                           keep_states=any(ctx.needs_input_grad))  # (grad mode is off here)
-        ctx.save_for_backward(hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w, states)
+        ctx.save_for_backward(hidden, x_pre, z, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w,
+                              states)
         ctx.sizes = sizes
         return F.linear(y, out_w)
 
     @staticmethod
     def backward(ctx, dout):
-        hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w, states = ctx.saved_tensors
+        hidden, x_pre, z, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w, states = ctx.saved_tensors
         d_inner = ctx.sizes[0]
-        x_pre, z, x, dt, dt_low, B, C = _inner(hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, ctx.sizes)
+        x, dt, dt_low, B, C = _projected(x_pre, conv_w, conv_b, xproj_w, dtproj_w, ctx.sizes)
         A = -torch.exp(A_log)
         # 5. out_proj: the scan's output comes back from its backward
         dout = dout.contiguous()
@@ -63,8 +65,8 @@ class _MambaLayer(torch.autograd.Function):
 
 
 def mamba_layer(layer, hidden: torch.Tensor) -> torch.Tensor:
-    """`layer._forward(hidden)` (a `mamba.Mamba`, hidden (B, L, d_model)) on the compiled kernels; keeps only
-    hidden and the scan's chunk states for backward. Call `scan_cpu.available()` first."""
+    """`layer._forward(hidden)` (a `mamba.Mamba`, hidden (B, L, d_model)) on the compiled kernels; keeps hidden,
+    x, z and the scan's chunk states for backward. Call `scan_cpu.available()` first."""
     return _MambaLayer.apply(hidden, layer.in_proj.weight, layer.conv1d.weight, layer.conv1d.bias,
                              layer.x_proj.weight, layer.dt_proj.weight, layer.dt_proj.bias, layer.A_log, layer.D,
                              layer.out_proj.weight, (layer.d_inner, layer.dt_rank, layer.d_state))

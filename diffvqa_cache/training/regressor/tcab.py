@@ -57,8 +57,13 @@ class TCAB(nn.Module):
         return spatial + temporal
 
     def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (n, 3, P, P) -> float in [0, 1] -> ImageNet normalisation -> patch embedding."""
-        return self.patch_embed((pixels.float() / 255.0 - self.mean) / self.std)
+        """uint8 frames (n, 3, P, P) -> float in [0, 1] -> ImageNet normalisation -> patch embedding, with the
+        normalisation folded into the conv's weight and bias (the same map, without two passes over the frames):
+        W ((x / 255 - mean) / std) + b = (W / (255 std)) x + (b - sum W mean / std)."""
+        conv = self.patch_embed
+        weight = conv.weight / (255.0 * self.std)
+        bias = conv.bias - (conv.weight * (self.mean / self.std)).sum((1, 2, 3))
+        return F.conv2d(pixels.float(), weight, bias, stride=conv.stride)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         batch, frames = pixels.shape[:2]
