@@ -217,7 +217,7 @@ class Mamba(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         if not hidden_states.is_cuda and cpu_kernels(hidden_states.dtype):
-            # the compiled CPU kernels, with a backward that keeps this input, x, z and the scan's chunk states
+            # the compiled CPU kernels; the backward keeps 3 (B, L, d_inner) activations and the scan's chunk states
             return mamba_layer(self, hidden_states)
         if not hidden_states.is_cuda and torch.is_grad_enabled():
             # pure-PyTorch training: keep only this layer's input for backward and recompute the rest there (the

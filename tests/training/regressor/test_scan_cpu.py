@@ -267,8 +267,8 @@ def test_fused_causal_conv_silu_equals_the_conv1d_layer_and_keeps_only_its_input
 
 def test_cpu_training_keeps_few_activations_per_layer(monkeypatch):
     # pure-PyTorch training: Mamba.forward = a checkpoint of _forward (same output and gradients), which keeps
-    # the layer's input only; on the compiled kernels: the input, in_proj's two outputs and the scan's chunk
-    # states (none of the conv, x_proj, dt_proj, scan or gate activations)
+    # the layer's input only; on the compiled kernels: the input, x before and after the conv, the gate z, x_proj's
+    # small outputs and the scan's chunk states (no dt, scan, gate or output-projection activations)
     torch.manual_seed(0)
     layer = Mamba(16, d_state=4).double()
     x = torch.randn(2, 21, 16, dtype=torch.float64, requires_grad=True)
@@ -280,14 +280,15 @@ def test_cpu_training_keeps_few_activations_per_layer(monkeypatch):
         grads.append((y.detach(), *torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])))
     for a, b in zip(*grads):
         torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
-    for scan, extra in (("torch", []), ("compiled", [(2, 21, 32), (2, 21, 32), (2, 1, 4, 32)])):
+    compiled = [(2, 21, 32)] * 3 + [(2, 21, 1), (2, 21, 4), (2, 21, 4), (2, 1, 4, 32)]  # x_pre, z, x, dt_low, B, C
+    for scan, extra in (("torch", []), ("compiled", compiled)):
         monkeypatch.setenv(mamba_mod.SCAN_ENV, scan)
         saved = []
         with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
             layer(x)
         activations = [t for t in saved if t.data_ptr() not in params]
         assert activations[0].data_ptr() == x.data_ptr(), scan
-        assert [tuple(t.shape) for t in activations[1:]] == extra, scan  # compiled: in_proj's x and z, chunk states
+        assert [tuple(t.shape) for t in activations[1:]] == extra, scan
 
 
 def test_compiled_scan_works_in_a_forked_child_after_the_parent_used_it(threads):
