@@ -13,7 +13,6 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.utils.checkpoint import checkpoint
 
 from diffvqa_cache.training.regressor.mamba import BiMamba
 
@@ -21,6 +20,24 @@ EMBED_CHUNK = 32  # frames normalised and patch-embedded at a time on the CPU
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class _PatchEmbed(torch.autograd.Function):
+    """conv2d(pixels as floats, weight, bias, stride=patch) on the CPU, EMBED_CHUNK frames at a time, keeping only
+    the uint8 pixels for backward (the weight gradient converts each chunk again; no conv is rerun)."""
+
+    @staticmethod
+    def forward(ctx, pixels, weight, bias, patch):
+        ctx.save_for_backward(pixels, weight)
+        ctx.patch = patch
+        return torch.cat([F.conv2d(part.to(weight.dtype), weight, bias, stride=patch) for part in pixels.split(EMBED_CHUNK)])
+
+    @staticmethod
+    def backward(ctx, dout):
+        pixels, weight = ctx.saved_tensors
+        dweight = sum(torch.nn.grad.conv2d_weight(part.to(weight.dtype), weight.shape, dpart, stride=ctx.patch)
+                      for part, dpart in zip(pixels.split(EMBED_CHUNK), dout.split(EMBED_CHUNK)))
+        return None, dweight, dout.sum((0, 2, 3)), None
 
 
 class TCAB(nn.Module):
@@ -56,29 +73,25 @@ class TCAB(nn.Module):
             temporal = line.transpose(1, 2).unsqueeze(2)
         return spatial + temporal
 
-    def _embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """uint8 frames (n, 3, P, P) -> float in [0, 1] -> ImageNet normalisation -> patch embedding, with the
-        normalisation folded into the conv's weight and bias (the same map, without two passes over the frames):
+    def _folded(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The patch conv's weight and bias with the normalisation folded in: for uint8 frames x,
         W ((x / 255 - mean) / std) + b = (W / (255 std)) x + (b - sum W mean / std)."""
         conv = self.patch_embed
         weight = conv.weight / (255.0 * self.std)
-        bias = conv.bias - (conv.weight * (self.mean / self.std)).sum((1, 2, 3))
-        return F.conv2d(pixels.float(), weight, bias, stride=conv.stride)
+        return weight, conv.bias - (conv.weight * (self.mean / self.std)).sum((1, 2, 3))
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         batch, frames = pixels.shape[:2]
-        # 1.-2. normalised frames (one B*T batch) -> patch embedding -> tokens (B, T, N, d) + spatial and
+        # 1.-2. frames (one B*T batch) -> [0, 1] -> ImageNet normalisation -> patch embedding (one conv on the
+        # float frames, the normalisation folded into its weight and bias) -> tokens (B, T, N, d) + spatial and
         # temporal positions. On the CPU the float frames (4x the uint8 pixels) exist EMBED_CHUNK frames at a
-        # time, and in training each chunk is recomputed in backward from its uint8 pixels (the conv's
-        # weight gradient needs its input)
+        # time, in backward too (`_PatchEmbed`)
+        weight, bias = self._folded()
         flat = pixels.flatten(0, 1)
         if flat.is_cuda:
-            x = self._embed(flat)
+            x = F.conv2d(flat.to(weight.dtype), weight, bias, stride=self.patch)
         else:
-            grad = torch.is_grad_enabled()
-            parts = [checkpoint(self._embed, part, use_reentrant=False) if grad else self._embed(part)
-                     for part in flat.split(EMBED_CHUNK)]
-            x = parts[0] if len(parts) == 1 else torch.cat(parts)
+            x = _PatchEmbed.apply(flat, weight, bias, self.patch)
         grid = x.shape[-1]
         x = x.flatten(2).transpose(1, 2).unflatten(0, (batch, frames))
         x = x + self._position(frames, grid)

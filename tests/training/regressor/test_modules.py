@@ -4,6 +4,7 @@ import torch
 from diffvqa_cache.training.regressor.dff import DFF
 from diffvqa_cache.training.regressor.fff import FFF
 from diffvqa_cache.training.regressor.head import Head
+from diffvqa_cache.training.regressor import tcab as tcab_mod
 from diffvqa_cache.training.regressor.tcab import TCAB
 from diffvqa_cache.training.regressor.tdm import TDM
 
@@ -62,6 +63,24 @@ def test_tcab_shape_and_grads(view_factory, check_grads, frames):
     assert out.shape == (2, frames, 16)
     out.square().sum().backward()
     check_grads(tcab)
+
+
+def test_tcab_patch_embedding_is_the_conv_of_imagenet_normalised_frames(monkeypatch):
+    # the CPU path folds the normalisation into the conv and works EMBED_CHUNK frames at a time, keeping only the
+    # uint8 frames for backward: same tokens and weight/bias gradients as nn.Conv2d on (x / 255 - mean) / std
+    monkeypatch.setattr(tcab_mod, "EMBED_CHUNK", 4)  # 10 frames: chunks of 4, 4, 2
+    torch.manual_seed(0)
+    tcab = TCAB(pixel_size=32, num_frames=5, d_model=8, depth=1, patch=16, d_state=4).double()
+    pixels = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8)
+    weight, bias = tcab._folded()
+    tokens = tcab_mod._PatchEmbed.apply(pixels, weight, bias, 16)
+    frames = (pixels.double() / 255 - tcab.mean) / tcab.std
+    expected = tcab.patch_embed(frames)
+    torch.testing.assert_close(tokens, expected, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(expected)
+    params = [tcab.patch_embed.weight, tcab.patch_embed.bias]
+    for got, want in zip(torch.autograd.grad((tokens * g).sum(), params), torch.autograd.grad((expected * g).sum(), params)):
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
 
 
 def test_tcab_frame_features_see_other_frames(view_factory):
