@@ -265,7 +265,7 @@ def check_mamba(ctx: Context) -> Finding:
         return Finding("slow", f"{detail}; mamba_ssm: {why}", f"{KERNEL_INSTALL} ({GPU_INSTALL})")
     if device.type == "cpu" and not compiled and os.environ.get(mamba.SCAN_ENV, "auto") != "torch":
         return Finding("slow", f"{detail}; {mamba.scan_cpu._library()}",
-                       "install a C compiler (e.g. apt-get install gcc) for the compiled CPU scan (TCAB scan 10-20x faster)")
+                       "install a C compiler (e.g. apt-get install gcc) for the compiled CPU kernels (TCAB training many times faster)")
     return Finding("ok", detail)
 
 

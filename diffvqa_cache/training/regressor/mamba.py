@@ -4,13 +4,13 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
 - `Mamba` holds exactly the parameters and state_dict keys of `mamba_ssm.Mamba` (in_proj, conv1d, x_proj,
   dt_proj, A_log, D, out_proj; same shapes and init), so a checkpoint moves between GPU and CPU.
 - At forward time: if `mamba_ssm` imports and the input is on CUDA, the selective scan runs in mamba_ssm's
-  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); otherwise the compiled CPU
-  kernel of `scan_cpu` (a C recurrence with a hand-written backward, built with the system's C compiler;
-  10-20x faster than the parallel scan under autograd, and it saves only its inputs for backward).
-  Fallback when no compiler is there (or $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same
-  recurrence: a parallel scan (mambapy's `pscan`) when gradients are needed, and an in-place sequential
-  scan without them. The projections are plain torch ops; on the CPU the causal depthwise conv + SiLU is one
-  autograd function that keeps only its input (torch's depthwise conv1d backward is slow there).
+  CUDA kernel (`selective_scan_fn`, i.e. mamba_ssm.Mamba's non-fused path); on the CPU the whole layer runs
+  on the compiled kernels of `scan_cpu` (`mamba_cpu.mamba_layer`: token-major, a hand-written backward that
+  keeps three activations and the scan's chunk states). Fallback when no compiler is there (or
+  $DIFFVQA_MAMBA_SCAN=torch), pure PyTorch computes the same layer channels-first: a parallel scan (mambapy's
+  `pscan`) when gradients are needed, and an in-place sequential scan without them; on the CPU the causal
+  depthwise conv + SiLU is one autograd function that keeps only its input (torch's depthwise conv1d
+  backward is slow there), and training recomputes each layer from its input in backward (a checkpoint).
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
   averaged, plus a residual.
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,

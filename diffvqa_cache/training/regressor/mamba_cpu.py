@@ -5,8 +5,8 @@ Our choice (measured in `benchmarks/tcab_cpu.py`): autograd over the layer's ops
 whole forward again, scan included. This function keeps the layer's input, x before and after the conv, the
 gate z, x_proj's small outputs (dt's low-rank input, B, C) and the scan's chunk states; its backward recomputes
 dt (a rank-6 matmul) and lets the scan's backward kernel rebuild the scan's states chunk by chunk, which also
-gives back the scan's output for out_proj's weight gradient. Same parameters, values and gradients as `Mamba._forward` (tested
-against the pure-PyTorch path).
+gives back the scan's output for out_proj's weight gradient. Same parameters, values and gradients as
+`Mamba._forward` (tested against the pure-PyTorch path).
 """
 
 from __future__ import annotations

@@ -1,21 +1,22 @@
-"""Compiled CPU selective scan (forward and backward) for the Mamba blocks of TCAB.
+"""Compiled CPU kernels for the Mamba layers of TCAB: build, cache and call `cpu_kernels.c`.
 
-Our choice (measured in `benchmarks/tcab_cpu.py`, see BENCHMARKS.md): a small C kernel, built once per
-machine with the system's C compiler (`cc`, -O3 -march=native, fast-math for the vectorised `exp`) into a
-cached shared library and called through ctypes (which releases the GIL, so the work items are split over
-`torch.get_num_threads()` Python threads). No torch headers are compiled (about a second to build).
-
-- Forward: per (batch, channel), the recurrence h_t = exp(delta_t A) h_{t-1} + delta_t u_t B_t,
-  y_t = C_t . h_t step by step on a d_state vector: nothing of size (batch, L, d_inner, d_state) exists.
-- Backward (hand-written): per (batch, channel) the forward is run again into a scratch of L x d_state
-  states and decays, then the adjoint g_t = C_t dy_t + exp(delta_{t+1} A) g_{t+1} is run backwards, giving
-  the gradients of u, delta, A, B and C in closed form. Saved for backward: the inputs only.
-- The softplus of delta + bias (torch's threshold 20), the D skip and the silu(z) gate are fused into both
-  passes, so `selective_scan_compiled` has the contract of `mamba.selective_scan_reference` and autograd keeps
-  none of the (batch, d_inner, L) tensors between them (the backward reruns them per channel).
+Our choice (measured in `benchmarks/tcab_cpu.py`, see BENCHMARKS.md): small C kernels, built once per machine
+with the system's C compiler (`cc`, -O3 -march=native -ffast-math) into a cached shared library and called
+through ctypes (which releases the GIL, so the work items are split over `torch.get_num_threads()` Python
+threads). No torch headers are compiled (about a second to build). Layout token-major, (batch, L, channels),
+as the layer's projections produce it:
+- `scan_forward` / `scan_backward`: the selective scan with the softplus of delta + bias (torch's threshold
+  20), the D skip and the silu(z) gate fused in; 16 channels in SIMD lanes; the forward keeps the state at
+  the start of every chunk of 32 tokens, from which the backward rebuilds a chunk's states and runs the
+  adjoint through it (the gradients of u, delta, A, B, C, D, z and the bias in closed form). Nothing of size
+  (batch, L, d_inner, d_state) exists.
+- `conv_forward` / `conv_backward`: the causal depthwise conv + SiLU.
+- `selective_scan_tokens` and `causal_conv_silu_tokens` are their autograd functions, and
+  `selective_scan_compiled` has the contract and layout of `mamba.selective_scan_reference` (for tests and
+  benchmarks); `mamba_cpu.py` uses the four functions directly for a whole layer.
 
 When no compiler is found or the build fails, `available()` is False (the reason is logged once) and
-`mamba.py` uses its pure-PyTorch scans. The library is cached under $DIFFVQA_KERNEL_CACHE, else
+`mamba.py` uses its pure-PyTorch path. The library is cached under $DIFFVQA_KERNEL_CACHE, else
 $XDG_CACHE_HOME/diffvqa-cache (~/.cache/diffvqa-cache; the temp folder when that is read-only), named
 by a hash of the source, flags, compiler and CPU.
 """
@@ -42,11 +43,11 @@ log = logging.getLogger(__name__)
 
 _SOURCE = (Path(__file__).parent / "cpu_kernels.c").read_text()
 
-# -ffast-math lets gcc/clang vectorise exp with glibc's libmvec; compiling and linking in two steps keeps
-# crtfastmath.o (which would flush denormals to zero for the whole process) out of the library.
+# -ffast-math lets the compiler vectorise the lanes' conditionals and the inlined exp; compiling and linking in two
+# steps keeps crtfastmath.o (which would flush denormals to zero for the whole process) out of the library.
 _COMPILE_FLAGS = ["-O3", "-ffast-math", "-march=native", "-fPIC", "-std=c99"]
 _ENV = "DIFFVQA_KERNEL_CACHE"
-_LANES = 16  # W in the source: channels per forward work item
+_LANES = 16  # W in the source: channels per work item
 
 
 def _cpu_tag() -> str:

@@ -30,7 +30,8 @@ class _PatchEmbed(torch.autograd.Function):
     def forward(ctx, pixels, weight, bias, patch):
         ctx.save_for_backward(pixels, weight)
         ctx.patch = patch
-        return torch.cat([F.conv2d(part.to(weight.dtype), weight, bias, stride=patch) for part in pixels.split(EMBED_CHUNK)])
+        parts = pixels.split(EMBED_CHUNK)
+        return torch.cat([F.conv2d(part.to(weight.dtype), weight, bias, stride=patch) for part in parts])
 
     @staticmethod
     def backward(ctx, dout):

@@ -1,10 +1,10 @@
 import pytest
 import torch
 
+from diffvqa_cache.training.regressor import tcab as tcab_mod
 from diffvqa_cache.training.regressor.dff import DFF
 from diffvqa_cache.training.regressor.fff import FFF
 from diffvqa_cache.training.regressor.head import Head
-from diffvqa_cache.training.regressor import tcab as tcab_mod
 from diffvqa_cache.training.regressor.tcab import TCAB
 from diffvqa_cache.training.regressor.tdm import TDM
 
@@ -79,8 +79,9 @@ def test_tcab_patch_embedding_is_the_conv_of_imagenet_normalised_frames(monkeypa
     torch.testing.assert_close(tokens, expected, rtol=1e-12, atol=1e-12)
     g = torch.randn_like(expected)
     params = [tcab.patch_embed.weight, tcab.patch_embed.bias]
-    for got, want in zip(torch.autograd.grad((tokens * g).sum(), params), torch.autograd.grad((expected * g).sum(), params)):
-        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-10)
+    got, want = (torch.autograd.grad((t * g).sum(), params) for t in (tokens, expected))
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-10)
 
 
 def test_tcab_frame_features_see_other_frames(view_factory):
