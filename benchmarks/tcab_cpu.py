@@ -1,5 +1,6 @@
-"""TCAB on the CPU at 224 px: the Mamba selective scan alone, and whole fits with TCAB off / on, before
-(the pure-PyTorch scan, DIFFVQA_MAMBA_SCAN=torch) and after (the compiled scan of regressor/scan_cpu.py).
+"""TCAB on the CPU at 224 px: the Mamba selective scan alone, and whole fits with TCAB off / on, on the
+pure-PyTorch path (DIFFVQA_MAMBA_SCAN=torch) and on the compiled kernels (regressor/scan_cpu.py, mamba_cpu.py),
+optionally beside an older checkout's fits (--baseline-tree).
 
 1. Scan: one selective scan at TCAB's shapes (L = 196 tokens x 8 frames = 1568, d_inner 192, d_state 16),
    forward + backward and inference, each path; peak memory of the step measured as the growth of this
@@ -12,6 +13,7 @@
     python benchmarks/tcab_cpu.py                                   # 32 videos, 1 split, 2 epochs
     python benchmarks/tcab_cpu.py --videos 96 --repeats 2 --threads 1
     python benchmarks/tcab_cpu.py --baseline-tree /tmp/old --no-torch-scan   # vs an older checkout, same run
+    python benchmarks/tcab_cpu.py --videos 16 --epochs 3 --repeats 3 --scan-batch 2 --no-torch-scan --baseline-tree /tmp/old
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from _common import append_section, loadavg, machine_info, maxrss_mb, set_thread
 
 CONFIGS = {  # name: (use_tcab, DIFFVQA_MAMBA_SCAN)
     "TCAB off": (False, "auto"),
-    "TCAB on, before (pure-PyTorch scan)": (True, "torch"),
-    "TCAB on, after (compiled scan)": (True, "compiled"),
+    "TCAB on, pure-PyTorch path": (True, "torch"),
+    "TCAB on, compiled kernels": (True, "compiled"),
 }
 
 
