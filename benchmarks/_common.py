@@ -96,7 +96,10 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 def command_line() -> str:
-    return " ".join(shlex.quote(a) for a in [Path(sys.executable).name, *sys.argv])
+    """This script's command line, absolute paths shown as DIR / FILE (the documents hold no machine paths)."""
+    def shown(arg: str) -> str:
+        return ("DIR" if Path(arg).is_dir() else "FILE") if os.path.isabs(arg) else arg
+    return " ".join(shlex.quote(shown(a)) for a in [Path(sys.executable).name, *sys.argv])
 
 
 @contextlib.contextmanager

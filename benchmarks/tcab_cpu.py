@@ -40,6 +40,12 @@ CONFIGS = {  # name: (use_tcab, DIFFVQA_MAMBA_SCAN)
 }
 
 
+def _commit(tree: str) -> str:
+    """The short commit a checkout is at (for the record, instead of its path)."""
+    out = subprocess.run(["git", "-C", tree, "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return out.stdout.strip() or "an unknown commit"
+
+
 def child(args) -> None:
     """One fit in this process; prints a JSON line with epoch seconds, fit seconds and peak RSS."""
     set_threads(args.threads)
@@ -175,8 +181,8 @@ def main() -> None:
     print(t_scan, "", t_fit, sep="\n")
     scan_text = (f"Scan: one selective scan at TCAB's 224 px shapes (batch {args.scan_batch}, d_inner 192, d_state "
                  f"16, L = 1568), float32, torch threads {args.threads}.\n\n{t_scan}\n\n" if scan_rows else "")
-    baseline = (f" Baseline tree: {args.baseline_tree} (its rows' ratios are against its own TCAB-off fit)."
-                if args.baseline_tree else "")
+    baseline = (f" Baseline tree: a checkout of {_commit(args.baseline_tree)} (its rows' ratios are against its own "
+                f"TCAB-off fit)." if args.baseline_tree else "")
     body = (scan_text + f"Fits: synthetic SD-size cache of {args.videos} videos x {args.frames} frames (S + D, grid 8, SD "
             f"channels, latent 4x64x64, pixels 224), `run_fit` with the fit defaults (TCAB at the cache's 224 px: "
             f"196 tokens a frame) except {args.splits} split(s) x {args.epochs} epochs, each fit in its own "
