@@ -382,19 +382,25 @@ void SUF(scan_bwd)(const REAL* restrict u, const REAL* restrict dtr, const REAL*
 /* Causal depthwise conv + SiLU over tokens: out[b, t, c] = silu(bias[c] + sum_j w[j, c] x[b, t - k + 1 + j, c])
    (x before the first token is 0); w: (k, D) (the conv weight transposed), bias: (D) or NULL.
    Work items are batch rows [start, end). */
+/* the conv before the SiLU at token t of batch row b, into o (D) */
+static inline void SUF(conv_pre)(const REAL* restrict x, const REAL* restrict w, const REAL* restrict bias,
+                                 REAL* restrict o, int64_t D, int64_t L, int64_t k, int64_t b, int64_t t) {
+  for (int64_t c = 0; c < D; ++c) o[c] = bias ? bias[c] : 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t s = t - k + 1 + j;
+    if (s < 0) continue;
+    const REAL* xs = x + (b * L + s) * D;
+    const REAL* wj = w + j * D;
+    for (int64_t c = 0; c < D; ++c) o[c] += wj[c] * xs[c];
+  }
+}
+
 void SUF(conv_fwd)(const REAL* restrict x, const REAL* restrict w, const REAL* restrict bias, REAL* restrict out,
                    int64_t D, int64_t L, int64_t k, int64_t start, int64_t end) {
   for (int64_t b = start; b < end; ++b)
     for (int64_t t = 0; t < L; ++t) {
       REAL* o = out + (b * L + t) * D;
-      for (int64_t c = 0; c < D; ++c) o[c] = bias ? bias[c] : 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t s = t - k + 1 + j;
-        if (s < 0) continue;
-        const REAL* xs = x + (b * L + s) * D;
-        const REAL* wj = w + j * D;
-        for (int64_t c = 0; c < D; ++c) o[c] += wj[c] * xs[c];
-      }
+      SUF(conv_pre)(x, w, bias, o, D, L, k, b, t);
       for (int64_t c = 0; c < D; ++c) o[c] *= SUF(sigmoid)(o[c]);
     }
 }
@@ -412,14 +418,7 @@ void SUF(conv_bwd)(const REAL* restrict x, const REAL* restrict w, const REAL* r
     for (int64_t t = 0; t < L; ++t) {
       REAL* p = dpre + (b * L + t) * D;
       const REAL* g = dout + (b * L + t) * D;
-      for (int64_t c = 0; c < D; ++c) p[c] = bias ? bias[c] : 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t s = t - k + 1 + j;
-        if (s < 0) continue;
-        const REAL* xs = x + (b * L + s) * D;
-        const REAL* wj = w + j * D;
-        for (int64_t c = 0; c < D; ++c) p[c] += wj[c] * xs[c];
-      }
+      SUF(conv_pre)(x, w, bias, p, D, L, k, b, t);
       for (int64_t c = 0; c < D; ++c) {
         const REAL sg = SUF(sigmoid)(p[c]);
         p[c] = g[c] * sg * ((REAL)1 + p[c] * ((REAL)1 - sg));
