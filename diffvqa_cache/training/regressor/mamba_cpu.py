@@ -18,7 +18,9 @@ from diffvqa_cache.training.regressor import scan_cpu
 
 
 class _MambaLayer(torch.autograd.Function):
+    # under CPU autocast the layer still runs in float32 (the kernels take float32/float64), as a whole
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)
     def forward(ctx, hidden, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w, sizes):
         d_inner, dt_rank, d_state = sizes
         x_pre, z = F.linear(hidden, in_w[:d_inner]), F.linear(hidden, in_w[d_inner:])
@@ -31,6 +33,7 @@ class _MambaLayer(torch.autograd.Function):
         return F.linear(y, out_w)
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dout):
         (hidden, x_pre, z, x, dt_low, B, C, states, in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D,
          out_w) = ctx.saved_tensors

@@ -27,6 +27,7 @@ class _PatchEmbed(torch.autograd.Function):
     the uint8 pixels for backward (the weight gradient converts each chunk again; no conv is rerun)."""
 
     @staticmethod
+    @torch.amp.custom_fwd(device_type="cpu", cast_inputs=torch.float32)  # float32 under CPU autocast, as the layers
     def forward(ctx, pixels, weight, bias, patch):
         ctx.save_for_backward(pixels, weight)
         ctx.patch = patch
@@ -34,6 +35,7 @@ class _PatchEmbed(torch.autograd.Function):
         return torch.cat([F.conv2d(part.to(weight.dtype), weight, bias, stride=patch) for part in parts])
 
     @staticmethod
+    @torch.amp.custom_bwd(device_type="cpu")
     def backward(ctx, dout):
         pixels, weight = ctx.saved_tensors
         dweight = sum(torch.nn.grad.conv2d_weight(part.to(weight.dtype), weight.shape, dpart, stride=ctx.patch)

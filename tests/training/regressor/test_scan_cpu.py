@@ -168,6 +168,23 @@ def test_tcab_float32_training_step_matches_the_pure_pytorch_path(monkeypatch, t
         torch.testing.assert_close(g, outs["torch"][1][name], atol=1e-4, rtol=1e-4, msg=f"gradient of {name}")
 
 
+def test_tcab_trains_under_cpu_autocast_with_its_mamba_layers_in_float32(monkeypatch):
+    # a user's torch.autocast("cpu", bfloat16): the kernels take float32/float64 only, so each Mamba layer (and
+    # the patch embedding) runs whole in float32 there, giving exactly its float32 output
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
+    torch.manual_seed(0)
+    layer = Mamba(16, d_state=4)
+    x = torch.randn(2, 40, 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = layer(x)
+    assert y.dtype == torch.float32 and torch.equal(y, layer(x))
+    tcab = TCAB(pixel_size=32, num_frames=3, d_model=16, depth=1, patch=8, d_state=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = tcab(torch.randint(0, 256, (2, 3, 3, 32, 32), dtype=torch.uint8))
+    out.float().square().sum().backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in tcab.parameters())
+
+
 def test_state_dict_round_trip_between_the_scan_paths(monkeypatch, tmp_path):
     torch.manual_seed(0)
     source = BiMamba(16, d_state=4)
