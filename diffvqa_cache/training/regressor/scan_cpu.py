@@ -11,9 +11,9 @@ as the layer's projections produce it:
   adjoint through it (the gradients of u, delta, A, B, C, D, z and the bias in closed form). Nothing of size
   (batch, L, d_inner, d_state) exists.
 - `conv_forward` / `conv_backward`: the causal depthwise conv + SiLU.
-- `selective_scan_tokens` and `causal_conv_silu_tokens` are their autograd functions, and
-  `selective_scan_compiled` has the contract and layout of `mamba.selective_scan_reference` (for tests and
-  benchmarks); `mamba_cpu.py` uses the four functions directly for a whole layer.
+- `selective_scan_tokens` is the scan's autograd function, and `selective_scan_compiled` has the contract and
+  layout of `mamba.selective_scan_reference` (for tests, benchmarks and `doctor`); `mamba_cpu.py` uses the four
+  functions above directly for a whole layer.
 
 When no compiler is found or the build fails, `available()` is False (the reason is logged once) and
 `mamba.py` uses its pure-PyTorch path. The library is cached under $DIFFVQA_KERNEL_CACHE, else
@@ -263,22 +263,3 @@ def conv_backward(x, weight, bias, dout):
                lambda p: (_ptr(x), _ptr(w), _ptr(bias), _ptr(dout), _ptr(dpre), _ptr(dx), _ptr(dw), _ptr(dbias),
                           d, length, k))
     return dx, dw.sum(0).t().unsqueeze(1), dbias.sum(0) if bias is not None else None
-
-
-class _TokenConvSilu(torch.autograd.Function):
-    """`conv_forward` / `conv_backward` for autograd; saves only x."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight, bias)
-        return conv_forward(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, dout):
-        return conv_backward(*ctx.saved_tensors, dout)
-
-
-def causal_conv_silu_tokens(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """`silu(nn.Conv1d(d, d, k, groups=d, padding=k - 1)(x^T)[..., :L])^T` for token-major x (batch, L, d),
-    weight (d, 1, k), on the compiled kernels; saves only x for backward. Call `available()` first."""
-    return _TokenConvSilu.apply(x, weight, bias)
