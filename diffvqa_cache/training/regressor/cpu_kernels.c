@@ -144,27 +144,34 @@ static void SUF(load_params)(const REAL* A, const REAL* bias, const REAL* Dv, in
   }
 }
 
-/* One state channel n of one token, in the lanes (the bodies of the loops over n below, which run four n at a
-   time into four accumulators so that the sums over n are not one long chain of dependent adds). */
-static inline __attribute__((always_inline)) void SUF(fwd_n)(REAL* restrict h, const REAL* restrict An,
-                                                             const REAL* restrict dl, const REAL* restrict du,
-                                                             REAL Bn, REAL Cn, REAL* restrict acc) {
-  LANES {
-    h[c] = EXPF(dl[c] * An[c]) * h[c] + du[c] * Bn;
-    acc[c] += Cn * h[c];
-  }
-}
-
-/* as fwd_n, from the previous state hp into hq */
-static inline __attribute__((always_inline)) void SUF(refwd_n)(REAL* restrict hq,
-                                                               const REAL* restrict hp, const REAL* restrict An,
+/* One state channel n of one token, in the lanes: hq = exp(delta A_n) hp + delta u B_n, acc += C_n hq. hq may be
+   hp (the forward updates its state in place): lane c reads hp[c] before it writes hq[c]. */
+static inline __attribute__((always_inline)) void SUF(state_n)(REAL* hq, const REAL* hp, const REAL* restrict An,
                                                                const REAL* restrict dl, const REAL* restrict du,
                                                                REAL Bn, REAL Cn, REAL* restrict acc) {
   LANES {
-    const REAL a = EXPF(dl[c] * An[c]);
-    hq[c] = a * hp[c] + du[c] * Bn;
+    hq[c] = EXPF(dl[c] * An[c]) * hp[c] + du[c] * Bn;
     acc[c] += Cn * hq[c];
   }
+}
+
+/* One token, every state channel, from the previous state hp (N x W) into hq: acc = C . hq + D u (before the
+   gate). Four n at a time into four accumulators, so that the sum over n is not one long chain of adds. */
+static inline __attribute__((always_inline)) void SUF(token_step)(REAL* hq, const REAL* hp, const REAL* Ab,
+                                                                  const REAL* dl, const REAL* du, const REAL* ut,
+                                                                  const REAL* Dd, const REAL* Bq, const REAL* Cq,
+                                                                  int64_t N, REAL* acc) {
+  REAL a1[W], a2[W], a3[W];
+  LANES { acc[c] = Dd[c] * ut[c]; a1[c] = a2[c] = a3[c] = 0; }
+  int64_t n = 0;
+  for (; n + 4 <= N; n += 4) {
+    SUF(state_n)(hq + n * W, hp + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
+    SUF(state_n)(hq + (n + 1) * W, hp + (n + 1) * W, Ab + (n + 1) * W, dl, du, Bq[n + 1], Cq[n + 1], a1);
+    SUF(state_n)(hq + (n + 2) * W, hp + (n + 2) * W, Ab + (n + 2) * W, dl, du, Bq[n + 2], Cq[n + 2], a2);
+    SUF(state_n)(hq + (n + 3) * W, hp + (n + 3) * W, Ab + (n + 3) * W, dl, du, Bq[n + 3], Cq[n + 3], a3);
+  }
+  for (; n < N; ++n) SUF(state_n)(hq + n * W, hp + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
+  LANES acc[c] += (a1[c] + a2[c]) + a3[c];
 }
 
 /* the adjoint of one state channel n at one token: g (updated), gA, dCv, dBv (added to), s_a, s_b (sums) */
@@ -218,17 +225,8 @@ void SUF(scan_fwd)(const REAL* restrict u, const REAL* restrict dtr, const REAL*
           const REAL* Cq = Ct + (b * L + t0 + t) * N;
           const REAL* dl = dls + t * W;
           const REAL* du = dus + t * W;
-          REAL acc[W], a1[W], a2[W], a3[W];
-          LANES { acc[c] = Dd[c] * us[t * W + c]; a1[c] = a2[c] = a3[c] = 0; }
-          int64_t n = 0;
-          for (; n + 4 <= N; n += 4) {
-            SUF(fwd_n)(h + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
-            SUF(fwd_n)(h + (n + 1) * W, Ab + (n + 1) * W, dl, du, Bq[n + 1], Cq[n + 1], a1);
-            SUF(fwd_n)(h + (n + 2) * W, Ab + (n + 2) * W, dl, du, Bq[n + 2], Cq[n + 2], a2);
-            SUF(fwd_n)(h + (n + 3) * W, Ab + (n + 3) * W, dl, du, Bq[n + 3], Cq[n + 3], a3);
-          }
-          for (; n < N; ++n) SUF(fwd_n)(h + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
-          LANES acc[c] += (a1[c] + a2[c]) + a3[c];
+          REAL acc[W];
+          SUF(token_step)(h, h, Ab, dl, du, us + t * W, Dd, Bq, Cq, N, acc);
           if (z)
             LANES acc[c] *= zs[t * W + c] * SUF(sigmoid)(zs[t * W + c]);
           LANES ys[t * W + c] = acc[c];
@@ -279,29 +277,15 @@ void SUF(scan_bwd)(const REAL* restrict u, const REAL* restrict dtr, const REAL*
         for (int64_t n = 0; n < N; ++n)
           LANES h0[n * W + c] = c < cw ? hsave[((b * chunks + ck) * N + n) * D + d0 + c] : 0;
         SUF(load_chunk)(u, dtr, z, dy, bd, (int)sp, D, row0, tk, cw, dls, slopes, us, dus, z ? zs : NULL, dys);
-        /* this chunk's states and decays again; the gate's gradient on the way */
+        /* this chunk's states again; the gate's gradient on the way */
         for (int64_t t = 0; t < tk; ++t) {
           const REAL* Bq = Bt + (b * L + t0 + t) * N;
           const REAL* Cq = Ct + (b * L + t0 + t) * N;
           const REAL* hp = t ? hs + (t - 1) * N * W : h0;
           const REAL* dl = dls + t * W;
           const REAL* du = dus + t * W;
-          REAL* hq = hs + t * N * W;
-          REAL acc[W], a1[W], a2[W], a3[W];
-          LANES { acc[c] = Dd[c] * us[t * W + c]; a1[c] = a2[c] = a3[c] = 0; }
-          int64_t n = 0;
-          for (; n + 4 <= N; n += 4) {
-            SUF(refwd_n)(hq + n * W, hp + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
-            SUF(refwd_n)(hq + (n + 1) * W, hp + (n + 1) * W, Ab + (n + 1) * W, dl, du, Bq[n + 1],
-                         Cq[n + 1], a1);
-            SUF(refwd_n)(hq + (n + 2) * W, hp + (n + 2) * W, Ab + (n + 2) * W, dl, du, Bq[n + 2],
-                         Cq[n + 2], a2);
-            SUF(refwd_n)(hq + (n + 3) * W, hp + (n + 3) * W, Ab + (n + 3) * W, dl, du, Bq[n + 3],
-                         Cq[n + 3], a3);
-          }
-          for (; n < N; ++n)
-            SUF(refwd_n)(hq + n * W, hp + n * W, Ab + n * W, dl, du, Bq[n], Cq[n], acc);
-          LANES acc[c] += (a1[c] + a2[c]) + a3[c];
+          REAL acc[W];
+          SUF(token_step)(hs + t * N * W, hp, Ab, dl, du, us + t * W, Dd, Bq, Cq, N, acc);
           if (z) {
             LANES {
               const REAL zt = zs[t * W + c], sg = SUF(sigmoid)(zt), dyt = dys[t * W + c];

@@ -148,11 +148,12 @@ def _ptr(t: torch.Tensor | None) -> int | None:
     return None if t is None else t.data_ptr()
 
 
-def _check(u, delta, A, Bt, Ct, *optional):
-    if u.dtype not in (torch.float32, torch.float64) or u.device.type != "cpu":
-        raise TypeError(f"the compiled scan takes float32/float64 CPU tensors, got {u.dtype} on {u.device}")
-    if not all(t.dtype == u.dtype for t in (delta, A, Bt, Ct, *optional) if t is not None):
-        raise TypeError("the compiled scan needs one dtype for u, delta, A, B, C, D, z and delta_bias")
+def _check(first, *others):
+    """The kernels take float32 or float64 CPU tensors, one dtype per call (None: an absent optional input)."""
+    if first.dtype not in (torch.float32, torch.float64) or first.device.type != "cpu":
+        raise TypeError(f"the compiled scan takes float32/float64 CPU tensors, got {first.dtype} on {first.device}")
+    if not all(t.dtype == first.dtype for t in others if t is not None):
+        raise TypeError("the compiled scan needs one dtype for all its inputs (u, delta, A, B, C, D, z, delta_bias)")
 
 
 def _contiguous(t):
@@ -243,7 +244,7 @@ def conv_forward(x, weight, bias):
     None."""
     x, bias = x.contiguous(), _contiguous(bias)
     w = weight[:, 0].t().contiguous()  # (k, d)
-    _check(x, x, w, x, x, bias)
+    _check(x, w, bias)
     batch, length, d = x.shape
     out = torch.empty_like(x)
     _run_split(_kernel("conv_fwd", x.dtype), batch,
