@@ -108,6 +108,18 @@ def fast_fit():
     return {"regressor.use_tcab": False, "train.epochs": 2, "train.batch_size": 8, "splits": 2}
 
 
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, sample_cache, fast_fit):
+    """A tiny fitted run (16 sample videos, 2 splits, 1 epoch, no TCAB), one per test module that asks for it."""
+    from diffvqa_cache.training.settings import FitConfig
+    from pipelines.fit import run_fit
+
+    out = tmp_path_factory.mktemp("run")
+    run_fit(sample_cache(limit=16).cache_dir, out, FitConfig().with_overrides(
+        {**fast_fit, "train.epochs": 1, "splits": 2, "train.batch_size": 4}), progress=False)
+    return out
+
+
 @pytest.fixture(scope="session")
 def dask_client():
     """One LocalCluster of 2 worker processes (1 thread each) shared by the dask tests (startup is slow)."""

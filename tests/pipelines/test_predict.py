@@ -14,19 +14,9 @@ import numpy as np
 import pytest
 
 from diffvqa_cache.errors import CacheError, UserInputError
-from diffvqa_cache.training.settings import FitConfig
-from pipelines.fit import run_fit
 from pipelines.predict import run_predict
 
 REAL_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "realdata" / "videos"
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, sample_cache, fast_fit):
-    out = tmp_path_factory.mktemp("prun")
-    run_fit(sample_cache(limit=16).cache_dir, out, FitConfig().with_overrides(
-        {**fast_fit, "train.epochs": 1, "splits": 2, "train.batch_size": 4}), progress=False)
-    return out
 
 
 def _run_with_config(run_dir: Path, dst: Path, edit) -> Path:

@@ -9,20 +9,9 @@ import pytest
 
 from diffvqa_cache.errors import UserInputError
 from diffvqa_cache.scoring.scorer import FRAME_COLUMNS, VIDEO_COLUMNS, Scores, VideoScore, combine_models
-from diffvqa_cache.training.fitting import FitConfig
 
 # the run's splits test 3 videos each: too few for the 4-parameter logistic, which fit says
 pytestmark = pytest.mark.filterwarnings("ignore:4-parameter logistic fit failed")
-
-
-@pytest.fixture(scope="module")
-def run_dir(tmp_path_factory, sample_cache, fast_fit):
-    from pipelines.fit import run_fit
-
-    out = tmp_path_factory.mktemp("scorer-run")
-    run_fit(sample_cache(limit=16).cache_dir, out, FitConfig().with_overrides(
-        {**fast_fit, "train.epochs": 1, "splits": 2, "train.batch_size": 4}), progress=False)
-    return out
 
 
 @pytest.fixture(scope="module")
