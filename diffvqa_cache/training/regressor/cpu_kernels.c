@@ -389,18 +389,35 @@ void SUF(conv_fwd)(const REAL* restrict x, const REAL* restrict w, const REAL* r
     }
 }
 
+/* Row s of dx from the SiLU-conv gradients dpre of tokens s .. s + k - 1 (a ring of k rows: token t at row t % k;
+   tokens past the last one, L, count as 0): dx[s] = sum_j w[j] dpre[s + k - 1 - j]. */
+static inline void SUF(conv_dx_row)(const REAL* restrict ring, const REAL* restrict w, REAL* restrict o, int64_t D,
+                                    int64_t L, int64_t k, int64_t s) {
+  for (int64_t c = 0; c < D; ++c) o[c] = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    const int64_t t = s + k - 1 - j;
+    if (t >= L) continue;
+    const REAL* p = ring + (t % k) * D;
+    const REAL* wj = w + j * D;
+    for (int64_t c = 0; c < D; ++c) o[c] += wj[c] * p[c];
+  }
+}
+
 /* Backward of conv_fwd: dx (batch, L, D) written; dw (batch, k, D) and dbias (batch, D) per batch row, written.
-   dpre (batch, L, D) is scratch. */
+   One pass over the tokens: the gradient before the SiLU, dpre, of the last k tokens stays in a small ring, and
+   each row of dx is written as soon as the k tokens it depends on are done. */
 void SUF(conv_bwd)(const REAL* restrict x, const REAL* restrict w, const REAL* restrict bias,
-                   const REAL* restrict dout, REAL* restrict dpre, REAL* restrict dx, REAL* restrict dw,
+                   const REAL* restrict dout, REAL* restrict dx, REAL* restrict dw,
                    REAL* restrict dbias, int64_t D, int64_t L, int64_t k, int64_t start, int64_t end) {
+  REAL* ring = (REAL*)malloc(sizeof(REAL) * k * D);
   for (int64_t b = start; b < end; ++b) {
     REAL* dwb = dw + b * k * D;
     REAL* dbb = dbias + b * D;
+    REAL* dxb = dx + b * L * D;
     memset(dwb, 0, sizeof(REAL) * k * D);
     memset(dbb, 0, sizeof(REAL) * D);
     for (int64_t t = 0; t < L; ++t) {
-      REAL* p = dpre + (b * L + t) * D;
+      REAL* p = ring + (t % k) * D;
       const REAL* g = dout + (b * L + t) * D;
       SUF(conv_pre)(x, w, bias, p, D, L, k, b, t);
       for (int64_t c = 0; c < D; ++c) {
@@ -415,19 +432,11 @@ void SUF(conv_bwd)(const REAL* restrict x, const REAL* restrict w, const REAL* r
         REAL* dwj = dwb + j * D;
         for (int64_t c = 0; c < D; ++c) dwj[c] += p[c] * xs[c];
       }
+      if (t - k + 1 >= 0) SUF(conv_dx_row)(ring, w, dxb + (t - k + 1) * D, D, L, k, t - k + 1);
     }
-    for (int64_t s = 0; s < L; ++s) {
-      REAL* o = dx + (b * L + s) * D;
-      for (int64_t c = 0; c < D; ++c) o[c] = 0;
-      for (int64_t j = 0; j < k; ++j) {
-        const int64_t t = s + k - 1 - j;
-        if (t >= L) continue;
-        const REAL* p = dpre + (b * L + t) * D;
-        const REAL* wj = w + j * D;
-        for (int64_t c = 0; c < D; ++c) o[c] += wj[c] * p[c];
-      }
-    }
+    for (int64_t s = L - k + 1 > 0 ? L - k + 1 : 0; s < L; ++s) SUF(conv_dx_row)(ring, w, dxb + s * D, D, L, k, s);
   }
+  free(ring);
 }
 
 #endif

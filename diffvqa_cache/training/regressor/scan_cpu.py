@@ -106,7 +106,7 @@ def _library():
         getattr(lib, f"scan_fwd_{suf}").argtypes = [ptr] * 10 + [i64] * 6
         getattr(lib, f"scan_bwd_{suf}").argtypes = [ptr] * 10 + [i64] + [ptr] * 9 + [i64] * 5
         getattr(lib, f"conv_fwd_{suf}").argtypes = [ptr] * 4 + [i64] * 5
-        getattr(lib, f"conv_bwd_{suf}").argtypes = [ptr] * 8 + [i64] * 5
+        getattr(lib, f"conv_bwd_{suf}").argtypes = [ptr] * 7 + [i64] * 5
     lib.chunk_tokens.restype = i64
     return lib
 
@@ -258,9 +258,8 @@ def conv_backward(x, weight, bias, dout):
     w = weight[:, 0].t().contiguous()
     batch, length, d = x.shape
     k = w.shape[0]
-    dx, dpre = torch.empty_like(x), torch.empty_like(x)
+    dx = torch.empty_like(x)
     dw, dbias = x.new_empty(batch, k, d), x.new_empty(batch, d)
     _run_split(_kernel("conv_bwd", x.dtype), batch,
-               lambda p: (_ptr(x), _ptr(w), _ptr(bias), _ptr(dout), _ptr(dpre), _ptr(dx), _ptr(dw), _ptr(dbias),
-                          d, length, k))
+               lambda p: (_ptr(x), _ptr(w), _ptr(bias), _ptr(dout), _ptr(dx), _ptr(dw), _ptr(dbias), d, length, k))
     return dx, dw.sum(0).t().unsqueeze(1), dbias.sum(0) if bias is not None else None

@@ -136,7 +136,8 @@ def _module_grads(module, x, scan, monkeypatch):
 
 
 @pytest.mark.parametrize("block", [Mamba, BiMamba])
-@pytest.mark.parametrize("shape", [(3, 29, 16), (3, 75, 20)], ids=["one chunk, 2 lane blocks", "3 chunks, 40 channels"])
+@pytest.mark.parametrize("shape", [(3, 29, 16), (3, 75, 20), (2, 3, 8)],
+                         ids=["one chunk, 2 lane blocks", "3 chunks, 40 channels", "fewer tokens than the conv kernel"])
 def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, shape, monkeypatch, threads):
     # (3, 75, 20): d_inner 40 = two full lane blocks and a partial one, 75 tokens = 3 chunks (the last partial),
     # 3 batch rows split over 2 threads mid-row
