@@ -326,6 +326,9 @@ def predict(
 ) -> None:
     """Score videos with a fitted run: MOS-scale and 0-1 scores, where each falls among the training videos
     (or --reference), the split models' range, an unfamiliar-content flag, and (--per-frame, --plot) each frame's quality and weight; --labels: checked against your MOS."""
+    from diffvqa_cache.openmp import wait_passively
+
+    wait_passively()  # before torch loads: stage one and the split models run at once (diffvqa_cache/openmp.py)
     from diffvqa_cache.scoring.results import check_against_labels, format_table, predict_json, scored_line
     from pipelines.predict import run_predict
 

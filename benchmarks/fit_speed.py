@@ -24,13 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-# isort: off
-import diffvqa_cache  # noqa: E402, F401  (before torch, as the command does: diffvqa_cache/openmp.py)
-import torch  # noqa: E402
-# isort: on
 from _common import append_section, loadavg, machine_info, maxrss_mb, set_threads, table, update_current  # noqa: E402
 
 

@@ -132,7 +132,6 @@ def main() -> None:
     load_start = loadavg()
     scan_rows = scan_table(args.threads, args.scan_batch, 3) if args.scan_batch else []
 
-    from diffvqa_cache import openmp
     from diffvqa_cache.synthetic import write_synthetic_cache
 
     work = Path(tempfile.mkdtemp(prefix="tcab-cpu-"))
@@ -154,8 +153,6 @@ def main() -> None:
                        str(args.threads)]
                 env = {**os.environ, "DIFFVQA_MAMBA_SCAN": scan,
                        "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
-                if tree != here:  # the baseline as it ran: without the OpenMP setting this checkout's import made
-                    env = {k: v for k, v in env.items() if k not in openmp.defaulted}
                 proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
                 line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
                 if proc.returncode or not line:

@@ -13,10 +13,6 @@ between the stages; `extraction` (stage one) and `training` (stage two), which n
 
 __version__ = "0.3.0"
 
-from diffvqa_cache import openmp as _openmp  # noqa: E402  (before anything loads torch)
-
-_openmp.default_short_spin()
-
 _LAZY = {"Scorer": "scoring.scorer", "VideoScore": "scoring.scorer", "FrameScore": "scoring.scorer",
          "Spread": "scoring.scorer", "Scores": "scoring.scorer", "FeatureCache": "cache.folder",
          "score_cached": "scoring.cached"}

@@ -1,15 +1,15 @@
-"""How long torch's OpenMP threads busy-wait after a parallel op: a short wait, set before torch loads.
+"""How torch's idle OpenMP threads wait, for `predict`: passively, set before torch loads.
 
-GNU OpenMP (the runtime of torch's pip wheels) lets each thread spin 300,000 times after a parallel op before it
-sleeps: about 20 ms on CPUs whose `pause` is slow (Intel since Skylake). This package runs its own threads beside
-torch's: the compiled Mamba kernels (`training/regressor/scan_cpu.py`), predict's split models beside stage one,
-the decoders. While torch's idle threads spin, those share the cores with them. A short spin (GOMP_SPINCOUNT=10000:
-under a millisecond) still bridges torch's back-to-back ops and frees the cores soon after (BENCHMARKS.md, "OpenMP
-spin"). KMP_BLOCKTIME=1 (ms) is the same setting for LLVM / Intel OpenMP (other torch builds); not measured here.
+GNU OpenMP (the runtime of torch's pip wheels) lets each idle thread spin 300,000 times after a parallel op before
+it sleeps: milliseconds on CPUs whose `pause` is slow (Intel since Skylake). `predict` runs two torch workloads at
+once, stage one in the main thread and the split models in a second one, each with its own OpenMP threads, and
+the spinning threads of one take the cores from the other: waiting passively scored videos about 10% faster on 2
+CPU cores (predict / extract 0.84 -> 0.99, BENCHMARKS.md "Scoring many videos", 2026-12-05). Fits keep torch's
+default: there a short spin cost the TCAB-off epoch 4-16% for a 4% faster TCAB-on epoch ("OpenMP spin").
 
-The runtime reads these when torch loads, so they take effect only when diffvqa_cache is imported before torch (as
-the `diffvqa-cache` command, `python -m pipelines.*` and the benchmarks do); a value already in the environment is
-kept, and child processes inherit the setting.
+The runtime reads the setting when torch loads, so `wait_passively` works only before torch is imported (the
+`predict` command calls it first); a choice already in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT,
+KMP_BLOCKTIME) is kept. In your own scripts: `OMP_WAIT_POLICY=PASSIVE python ...`.
 """
 
 from __future__ import annotations
@@ -17,18 +17,13 @@ from __future__ import annotations
 import os
 import sys
 
-SETTINGS = {"GOMP_SPINCOUNT": "10000", "KMP_BLOCKTIME": "1"}
-USER_KNOBS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")
-
-defaulted: dict[str, str] = {}  # what this module put into the environment
-before_torch = False  # whether it did so before torch was loaded (so that this process's runtime reads it)
+USER_KNOBS = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "KMP_BLOCKTIME")
 
 
-def default_short_spin() -> None:
-    """Put SETTINGS into the environment unless the user chose how OpenMP threads wait."""
-    global before_torch
+def wait_passively() -> bool:
+    """Set OMP_WAIT_POLICY=PASSIVE for this process and its children unless the user chose how OpenMP threads
+    wait; True when it was set before torch loaded (so that it takes effect here)."""
     if any(key in os.environ for key in USER_KNOBS):
-        return
-    before_torch = "torch" not in sys.modules
-    for key, value in SETTINGS.items():
-        os.environ[key] = defaulted[key] = value
+        return False
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    return "torch" not in sys.modules
