@@ -6,8 +6,9 @@ models and the unfamiliar-content check per video and writes its CSV as it goes.
 building its model (the tiny model: well under a second). The run is fitted once, untimed, on the
 extracted clips with the fit defaults (10 splits, TCAB on) except 2 epochs: a realistic number of models
 per video. Runs alternate extract / predict / predict with the split models at 1 thread (`--only-default`
-skips it) so that load changes hit all; medians. Both commands run with torch's OpenMP threads waiting
-passively, as `predict` sets it (diffvqa_cache/openmp.py), unless the environment already chooses.
+skips it) so that load changes hit all; medians. Each command runs with OpenMP as its command does:
+predict with torch's idle threads waiting passively (diffvqa_cache/openmp.py), extract in a process of its own
+with torch's default (its timing starts after the imports and a warm-up extract of 2 clips there).
 
     python benchmarks/predict_speed.py                   # 24 sample clips, 10 steps, 3 repeats
     python benchmarks/predict_speed.py --videos 48 --steps 20 --repeats 5
@@ -21,6 +22,7 @@ import argparse
 import os
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +30,45 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import append_section, loadavg, machine_info, set_threads, table, update_current  # noqa: E402
+
+
+def _extract_config(args):
+    from diffvqa_cache.cache.settings import ExtractConfig
+
+    return ExtractConfig(model="tiny", steps=args.steps, strength=0.5, frames=args.frames, crops=args.crops,
+                         batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+
+
+def extract_child(args) -> None:
+    """One timed `run_extract` of the clips in this process (after an untimed one on 2 clips: imports, decoders);
+    prints its seconds."""
+    from diffvqa_cache.datasets import load_dataset
+    from pipelines.extract import run_extract
+
+    set_threads(args.threads)
+    out = Path(args.extract_child)
+    run_extract(load_dataset("sample", None, limit=2), _extract_config(args), out / "warm", progress=False)
+    data = load_dataset("sample", None, limit=args.videos)
+    t0 = time.perf_counter()
+    res = run_extract(data, _extract_config(args), out / "timed", progress=False)
+    seconds = time.perf_counter() - t0
+    assert res.videos == len(data.records), res.summary()
+    print(f"SECONDS {seconds}", flush=True)
+
+
+def time_extract_in_child(args, folder: Path, passive: bool) -> float:
+    """`extract` timed in a process of its own, with OpenMP as the extract command runs it (torch's default wait,
+    or what the environment chose: not the passive wait this process set for predict)."""
+    env = {k: v for k, v in os.environ.items() if not (passive and k == "OMP_WAIT_POLICY")}
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--extract-child", str(folder)] + [
+        str(x) for opt in ("videos", "steps", "frames", "crops", "batch_size", "shard_size", "threads")
+        for x in (f"--{opt.replace('_', '-')}", getattr(args, opt))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    shutil.rmtree(folder, ignore_errors=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("SECONDS ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"extract child failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return float(line[0].split()[1])
 
 
 def main() -> None:
@@ -45,12 +86,15 @@ def main() -> None:
     ap.add_argument("--only-default", action="store_true", help="skip predict with the split models at 1 thread "
                                                               "(Scorer(model_threads=1))")
     ap.add_argument("--no-append", action="store_true")
+    ap.add_argument("--extract-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.extract_child:
+        extract_child(args)
+        return
 
     from diffvqa_cache.openmp import USER_KNOBS, wait_passively
 
-    passive = wait_passively()  # as the predict command does, before torch loads (both commands run under it)
-    from diffvqa_cache.cache.settings import ExtractConfig
+    passive = wait_passively()  # as the predict command does, before torch loads (extract runs in a child without)
     from diffvqa_cache.datasets import load_dataset
     from diffvqa_cache.scoring.scorer import Scorer
     from diffvqa_cache.training.settings import FitConfig
@@ -63,8 +107,7 @@ def main() -> None:
     threads = set_threads(args.threads)
     data = load_dataset("sample", None, limit=args.videos)
     paths = [r.path for r in data.records]
-    cfg = ExtractConfig(model="tiny", steps=args.steps, strength=0.5, frames=args.frames, crops=args.crops,
-                        batch_size=args.batch_size, shard_size=args.shard_size, device="cpu")
+    cfg = _extract_config(args)
     work = Path(tempfile.mkdtemp(prefix="predict-speed-"))
     try:
         # untimed: imports, the run (fit defaults, 2 epochs), one predict to warm the scoring path
@@ -80,11 +123,7 @@ def main() -> None:
         ext, pred, regress = [], {v: [] for v in variants}, {v: [] for v in variants}
         ratios = {v: [] for v in variants}
         for r in range(args.repeats):
-            t0 = time.perf_counter()
-            res = run_extract(data, cfg, work / f"e{r}", progress=False)
-            ext.append(time.perf_counter() - t0)
-            assert res.videos == len(paths), res.summary()
-            shutil.rmtree(work / f"e{r}", ignore_errors=True)
+            ext.append(time_extract_in_child(args, work / f"e{r}", passive))
             for name, model_threads in variants.items():
                 # time spent after stage one (split models, familiarity), measured inside the same predict
                 inside = [0.0]
@@ -129,8 +168,9 @@ def main() -> None:
                      f"(stage one and files alone): {med(stage_one[name]):.3f} (each pair: "
                      f"{' '.join(f'{x:.3f}' for x in stage_one[name])})")
     summary = "\n\n".join(lines)
-    wait = ("passive, as the predict command sets it (OMP_WAIT_POLICY=PASSIVE)" if passive else "as this environment "
-            "sets it: " + (", ".join(f"{k}={os.environ[k]}" for k in USER_KNOBS if k in os.environ) or "torch's default"))
+    wait = ("predict waits passively as its command does (OMP_WAIT_POLICY=PASSIVE), extract with torch's default "
+            "(its own process)" if passive else "both as this environment sets it: " +
+            (", ".join(f"{k}={os.environ[k]}" for k in USER_KNOBS if k in os.environ) or "torch's default"))
     print(text, summary, sep="\n")
     body = (f"Tiny model, the first {n} sample clips (160x120), {args.frames} frames, {args.crops} crop(s), "
             f"{args.steps} DDIM steps, strength 0.5, batch {args.batch_size} views, groups (shards) of "
