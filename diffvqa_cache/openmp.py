@@ -3,9 +3,9 @@
 GNU OpenMP (the runtime of torch's pip wheels) lets each idle thread spin 300,000 times after a parallel op before
 it sleeps: milliseconds on CPUs whose `pause` is slow (Intel since Skylake). `predict` runs two torch workloads at
 once, stage one in the main thread and the split models in a second one, each with its own OpenMP threads, and
-the spinning threads of one take the cores from the other: waiting passively scored videos about 10% faster on 2
-CPU cores (predict / extract 0.84 -> 0.99, BENCHMARKS.md "Scoring many videos", 2026-12-05). Fits keep torch's
-default: there a short spin cost the TCAB-off epoch 4-16% for a 4% faster TCAB-on epoch ("OpenMP spin").
+the spinning threads of one take the cores from the other: waiting passively, predict scored 0.41 -> 0.48 videos/s
+on 2 CPU cores (BENCHMARKS.md "Scoring many videos", 2026-12-05 20:02 vs 20:07). Fits keep torch's default: there
+a short spin or none cost the TCAB-off epoch 4-16% for a 4% faster TCAB-on epoch ("OpenMP spin").
 
 The runtime reads the setting when torch loads, so `wait_passively` works only before torch is imported (the
 `predict` command calls it first); a choice already in the environment (OMP_WAIT_POLICY, GOMP_SPINCOUNT,

@@ -22,7 +22,7 @@ PACKAGE = ROOT / "diffvqa_cache"
 # The layers, lowest first: a module imports only from its own layer or lower ones. Names are the top-level
 # modules and packages of diffvqa_cache/. pipelines/ and cli.py sit above all of them (outside the package).
 LAYERS = {
-    0: ("config", "errors", "files", "seeds", "devices", "progress", "clip_writer"),  # shared
+    0: ("config", "errors", "files", "seeds", "devices", "openmp", "progress", "clip_writer"),  # shared
     1: ("datasets", "cluster"),
     2: ("cache",),  # between the stages: the feature cache
     3: ("extraction", "training"),  # stage one, stage two
