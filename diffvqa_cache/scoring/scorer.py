@@ -267,7 +267,8 @@ class Scorer:
     as stage one). Their ops are small: on a heavily loaded 2-core CPU (load 6-9), 1 thread scored a group
     of 8 videos 2-7x faster when they ran alone and predict / extract went 0.649 -> 0.717, but on a quiet
     one (load 1.5) 0.989 -> 0.824 (medians of 3 pairs; BENCHMARKS.md, 2026-12-05). Another count moves the
-    scores by float rounding (~1e-8 relative).
+    scores by float rounding (~1e-8 relative). The `predict` command also lets torch's idle OpenMP threads
+    sleep (`openmp.wait_passively`, before torch loads); from Python, run with OMP_WAIT_POLICY=PASSIVE.
     """
 
     def __init__(self, run: Path | str, device: str = "auto", *, model: str | None = None,
