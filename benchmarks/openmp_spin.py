@@ -32,7 +32,6 @@ POLICIES = {  # name: environment
     "GOMP_SPINCOUNT=10000 (a short spin)": {"GOMP_SPINCOUNT": "10000"},
     "OMP_WAIT_POLICY=PASSIVE (no spin)": {"OMP_WAIT_POLICY": "PASSIVE"},
 }
-KNOBS = ("GOMP_SPINCOUNT", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")
 
 
 def main() -> None:
@@ -43,12 +42,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-append", action="store_true")
     args = ap.parse_args()
+    from diffvqa_cache.openmp import USER_KNOBS
     from diffvqa_cache.synthetic import write_synthetic_cache
 
     info = machine_info()
     load_start = loadavg()
     here = Path(__file__).resolve().parent
-    base_env = {k: v for k, v in os.environ.items() if k not in KNOBS}
+    base_env = {k: v for k, v in os.environ.items() if k not in USER_KNOBS}
     work = Path(tempfile.mkdtemp(prefix="openmp-spin-"))
     epochs = {(model, policy): [] for model in ("TCAB off", "TCAB on") for policy in POLICIES}
     try:
