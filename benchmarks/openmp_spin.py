@@ -14,11 +14,9 @@ alternate in `--repeats` rounds so that load changes hit all; medians of all epo
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from _common import append_section, loadavg, machine_info, table, update_current  # noqa: E402
+from tcab_cpu import fit_in_child  # noqa: E402
 
 POLICIES = {  # name: environment
     "torch's default (300,000 spins)": {},
@@ -41,13 +40,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=4)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-append", action="store_true")
+    ap.set_defaults(splits=1)  # (fit_in_child's fits: one split)
     args = ap.parse_args()
     from diffvqa_cache.openmp import USER_KNOBS
     from diffvqa_cache.synthetic import write_synthetic_cache
 
     info = machine_info()
     load_start = loadavg()
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # this checkout
     base_env = {k: v for k, v in os.environ.items() if k not in USER_KNOBS}
     work = Path(tempfile.mkdtemp(prefix="openmp-spin-"))
     epochs = {(model, policy): [] for model in ("TCAB off", "TCAB on") for policy in POLICIES}
@@ -55,14 +55,8 @@ def main() -> None:
         cache = write_synthetic_cache(work / "cache", args.videos, frames=8, pixel_size=224).cache_dir
         for r in range(args.repeats):
             for model, policy in epochs:
-                cmd = [sys.executable, str(here / "tcab_cpu.py"), "--child", model, "--cache-dir", str(cache),
-                       "--run-dir", str(work / "run"), "--splits", "1", "--epochs", str(args.epochs),
-                       "--threads", str(args.threads)]
-                proc = subprocess.run(cmd, env={**base_env, **POLICIES[policy]}, capture_output=True, text=True)
-                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode or not line:
-                    raise SystemExit(f"{model}, {policy} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-                epochs[model, policy] += json.loads(line[0][len("RESULT "):])["epochs"]
+                epochs[model, policy] += fit_in_child(f"{model}, {policy}", here, model, cache, work / "run", args,
+                                                      {**base_env, **POLICIES[policy]})["epochs"]
                 print(r, model, policy, epochs[model, policy][-args.epochs:], loadavg(), flush=True)
                 shutil.rmtree(work / "run", ignore_errors=True)
     finally:

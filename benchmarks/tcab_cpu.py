@@ -67,6 +67,19 @@ def child(args) -> None:
     print("RESULT " + json.dumps({"epochs": epochs, "fit": fit_s, "rss_mb": maxrss_mb()}), flush=True)
 
 
+def fit_in_child(label: str, tree: Path, child_name: str, cache_dir: Path, run_dir: Path, args, env: dict) -> dict:
+    """One `child` fit (`args.splits`, `args.epochs`, `args.threads`) by `tree`'s copy of this script in a process
+    of its own with `env`: {"epochs": [s, ...], "fit": s, "rss_mb": MB}."""
+    cmd = [sys.executable, str(tree / "benchmarks" / "tcab_cpu.py"), "--child", child_name, "--cache-dir",
+           str(cache_dir), "--run-dir", str(run_dir), "--splits", str(args.splits), "--epochs", str(args.epochs),
+           "--threads", str(args.threads)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+    if proc.returncode or not line:
+        raise SystemExit(f"{label} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads(line[0][len("RESULT "):])
+
+
 def scan_table(threads: int, batch: int, repeats: int) -> list[list]:
     import torch
 
@@ -148,16 +161,9 @@ def main() -> None:
         for r in range(args.repeats):
             for name, (scan, tree, child_name) in configs.items():
                 run_dir = work / f"run-{r}-{len(results[name])}-{scan}"
-                cmd = [sys.executable, str(Path(tree) / "benchmarks" / "tcab_cpu.py"), "--child", child_name,
-                       "--cache-dir", str(made.cache_dir), "--run-dir", str(run_dir), "--splits", str(args.splits), "--epochs", str(args.epochs), "--threads",
-                       str(args.threads)]
                 env = {**os.environ, "DIFFVQA_MAMBA_SCAN": scan,
                        "PYTHONPATH": os.pathsep.join([tree, os.environ.get("PYTHONPATH", "")])}
-                proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-                if proc.returncode or not line:
-                    raise SystemExit(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
-                res = json.loads(line[0][len("RESULT "):])
+                res = fit_in_child(name, Path(tree), child_name, made.cache_dir, run_dir, args, env)
                 res["load"] = loadavg()
                 results[name].append(res)
                 print(name, res, flush=True)
