@@ -12,7 +12,8 @@ Paper fixes: TCAB is a Mamba sequence model (VideoMamba-style, bidirectional). O
   depthwise conv + SiLU is one autograd function that keeps only its input (torch's depthwise conv1d
   backward is slow there), and training recomputes each layer from its input in backward (a checkpoint).
 - `BiMamba` = pre-LayerNorm, a forward Mamba and a second Mamba over the reversed sequence, outputs
-  averaged, plus a residual.
+  averaged, plus a residual; on the compiled CPU kernels the two directions run at once, in two threads
+  (`mamba_cpu.bidirectional`).
 - `selective_scan_reference` is a slow sequential loop, written like mamba_ssm's `selective_scan_ref`,
   used by the tests as ground truth.
 """
@@ -30,7 +31,7 @@ from mambapy.pscan import pscan
 from torch.utils.checkpoint import checkpoint
 
 from diffvqa_cache.training.regressor import scan_cpu
-from diffvqa_cache.training.regressor.mamba_cpu import mamba_layer
+from diffvqa_cache.training.regressor.mamba_cpu import bidirectional, mamba_layer
 
 
 @functools.lru_cache(maxsize=None)
@@ -266,6 +267,9 @@ class BiMamba(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # 1. pre-norm
         h = self.norm(x)
+        if not h.is_cuda and cpu_kernels(h.dtype):
+            # 2.-3. on the compiled CPU kernels, both directions at once
+            return x + bidirectional(self.forward_mamba, self.backward_mamba, h)
         # 2. both directions (the backward one reads the reversed sequence, its output is flipped back)
         y_forward = self.forward_mamba(h)
         y_backward = self.backward_mamba(h.flip(1)).flip(1)

@@ -32,6 +32,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -125,9 +126,10 @@ def _warn_once(why: str) -> None:
     log.warning("Mamba scan on the CPU: %s; using the slower pure-PyTorch scan", why)
 
 
-@functools.lru_cache(maxsize=4)
-def _pool(workers: int, pid: int) -> ThreadPoolExecutor:
-    """Threads for the kernel calls; one pool per process (a forked child cannot use its parent's threads)."""
+@functools.lru_cache(maxsize=8)
+def _pool(workers: int, pid: int, caller: int) -> ThreadPoolExecutor:
+    """Threads for the kernel calls; one pool per process (a forked child cannot use its parent's threads) and
+    calling thread (`mamba_cpu` calls from two threads at once)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mamba-scan")
 
 
@@ -139,7 +141,8 @@ def _run_split(fn, items: int, args_of, parts: int | None = None) -> None:
     if parts == 1:
         fn(*args_of(0), 0, items)
         return
-    futures = [_pool(parts, os.getpid()).submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
+    pool = _pool(parts, os.getpid(), threading.get_ident())
+    futures = [pool.submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
     for f in futures:
         f.result()
 

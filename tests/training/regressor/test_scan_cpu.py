@@ -1,12 +1,13 @@
 """The compiled CPU selective scan equals the reference scan in values and gradients, and Mamba picks it."""
 
 import logging
+import threading
 
 import pytest
 import torch
 
 from diffvqa_cache.training.regressor import mamba as mamba_mod
-from diffvqa_cache.training.regressor import scan_cpu
+from diffvqa_cache.training.regressor import mamba_cpu, scan_cpu
 from diffvqa_cache.training.regressor.mamba import BiMamba, Mamba, selective_scan_reference
 from diffvqa_cache.training.regressor.tcab import TCAB
 
@@ -151,6 +152,71 @@ def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, shape, m
     assert fast[3].keys() == slow[3].keys()
     for name in fast[3]:
         torch.testing.assert_close(fast[3][name], slow[3][name], atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
+
+
+@pytest.mark.parametrize("torch_threads", [1, 2, 4])
+def test_bimamba_runs_its_directions_side_by_side_with_the_same_results(torch_threads, monkeypatch):
+    # with >= 2 torch threads the two directions run at once, one in a helper thread, with half of the threads
+    # each (at 4, each direction's kernels split over 2 more threads), forward and backward; with 1, both run in
+    # the calling thread. Values and gradients stay those of the pure-PyTorch path; torch's thread count is kept.
+    torch.manual_seed(0)
+    block = BiMamba(20, d_state=4).double()
+    x = torch.randn(3, 75, 20, dtype=torch.float64)
+    slow = _module_grads(block, x, "torch", monkeypatch)
+    callers = []
+    real_forward, real_backward = mamba_cpu._forward, mamba_cpu._backward
+
+    def forward(*args, **kwargs):
+        callers.append(("forward", threading.get_ident(), torch.get_num_threads()))
+        return real_forward(*args, **kwargs)
+
+    def backward(*args, **kwargs):
+        callers.append(("backward", threading.get_ident(), torch.get_num_threads()))
+        return real_backward(*args, **kwargs)
+
+    monkeypatch.setattr(mamba_cpu, "_forward", forward)
+    monkeypatch.setattr(mamba_cpu, "_backward", backward)
+    before = torch.get_num_threads()
+    torch.set_num_threads(torch_threads)
+    try:
+        fast = _module_grads(block, x, "compiled", monkeypatch)
+        assert torch.get_num_threads() == torch_threads
+    finally:
+        torch.set_num_threads(before)
+    for what, a, b in zip(["output", "inference output", "input gradient"], fast[:3], slow[:3]):
+        torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=what)
+    for name in slow[3]:
+        torch.testing.assert_close(fast[3][name], slow[3][name], atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
+    assert [c[0] for c in callers] == ["forward"] * 2 + ["backward"] * 2 + ["forward"] * 2  # train, then infer
+    for pair in (callers[0:2], callers[2:4], callers[4:6]):
+        idents = {ident for _, ident, _ in pair}
+        if torch_threads == 1:
+            assert idents == {threading.get_ident()} and {n for *_, n in pair} == {1}
+        else:
+            assert len(idents) == 2 and threading.get_ident() in idents
+            assert {n for *_, n in pair} == {torch_threads // 2}
+
+
+def test_bimamba_inference_keeps_no_scan_states_and_a_failing_direction_raises(monkeypatch, threads):
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
+    block = BiMamba(16, d_state=4)
+    x = torch.randn(2, 40, 16)
+    kept = []
+    real_scan = scan_cpu.scan_forward
+    monkeypatch.setattr(scan_cpu, "scan_forward", lambda *a, keep_states, **k: kept.append(keep_states) or
+                        real_scan(*a, keep_states=keep_states, **k))
+    with torch.no_grad():
+        block(x)
+    block(x)
+    assert kept == [False, False, True, True]
+
+    def broken(hidden, params, sizes, keep):
+        raise RuntimeError("direction failed")
+
+    monkeypatch.setattr(mamba_cpu, "_forward", broken)
+    with pytest.raises(RuntimeError, match="direction failed"):
+        block(x)
+    assert torch.get_num_threads() == 2
 
 
 def test_tcab_float32_training_step_matches_the_pure_pytorch_path(monkeypatch, threads):
