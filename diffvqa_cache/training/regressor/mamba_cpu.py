@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from diffvqa_cache.training.regressor import scan_cpu
 
+INFERENCE_TOKENS = 16384  # sequences of a batch that `bidirectional` runs at once without gradients, in tokens
 _rows = lambda t: t.reshape(-1, t.shape[-1])  # noqa: E731  (B, L, c) -> (B * L, c)
 
 
@@ -38,12 +39,19 @@ def _forward(hidden, params, sizes, keep: bool):
     """The layer's output for hidden (B, L, d_model), and what `_backward` needs (None unless keep)."""
     in_w, conv_w, conv_b, xproj_w, dtproj_w, dtproj_b, A_log, D, out_w = params
     d_inner, dt_rank, d_state = sizes
-    x_pre, z = F.linear(hidden, in_w[:d_inner]), F.linear(hidden, in_w[d_inner:])
+    # (B, L, d_inner) tensors are dropped as soon as they are done with: two layers run at once, and inference
+    # runs at the fit's eval batch size
+    x_pre = F.linear(hidden, in_w[:d_inner])
     x = scan_cpu.conv_forward(x_pre, conv_w, conv_b)
+    if not keep:
+        del x_pre
+    z = F.linear(hidden, in_w[d_inner:])
     dt_low, B, C = (t.contiguous() for t in torch.split(F.linear(x, xproj_w), [dt_rank, d_state, d_state], -1))
     y, states = scan_cpu.scan_forward(x, F.linear(dt_low, dtproj_w), -torch.exp(A_log), B, C, D, z, dtproj_b,
                                       softplus=True, keep_states=keep)
-    return F.linear(y, out_w), ((hidden, x_pre, z, x, dt_low, B, C, states) if keep else None)
+    saved = (hidden, x_pre, z, x, dt_low, B, C, states) if keep else None
+    del x, z
+    return F.linear(y, out_w), saved
 
 
 def _backward(saved, params, dout):
@@ -57,13 +65,16 @@ def _backward(saved, params, dout):
     dx, ddt, dA, dB, dC, dD, dz, ddt_b, y = scan_cpu.scan_backward(
         x, F.linear(dt_low, dtproj_w), A, B, C, D, z, dtproj_b, True, states, dout @ out_w, want_y=True)
     d_out_w = _rows(dout).t() @ _rows(y)
+    del y
     # 3. dt_proj and x_proj
     d_dtproj_w = _rows(ddt).t() @ _rows(dt_low)
     d_dbc = torch.cat([ddt @ dtproj_w, dB, dC], dim=-1)
+    del ddt
     d_xproj_w = _rows(d_dbc).t() @ _rows(x)
     dx += d_dbc @ xproj_w
     # 2. conv + SiLU
     dx_pre, d_conv_w, d_conv_b = scan_cpu.conv_backward(x_pre, conv_w, conv_b, dx)
+    del dx
     # 1. in_proj
     d_in_w = torch.cat([_rows(dx_pre).t() @ _rows(hidden), _rows(dz).t() @ _rows(hidden)])
     d_hidden = dx_pre @ in_w[:d_inner] + dz @ in_w[d_inner:]
@@ -165,4 +176,8 @@ def bidirectional(forward_layer, backward_layer, hidden: torch.Tensor) -> torch.
     two side by side (`_side_by_side`); what each keeps for backward as in `mamba_layer`."""
     sizes = (forward_layer.d_inner, forward_layer.dt_rank, forward_layer.d_state)
     params = (*_parameters(forward_layer), *_parameters(backward_layer))
-    return _BiMambaLayers.apply(hidden, sizes, torch.is_grad_enabled(), *params)
+    if torch.is_grad_enabled():
+        return _BiMambaLayers.apply(hidden, sizes, True, *params)
+    # inference, at the fit's eval batch size: a few sequences at a time bound the two layers' working memory
+    rows = max(1, INFERENCE_TOKENS // hidden.shape[1])
+    return torch.cat([_BiMambaLayers.apply(part, sizes, False, *params) for part in hidden.split(rows)])
