@@ -111,11 +111,18 @@ def _with_threads(fn, threads: int):
         return fn()
 
 
+@functools.lru_cache(maxsize=None)
+def _threads_per_caller() -> bool:
+    """Whether torch's thread count is each calling thread's own (OpenMP: `torch.set_num_threads` sets the team of
+    the thread that calls it); torch's native pool has one count for the process, fixed once work has started."""
+    return "parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
 def _side_by_side(first, second):
     """(first(), second()): first in a helper thread while second runs in this one, each with half of torch's
-    threads; one after the other when torch has one thread."""
+    threads; one after the other when torch has one thread (or no per-thread thread counts)."""
     threads = torch.get_num_threads()
-    if threads < 2:
+    if threads < 2 or not _threads_per_caller():
         return first(), second()
     future = _helper(os.getpid()).submit(_with_threads, first, threads // 2)
     try:

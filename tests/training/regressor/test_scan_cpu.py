@@ -199,6 +199,22 @@ def test_bimamba_runs_its_directions_side_by_side_with_the_same_results(torch_th
             assert {n for *_, n in pair} == {torch_threads // 2}
 
 
+def test_bimamba_directions_run_one_after_the_other_without_per_thread_thread_counts(monkeypatch, threads):
+    # torch's native thread pool (not OpenMP) has one thread count per process: no halving in two threads there
+    monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
+    monkeypatch.setattr(mamba_cpu, "_threads_per_caller", lambda: False)
+    callers = []
+    real_forward = mamba_cpu._forward
+    monkeypatch.setattr(mamba_cpu, "_forward", lambda *a: callers.append(threading.get_ident()) or real_forward(*a))
+    torch.manual_seed(0)
+    block, x = BiMamba(16, d_state=4), torch.randn(2, 40, 16)
+    y = block(x)
+    assert callers == [threading.get_ident()] * 2 and torch.get_num_threads() == 2
+    monkeypatch.undo()
+    torch.testing.assert_close(y, block(x))
+    assert mamba_cpu._threads_per_caller()  # this torch: OpenMP
+
+
 def test_bimamba_inference_keeps_no_scan_states_and_a_failing_direction_raises(monkeypatch, threads):
     monkeypatch.setenv(mamba_mod.SCAN_ENV, "compiled")
     block = BiMamba(16, d_state=4)
