@@ -233,9 +233,9 @@ def test_doctor_says_what_stage_two_costs_on_the_cpu_with_the_measured_figure(no
     fix = by_name(run_json()[1])["gpu"]["fix"]
     assert "fine on CPU" not in fix
     assert "--set pixel_size=64" in fix and "--set regressor.use_tcab=false" in fix
-    on, off = re.search(r"([\d.]+) s an epoch for 16 videos vs ([\d.]+) s with TCAB off", fix).groups()
+    ratio, videos = re.search(r"([\d.]+)x for (\d+) videos", fix).groups()
+    # a run of benchmarks/tcab_cpu.py at that many videos measured that epoch ratio (TCAB on / off)
     bench = (ROOT / "BENCHMARKS.md").read_text()
-    section = bench[bench.index("## TCAB on the CPU: compiled Mamba scan"):]
-    section = section[:section.index("\n## ")]
-    assert re.search(rf"\| TCAB on, after \(compiled scan\)\s*\|\s*{re.escape(on)}\s*\|", section)
-    assert re.search(rf"\| TCAB off\s*\|\s*{re.escape(off)}\s*\|", section)
+    sections = [part.split("\n## ")[0] for part in bench.split("\n## TCAB on the CPU: this checkout vs a baseline")[1:]]
+    row = re.compile(rf"\| TCAB on, compiled kernels\s*\|[^|]*\|\s*{re.escape(ratio)}\s*\|")
+    assert any(f"--videos {videos} " in section and row.search(section) for section in sections)
