@@ -158,7 +158,7 @@ def test_mamba_blocks_compiled_path_equals_the_pure_pytorch_path(block, shape, m
 def test_bimamba_runs_its_directions_side_by_side_with_the_same_results(torch_threads, monkeypatch):
     # with >= 2 torch threads the two directions run at once, one in a helper thread, with half of the threads
     # each (at 4, each direction's kernels split over 2 more threads), forward and backward; with 1, both run in
-    # the calling thread; inference goes a few sequences at a time. Values and gradients stay those of the
+    # the calling thread; the batch goes a few sequences at a time. Values and gradients stay those of the
     # pure-PyTorch path; torch's thread count is kept.
     torch.manual_seed(0)
     block = BiMamba(20, d_state=4).double()
@@ -177,7 +177,7 @@ def test_bimamba_runs_its_directions_side_by_side_with_the_same_results(torch_th
 
     monkeypatch.setattr(mamba_cpu, "_forward", forward)
     monkeypatch.setattr(mamba_cpu, "_backward", backward)
-    monkeypatch.setattr(mamba_cpu, "INFERENCE_TOKENS", 2 * 75)  # inference: 2 sequences at a time, then 1
+    monkeypatch.setattr(mamba_cpu, "CHUNK_TOKENS", 2 * 75)  # the batch of 3 in 2 parts: 2 sequences, then 1
     before = torch.get_num_threads()
     torch.set_num_threads(torch_threads)
     try:
@@ -189,8 +189,8 @@ def test_bimamba_runs_its_directions_side_by_side_with_the_same_results(torch_th
         torch.testing.assert_close(a, b, atol=1e-10, rtol=1e-10, msg=what)
     for name in slow[3]:
         torch.testing.assert_close(fast[3][name], slow[3][name], atol=1e-10, rtol=1e-10, msg=f"gradient of {name}")
-    assert [c[0] for c in callers] == ["forward"] * 2 + ["backward"] * 2 + ["forward"] * 4  # train, then infer
-    for pair in (callers[0:2], callers[2:4], callers[4:6], callers[6:8]):
+    assert [c[0] for c in callers] == ["forward"] * 4 + ["backward"] * 4 + ["forward"] * 4  # train, then infer
+    for pair in (callers[i:i + 2] for i in range(0, 12, 2)):
         idents = {ident for _, ident, _ in pair}
         if torch_threads == 1:
             assert idents == {threading.get_ident()} and {n for *_, n in pair} == {1}
