@@ -198,7 +198,7 @@ def check_gpus(ctx: Context) -> Finding:
         where = "CPU build of torch" if torch.version.cuda is None else f"CUDA {torch.version.cuda} build, no usable GPU"
         return Finding("slow", f"none ({where}): extract and adapt would run on the CPU",
                        "run extract on a GPU node; cache commands and fits with TCAB off or on 64 px views are fine on "
-                       "the CPU, TCAB on 224 px views makes an epoch ~3x slower there (2.85x for 96 videos on 2 cores, "
+                       "the CPU, TCAB on 224 px views makes an epoch ~3x slower there (2.94x for 96 videos on 2 cores, "
                        "BENCHMARKS.md): fit --set pixel_size=64 or --set regressor.use_tcab=false for quick runs")
     gpus, no_bf16 = [], []
     for i in range(torch.cuda.device_count()):
