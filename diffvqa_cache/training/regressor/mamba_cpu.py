@@ -17,8 +17,7 @@ kernels use (a TCAB training step ~14% faster on 2 cores than one direction afte
 from __future__ import annotations
 
 import functools
-import os
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 
 import torch
 import torch.nn.functional as F
@@ -98,13 +97,6 @@ class _MambaLayer(torch.autograd.Function):
         return d_hidden, None, None, *d_params
 
 
-@functools.lru_cache(maxsize=4)
-def _helper(pid: int) -> ThreadPoolExecutor:
-    """The thread that runs the first of `_side_by_side`'s two calls; one per process (a forked child cannot use its
-    parent's threads)."""
-    return ThreadPoolExecutor(1, thread_name_prefix="bimamba")
-
-
 def _with_threads(fn, threads: int):
     torch.set_num_threads(threads)  # this thread's OpenMP team (and MKL's, set back by `_side_by_side`)
     with torch.no_grad():  # a new thread starts with gradients on
@@ -124,7 +116,7 @@ def _side_by_side(first, second):
     threads = torch.get_num_threads()
     if threads < 2 or not _threads_per_caller():
         return first(), second()
-    future = _helper(os.getpid()).submit(_with_threads, first, threads // 2)
+    future = scan_cpu.thread_pool(1).submit(_with_threads, first, threads // 2)
     try:
         second_result = _with_threads(second, threads // 2)
     finally:

@@ -128,9 +128,13 @@ def _warn_once(why: str) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _pool(workers: int, pid: int, caller: int) -> ThreadPoolExecutor:
-    """Threads for the kernel calls; one pool per process (a forked child cannot use its parent's threads) and
-    calling thread (`mamba_cpu` calls from two threads at once)."""
     return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mamba-scan")
+
+
+def thread_pool(workers: int) -> ThreadPoolExecutor:
+    """`workers` threads for the CPU kernels' work; one pool per process (a forked child cannot use its parent's
+    threads) and calling thread (`mamba_cpu` calls from two threads at once)."""
+    return _pool(workers, os.getpid(), threading.get_ident())
 
 
 def _run_split(fn, items: int, args_of, parts: int | None = None) -> None:
@@ -141,8 +145,7 @@ def _run_split(fn, items: int, args_of, parts: int | None = None) -> None:
     if parts == 1:
         fn(*args_of(0), 0, items)
         return
-    pool = _pool(parts, os.getpid(), threading.get_ident())
-    futures = [pool.submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
+    futures = [thread_pool(parts).submit(fn, *args_of(p), bounds[p], bounds[p + 1]) for p in range(parts)]
     for f in futures:
         f.result()
 
